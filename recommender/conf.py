@@ -1,0 +1,107 @@
+"""The app's settings: one ``RECOMMENDER = {...}`` dict with documented defaults.
+
+Read them as ``from recommender.conf import recommender_settings`` then
+``recommender_settings.MAX_BATCH_SIZE``. Values are looked up lazily and cached; the
+cache is dropped on Django's ``setting_changed`` so ``override_settings`` works in tests.
+The item model is the one exception: ``RECOMMENDER_ITEM_MODEL`` is a top-level setting
+because migrations read it, like ``AUTH_USER_MODEL``.
+"""
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
+
+DEFAULTS = {
+    # Event kinds the write path accepts. Extend the list to record your own kinds.
+    "EVENT_KINDS": ["view", "click", "add_to_cart", "remove_from_cart", "purchase"],
+    # Most events accepted in one record_many() call or one API request.
+    "MAX_BATCH_SIZE": 100,
+    # Largest absolute value an event may carry (quantity, price or rating).
+    "MAX_EVENT_VALUE": 1_000_000.0,
+    # Client timestamps may be at most this far in the future (clock skew) ...
+    "MAX_FUTURE_SECONDS": 300,
+    # ... and at most this old; older events are rejected rather than silently aged.
+    "MAX_EVENT_AGE_DAYS": 365,
+    # Longest placement / page strings stored with an event.
+    "MAX_PLACEMENT_LENGTH": 64,
+    "MAX_PAGE_LENGTH": 200,
+    # Dotted path to a function ``(queryset) -> queryset`` that keeps only the items the
+    # store may show and sell (active, in stock). None shows every item.
+    "ITEM_FILTER": None,
+    # Dotted path to a function ``(queryset) -> queryset`` keeping the items events may
+    # be recorded for (e.g. active ones). None accepts any existing item.
+    "RECORDABLE_ITEMS": None,
+    # Dotted path to a function ``(item) -> str`` naming an item's category, used for the
+    # category filter and diversity rule. None means items have no category.
+    "ITEM_CATEGORY": None,
+    # Cache alias for recommendations and the per-process model version check.
+    "CACHE_ALIAS": "default",
+    # Storage alias (settings.STORAGES) and folder for model artifacts.
+    "ARTIFACT_STORAGE": "default",
+    "ARTIFACT_PATH": "recommender/models",
+    # DRF throttle rates for the public endpoints (None disables a throttle).
+    "EVENTS_THROTTLE_RATE": "600/min",
+    "API_THROTTLE_RATE": "300/min",
+    # Celery queue for training runs, kept apart from a store's default queue.
+    "TRAINING_QUEUE": "recommender-training",
+    # Nightly retraining (crontab fields) installed in Celery beat's schedule.
+    "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},
+    # A candidate is promoted when its validation NDCG@10 >= active's - tolerance.
+    "PROMOTION_TOLERANCE": 0.0,
+    # A running training whose heartbeat is older than this is marked failed.
+    "TRAINING_HEARTBEAT_TIMEOUT": 600,
+}
+
+# Settings whose value is a dotted path imported on first use.
+IMPORT_STRINGS = {"ITEM_FILTER", "ITEM_CATEGORY", "RECORDABLE_ITEMS"}
+
+
+class RecommenderSettings:
+    """Attribute access to ``settings.RECOMMENDER`` with defaults, cached until changed."""
+
+    def __init__(self, defaults=None):
+        self.defaults = defaults or DEFAULTS
+        self._cached = {}
+
+    @property
+    def user_settings(self):
+        return getattr(settings, "RECOMMENDER", {}) or {}
+
+    def __getattr__(self, name):
+        if name not in self.defaults:
+            raise AttributeError(f"Unknown RECOMMENDER setting: {name!r}")
+        if name in self._cached:
+            return self._cached[name]
+        value = self.user_settings.get(name, self.defaults[name])
+        if name in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cached[name] = value
+        return value
+
+    def unknown_keys(self):
+        return sorted(set(self.user_settings) - set(self.defaults))
+
+    def reload(self):
+        self._cached.clear()
+
+
+recommender_settings = RecommenderSettings()
+
+
+def get_item_model_label():
+    return getattr(settings, "RECOMMENDER_ITEM_MODEL", None)
+
+
+def get_item_model():
+    """The store's item model named by ``RECOMMENDER_ITEM_MODEL``, like get_user_model()."""
+    from django.apps import apps
+
+    return apps.get_model(get_item_model_label(), require_ready=False)
+
+
+def _reload(*, setting, **kwargs):
+    if setting == "RECOMMENDER":
+        recommender_settings.reload()
+
+
+setting_changed.connect(_reload)

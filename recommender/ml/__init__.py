@@ -1,0 +1,7 @@
+"""Pure PyTorch + NumPy recommendation core: data cleaning, sequence models,
+training, evaluation, baselines, similarity and versioned artifacts.
+
+Nothing below this package imports Django, so it can be unit-tested, benchmarked on a
+public dataset, and run by a Celery worker alike. Submodules are imported explicitly
+(``from recommender.ml import data``) so importing this package stays cheap.
+"""

@@ -1,0 +1,177 @@
+"""Events shoppers produce, and the model versions trained on them."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+# The store's item model, like AUTH_USER_MODEL. When it is not set the relation points at
+# a model that cannot exist, so `manage.py check` reports recommender.E001 instead of
+# the import failing before any check can run.
+ITEM_MODEL = getattr(settings, "RECOMMENDER_ITEM_MODEL", None) or "recommender.ItemModelNotConfigured"
+
+
+class EventQuerySet(models.QuerySet):
+    def for_shopper(self, *, user=None, session_key=None):
+        """A shopper's events: the user's if logged in, else the anonymous session's."""
+        if user is not None and user.is_authenticated:
+            return self.filter(user=user)
+        if session_key:
+            return self.filter(session_key=session_key, user__isnull=True)
+        return self.none()
+
+    def latest_for_shopper(self, n=50, **shopper):
+        return self.for_shopper(**shopper).order_by("-occurred_at", "-id")[:n]
+
+    def since(self, when):
+        """All events from ``when`` on, oldest first (the training export order)."""
+        return self.filter(occurred_at__gte=when).order_by("occurred_at", "id")
+
+
+class Event(models.Model):
+    """One thing a shopper did with one item.
+
+    ``session_key`` is the recommender's anonymous shopper key kept in the Django
+    session (see ``recommender.shoppers``); unlike Django's own session key it survives
+    the key rotation at login, which is how anonymous events are attached to the user.
+    """
+
+    class Kind(models.TextChoices):
+        VIEW = "view"
+        CLICK = "click"
+        ADD_TO_CART = "add_to_cart"
+        REMOVE_FROM_CART = "remove_from_cart"
+        PURCHASE = "purchase"
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(
+        unique=True, default=uuid.uuid4, editable=False,
+        help_text="Client-supplied id: a retried submission with the same id is stored once.",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+        related_name="recommender_events",
+    )
+    session_key = models.CharField(max_length=40, blank=True, default="")
+    item = models.ForeignKey(ITEM_MODEL, on_delete=models.CASCADE, related_name="recommender_events")
+    # Not limited to Kind's choices: stores extend the list with RECOMMENDER["EVENT_KINDS"].
+    kind = models.CharField(max_length=32)
+    value = models.FloatField(null=True, blank=True, help_text="Quantity, price or rating.")
+    occurred_at = models.DateTimeField(default=timezone.now)
+    received_at = models.DateTimeField(auto_now_add=True)
+    placement = models.CharField(max_length=64, blank=True, default="")
+    page = models.CharField(max_length=200, blank=True, default="")
+    recommendation_id = models.UUIDField(
+        null=True, blank=True, help_text="The recommendation list the event came from, if any."
+    )
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "-occurred_at"], name="rec_event_user_latest"),
+            models.Index(fields=["session_key", "-occurred_at"], name="rec_event_session_latest"),
+            models.Index(fields=["occurred_at", "id"], name="rec_event_time_order"),
+            models.Index(fields=["recommendation_id"], name="rec_event_recommendation"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(user__isnull=True, session_key=""), name="rec_event_has_shopper"
+            ),
+        ]
+
+    def __str__(self):
+        who = f"user {self.user_id}" if self.user_id else f"session {self.session_key[:8]}"
+        return f"{who} {self.kind} item {self.item_id}"
+
+
+class ModelVersionQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(is_active=True).first()
+
+    def running(self):
+        return self.filter(status__in=[ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING])
+
+
+class ModelVersion(models.Model):
+    """One training run: its data, curve, metrics, artifact and whether it serves.
+
+    At most one version is active, enforced by a partial unique constraint so that
+    concurrent promotions and rollbacks cannot leave two (or, with ``promote``'s
+    row locks, zero) active versions.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        READY = "ready", "ready (trained, evaluated)"
+        FAILED = "failed"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        ADMIN = "admin"
+        COMMAND = "command"
+        API = "api"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    is_active = models.BooleanField(default=False)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.COMMAND)
+    model_name = models.CharField(max_length=32, blank=True, default="")
+    config = models.JSONField(default=dict, blank=True, help_text="Cleaning and training settings used.")
+    data_stats = models.JSONField(default=dict, blank=True, help_text="Shoppers, items, events trained on.")
+    metrics = models.JSONField(default=dict, blank=True, help_text="Offline validation/test metrics, with baselines.")
+    curve = models.JSONField(default=list, blank=True, help_text="Per-epoch loss and validation metrics.")
+    progress = models.JSONField(default=dict, blank=True, help_text="Live stage/epoch/ETA while running.")
+    decision = models.TextField(blank=True, default="", help_text="Why it was or was not promoted.")
+    error = models.TextField(blank=True, default="")
+    artifact = models.CharField(max_length=255, blank=True, default="", help_text="Name in artifact storage.")
+    artifact_sha256 = models.CharField(max_length=64, blank=True, default="")
+    task_id = models.CharField(max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ModelVersionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        get_latest_by = "created_at"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=Q(is_active=True), name="rec_one_active_version"
+            ),
+            models.CheckConstraint(
+                condition=Q(is_active=False) | Q(status="ready"), name="rec_only_ready_is_active"
+            ),
+        ]
+
+    def __str__(self):
+        return f"v{self.pk} {self.model_name or 'model'} ({'active' if self.is_active else self.status})"
+
+    @property
+    def duration(self):
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    def metric(self, name, split="valid"):
+        return (self.metrics.get(split) or {}).get(name)
+
+    def activate(self):
+        """Make this version the one that serves, atomically (promotion and rollback)."""
+        with transaction.atomic():
+            me = ModelVersion.objects.select_for_update().get(pk=self.pk)
+            if me.status != self.Status.READY:
+                raise ValueError(f"Only a ready version can be activated (v{me.pk} is {me.status}).")
+            # Lock the current active row too, so concurrent activations serialise.
+            list(ModelVersion.objects.select_for_update().filter(is_active=True))
+            ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(is_active=False)
+            now = timezone.now()
+            ModelVersion.objects.filter(pk=me.pk).update(is_active=True, activated_at=now)
+        self.refresh_from_db()
+        return self
