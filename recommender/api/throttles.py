@@ -27,7 +27,7 @@ class ShopperRateThrottle(SimpleRateThrottle):
         if request.user and request.user.is_authenticated:
             ident = f"u{request.user.pk}"
         else:
-            ident = anonymous_key(request, create=False) or self.get_ident(request)
+            ident = anonymous_key(request) or self.get_ident(request)
         return f"throttle_{self.scope}_{ident}"
 
 
