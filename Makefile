@@ -1,0 +1,35 @@
+# Two commands set everything up on a bare machine with Python 3.11:
+#   make demo   virtualenv, install, migrate SQLite, seed the demo shop, train, serve
+#   make test   the whole test suite (PostgreSQL and Redis used when reachable)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install demo test test-fast lint benchmarks clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: install
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py seed_demo --if-empty
+	$(BIN)/python manage.py rundemo --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not browser" -x
+
+lint: install
+	$(BIN)/ruff check recommender shop_demo tests benchmarks
+
+clean:
+	rm -rf var .pytest_cache
