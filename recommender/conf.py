@@ -48,6 +48,20 @@ DEFAULTS = {
     "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},
     # A candidate is promoted when its validation NDCG@10 >= active's - tolerance.
     "PROMOTION_TOLERANCE": 0.0,
+    # The model trained by recommender.train: "cnn_dnn" (default), "cnn", or a baseline
+    # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets).
+    "MODEL": "cnn_dnn",
+    "MODEL_CONFIG": {},
+    # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, ...) for store training.
+    "TRAINING": {"max_seconds": 900, "epochs": 60, "patience": 4},
+    # Overrides of ml.data.CleaningConfig (bursts, bots, minimum counts, kind weights).
+    "CLEANING": {},
+    # The last days of events are held out to validate and test a new model.
+    "HOLDOUT_DAYS": 7,
+    # Training never starts on fewer events than this (a clear failure instead).
+    "MIN_TRAINING_EVENTS": 200,
+    # Rows read from the database per chunk while exporting events for training.
+    "EXPORT_CHUNK_SIZE": 20_000,
     # A running training whose heartbeat is older than this is marked failed.
     "TRAINING_HEARTBEAT_TIMEOUT": 600,
 }

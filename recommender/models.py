@@ -148,6 +148,10 @@ class ModelVersion(models.Model):
             models.CheckConstraint(
                 condition=Q(is_active=False) | Q(status="ready"), name="rec_only_ready_is_active"
             ),
+            # The training lock: two runs can never be running at once.
+            models.UniqueConstraint(
+                fields=["status"], condition=Q(status="running"), name="rec_one_running_training"
+            ),
         ]
 
     def __str__(self):

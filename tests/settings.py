@@ -11,6 +11,7 @@ unreachable service fails the run instead.
 import os
 import socket
 import tempfile
+from pathlib import Path
 from urllib.parse import urlparse
 
 from shop_demo.settings import *  # noqa: F403
@@ -37,6 +38,9 @@ SERVICES = {
 if SERVICES["postgres"]:
     DATABASES = {"default": database_from_url(POSTGRES_URL)}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # A Celery worker started by the tests points here at pytest-django's test database.
+    if os.environ.get("RECOMMENDER_TEST_DB_NAME"):
+        DATABASES["default"]["NAME"] = os.environ["RECOMMENDER_TEST_DB_NAME"]
 else:
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
@@ -51,7 +55,7 @@ if SERVICES["redis"]:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-VAR_DIR = __import__("pathlib").Path(tempfile.mkdtemp(prefix="recommender-tests-"))
+VAR_DIR = Path(os.environ.get("RECOMMENDER_TEST_VAR_DIR") or tempfile.mkdtemp(prefix="recommender-tests-"))
 MEDIA_ROOT = VAR_DIR / "media"
 STATIC_ROOT = VAR_DIR / "static"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -46,7 +46,7 @@ class Migration(migrations.Migration):
             options={
                 'ordering': ['-created_at', '-id'],
                 'get_latest_by': 'created_at',
-                'constraints': [models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('is_active',), name='rec_one_active_version'), models.CheckConstraint(condition=models.Q(('is_active', False), ('status', 'ready'), _connector='OR'), name='rec_only_ready_is_active')],
+                'constraints': [models.UniqueConstraint(condition=models.Q(('is_active', True)), fields=('is_active',), name='rec_one_active_version'), models.CheckConstraint(condition=models.Q(('is_active', False), ('status', 'ready'), _connector='OR'), name='rec_only_ready_is_active'), models.UniqueConstraint(condition=models.Q(('status', 'running')), fields=('status',), name='rec_one_running_training')],
             },
         ),
         migrations.CreateModel(

@@ -1,0 +1,28 @@
+"""Celery beat entries of the recommender, for a store's Celery app.
+
+In the store's ``celery.py``::
+
+    @app.on_after_configure.connect
+    def add_recommender_schedule(sender, **kwargs):
+        from recommender.schedule import periodic_tasks
+        sender.conf.beat_schedule.update(periodic_tasks())
+"""
+
+from celery.schedules import crontab
+
+from .conf import recommender_settings
+
+
+def periodic_tasks():
+    """Nightly retraining (RECOMMENDER["TRAIN_SCHEDULE"]) and the stale-run sweeper."""
+    return {
+        "recommender-train": {
+            "task": "recommender.train",
+            "schedule": crontab(**recommender_settings.TRAIN_SCHEDULE),
+            "options": {"queue": recommender_settings.TRAINING_QUEUE},
+        },
+        "recommender-fail-stale-runs": {
+            "task": "recommender.fail_stale_runs",
+            "schedule": crontab(minute="*/5"),
+        },
+    }
