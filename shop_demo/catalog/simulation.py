@@ -1,0 +1,587 @@
+"""Demo data: a made-up catalogue and shoppers whose behaviour a model can learn.
+
+Two halves, so each can be tested on its own:
+
+* planning (``build_catalogue``, ``simulate_shopper``) is pure Python driven by seeded
+  ``random.Random`` instances: the same seed gives the same products, the same shoppers
+  and the same events, in the same order, with the same event ids;
+* writing (``write_catalogue``, ``write_shopper``, ``seed_demo``) stores a plan. Events go
+  through ``recommender.events.record_many`` like any real event, one shopper and at
+  most 100 events per call.
+
+Event times are offsets before a reference ``now`` (by default the moment the command
+runs, because the write path rejects events too far in the past or in the future), so
+with a fixed ``now`` the stored events are identical run after run.
+
+What a model can find in the data: shoppers keep 1-3 favourite categories and a price
+level; popularity is Zipf-skewed; most sessions only view, some add to the cart, fewer
+buy; after buying a main product shoppers come back for its accessories, and after a
+consumable they come back days later for its refill.
+"""
+
+import bisect
+import itertools
+import math
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from functools import cached_property
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+from django.utils.text import slugify
+
+from recommender.events import record_many
+from recommender.models import Event
+
+from .models import Category, Order, OrderLine, Product
+
+DEFAULT_PRODUCTS = 3000
+DEFAULT_SHOPPERS = 3000
+DEFAULT_DAYS = 60
+DEFAULT_SEED = 42
+RECORD_BATCH = 100
+SHOPPER_USERNAME_PREFIX = "shopper"
+DAY = 86400
+
+# name, hue, typical main-product price, main nouns, accessory nouns, consumable nouns
+CATEGORY_TABLE = [
+    ("Coffee & Tea", 28, 180, ["Espresso Machine", "Burr Grinder", "Pour-Over Kettle", "French Press", "Drip Brewer", "Milk Frother"],
+     ["Tamper", "Milk Jug", "Knock Box", "Portafilter Basket", "Travel Lid"], ["Coffee Beans", "Loose Leaf Tea", "Descaler", "Paper Filters"]),
+    ("Kitchen", 12, 120, ["Stand Mixer", "Blender", "Air Fryer", "Chef's Knife", "Dutch Oven", "Toaster"],
+     ["Mixing Bowl", "Blender Jar", "Knife Guard", "Baking Tray", "Dough Hook"], ["Cooking Oil Spray", "Dish Soap", "Parchment Paper", "Sea Salt"]),
+    ("Audio", 265, 220, ["Wireless Headphones", "Bookshelf Speaker", "Soundbar", "Turntable", "Earbuds", "Portable Speaker"],
+     ["Carrying Case", "Speaker Stand", "Ear Cushions", "Audio Cable", "Charging Dock"], ["Ear Tips", "Record Cleaner", "Stylus Brush"]),
+    ("Computing", 215, 650, ["Laptop", "Mechanical Keyboard", "Monitor", "Mini PC", "Wireless Mouse", "Docking Station"],
+     ["Laptop Sleeve", "Wrist Rest", "Monitor Arm", "USB-C Hub", "Keycap Set"], ["Screen Wipes", "Printer Paper", "Compressed Air"]),
+    ("Phones & Tablets", 190, 480, ["Smartphone", "Tablet", "E-Reader", "Smartwatch"],
+     ["Phone Case", "Screen Protector", "Stylus", "Watch Band", "Car Mount"], ["Lens Wipes", "Cable Ties"]),
+    ("Cameras", 330, 700, ["Mirrorless Camera", "Action Camera", "Instant Camera", "Camera Lens", "Drone"],
+     ["Camera Bag", "Tripod", "Lens Hood", "Memory Card", "Camera Strap"], ["Instant Film", "Sensor Swabs", "Lens Cleaning Fluid"]),
+    ("Garden", 110, 90, ["Lawn Mower", "Hedge Trimmer", "Garden Hose", "Pruning Shears", "Raised Bed"],
+     ["Hose Nozzle", "Trimmer Blade", "Garden Gloves", "Kneeling Pad"], ["Potting Soil", "Plant Food", "Seed Mix", "Trimmer Line"]),
+    ("Home Office", 45, 160, ["Standing Desk", "Office Chair", "Desk Lamp", "Bookcase", "Filing Cabinet"],
+     ["Desk Mat", "Cable Tray", "Chair Cushion", "Lamp Shade", "Monitor Riser"], ["Sticky Notes", "Gel Pens", "Printer Ink", "Notebooks"]),
+    ("Bath & Body", 300, 35, ["Electric Toothbrush", "Hair Dryer", "Shaver", "Bath Towel Set", "Diffuser"],
+     ["Toothbrush Holder", "Travel Case", "Diffuser Stand", "Shaver Stand"], ["Hand Soap", "Shampoo", "Body Wash", "Toothbrush Heads", "Essential Oil"]),
+    ("Pets", 150, 60, ["Dog Bed", "Cat Tree", "Pet Carrier", "Aquarium", "Dog Leash"],
+     ["Bed Cover", "Carrier Pad", "Aquarium Light", "Leash Pouch"], ["Dog Food", "Cat Litter", "Fish Food", "Pet Shampoo", "Dental Chews"]),
+    ("Outdoors", 95, 140, ["Tent", "Sleeping Bag", "Hiking Backpack", "Camp Stove", "Headlamp"],
+     ["Tent Footprint", "Stuff Sack", "Rain Cover", "Stove Windscreen"], ["Gas Canister", "Water Purifier Tablets", "Firestarters", "Batteries"]),
+    ("Fitness", 0, 110, ["Yoga Mat", "Dumbbell Set", "Rowing Machine", "Kettlebell", "Exercise Bike", "Foam Roller"],
+     ["Mat Strap", "Dumbbell Rack", "Bike Seat Cover", "Grip Pads"], ["Protein Powder", "Energy Gels", "Chalk", "Electrolyte Tabs"]),
+]
+BRANDS = [
+    "Nordvik", "Kestrel", "Aurelia", "Brightwell", "Calder", "Driftwood", "Ember & Oak", "Fjell", "Greyfield",
+    "Halcyon", "Ironbark", "Juniper", "Kobalt", "Lumen", "Meridian", "Northwind", "Oakhurst", "Pinecrest",
+    "Quillon", "Redfern", "Solace", "Tidewater", "Umbra", "Vantage", "Willow & Co", "Yarrow", "Zephyr",
+    "Atlas", "Bramble", "Copperline",
+]
+MODELS = [
+    "Aria", "Bolt", "Crest", "Dune", "Echo", "Flux", "Glide", "Haven", "Ion", "Jet", "Kite", "Lyra", "Mesa",
+    "Nova", "Orbit", "Pulse", "Quartz", "Ridge", "Sol", "Terra", "Ultra", "Vega", "Wave", "Xeno", "Zen",
+    "Mini", "Pro", "Max", "Lite", "Air",
+]
+VARIANTS = ["Original", "Everyday", "Premium", "Eco", "Classic", "Gentle", "Extra Strong", "Fresh", "Natural", "Signature"]
+ADJECTIVES = ["compact", "sturdy", "quiet", "elegant", "lightweight", "versatile", "reliable", "beautifully simple", "well-made", "clever"]
+PACK_SIZES = ["Refill", "Refill, 2-Pack", "Refill, 3-Pack", "Refill, Large"]
+
+ROLE_SHARES = {"accessory": 0.30, "consumable": 0.15, "refill": 0.10}  # the rest are main products
+ROLE_PRICE_FACTORS = {"main": 1.0, "accessory": 0.18, "consumable": 0.09, "refill": 0.07}
+# How likely a browsing session lands on each role; accessories and refills are mostly
+# reached through the follow-up visits after a purchase.
+ROLE_BROWSE_WEIGHTS = {"main": 1.0, "consumable": 0.8, "accessory": 0.25, "refill": 0.15}
+
+
+@dataclass(frozen=True)
+class CategorySpec:
+    index: int
+    name: str
+    slug: str
+    hue: int
+    typical_price: float
+    popularity: float
+
+
+@dataclass(eq=False)
+class ProductSpec:
+    index: int
+    category: int
+    name: str
+    slug: str
+    description: str
+    role: str
+    price: Decimal
+    typical_price: float
+    stock: int
+    is_active: bool
+    age_days: float
+    popularity: float
+    companion: int | None = None
+    companions: list = field(default_factory=list)  # indexes of products whose companion is this one
+
+    @property
+    def recordable(self):
+        return self.is_active
+
+    @property
+    def buyable(self):
+        return self.is_active and self.stock > 0
+
+
+@dataclass
+class Catalogue:
+    categories: list
+    products: list
+
+    @cached_property
+    def by_category(self):
+        """Products of each category index, in plan order."""
+        groups = {category.index: [] for category in self.categories}
+        for product in self.products:
+            groups[product.category].append(product)
+        return groups
+
+
+@dataclass(frozen=True)
+class SimulatedEvent:
+    kind: str
+    product: int
+    value: float | None
+    seconds_ago: int
+    event_id: uuid.UUID
+
+
+@dataclass
+class ShopperHistory:
+    index: int
+    username: str  # "" for an anonymous shopper
+    session_key: str  # "" for a registered shopper
+    events: list
+    orders: list  # [(seconds_ago, [(product index, quantity), ...])]
+
+
+def zipf_weights(count, rng, exponent=1.0):
+    """Popularity weights 1/rank^s over a shuffled order: a few hits, a long tail."""
+    ranks = list(range(1, count + 1))
+    rng.shuffle(ranks)
+    return [1.0 / rank**exponent for rank in ranks]
+
+
+def shop_price(value):
+    """A price a shop would print: x.99 above 20, x.49/x.99 below."""
+    if value >= 20:
+        return Decimal(max(1, round(value))) - Decimal("0.01")
+    return Decimal(str(max(0.49, math.floor(value * 2) / 2 + 0.49))).quantize(Decimal("0.01"))
+
+
+def role_counts(size):
+    """How many products of each role a category of ``size`` products gets."""
+    if size < 4:
+        return {"main": size, "accessory": 0, "consumable": 0, "refill": 0}
+    counts = {role: max(1, round(size * share)) for role, share in ROLE_SHARES.items()}
+    counts["main"] = size - sum(counts.values())
+    return counts
+
+
+def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
+    """Plan ``products`` products over up to 12 categories, deterministically from ``seed``."""
+    rng = random.Random(f"{seed}:catalogue")
+    category_count = max(1, min(len(CATEGORY_TABLE), products // 20))
+    category_popularity = zipf_weights(category_count, rng, exponent=0.6)
+    categories = [
+        CategorySpec(i, row[0], slugify(row[0]), row[1], float(row[2]), category_popularity[i])
+        for i, row in enumerate(CATEGORY_TABLE[:category_count])
+    ]
+    sizes = [products // category_count + (1 if i < products % category_count else 0) for i in range(category_count)]
+    specs, used_names, used_slugs = [], set(), set()
+
+    def unique(name):
+        base, number = name, 2
+        while name in used_names:
+            name, number = f"{base} {number}", number + 1
+        used_names.add(name)
+        slug, number = slugify(name)[:200], 2
+        while slug in used_slugs:
+            slug, number = f"{slugify(name)[:200]}-{number}", number + 1
+        used_slugs.add(slug)
+        return name, slug
+
+    def add(category, role, name, description, companion=None):
+        name, slug = unique(name)
+        typical = category.typical_price * ROLE_PRICE_FACTORS[role]
+        price = shop_price(typical * rng.lognormvariate(0, 0.45))
+        roll = rng.random()
+        spec = ProductSpec(
+            index=len(specs), category=category.index, name=name, slug=slug, description=description,
+            role=role, price=price, typical_price=typical,
+            stock=0 if roll < 0.03 else 1 + int(rng.lognormvariate(3.2, 0.9)),
+            is_active=not (0.03 <= roll < 0.06), age_days=round(rng.uniform(0, 180), 3),
+            popularity=0.0, companion=companion.index if companion else None,
+        )
+        specs.append(spec)
+        if companion:
+            companion.companions.append(spec.index)
+        return spec
+
+    for category, size in zip(categories, sizes, strict=True):
+        _, _, _, mains, accessories, consumables = CATEGORY_TABLE[category.index]
+        counts = role_counts(size)
+        main_specs, consumable_specs = [], []
+        for _ in range(counts["main"]):
+            brand, model, noun = rng.choice(BRANDS), rng.choice(MODELS), rng.choice(mains)
+            main_specs.append(add(
+                category, "main", f"{brand} {model} {noun}",
+                f"A {rng.choice(ADJECTIVES)} {noun.lower()} from {brand}, part of the {model} range.",
+            ))
+        for _ in range(counts["accessory"]):
+            main = rng.choice(main_specs)
+            noun = rng.choice(accessories)
+            add(category, "accessory", f"{noun} for {main.name}",
+                f"Made to fit the {main.name}.", companion=main)
+        for _ in range(counts["consumable"]):
+            brand, variant, noun = rng.choice(BRANDS), rng.choice(VARIANTS), rng.choice(consumables)
+            consumable_specs.append(add(
+                category, "consumable", f"{brand} {variant} {noun}",
+                f"{variant} {noun.lower()} by {brand}. You will want more when it runs out.",
+            ))
+        for _ in range(counts["refill"]):
+            consumable = rng.choice(consumable_specs)
+            add(category, "refill", f"{consumable.name} {rng.choice(PACK_SIZES)}",
+                f"Refill for {consumable.name}.", companion=consumable)
+        for spec, weight in zip(specs[-size:], zipf_weights(size, rng), strict=True):
+            spec.popularity = weight
+    return Catalogue(categories, specs)
+
+
+class ShopperSimulator:
+    """One shopper's tastes and habits, and the events they produce over ``days``."""
+
+    def __init__(self, catalogue, index, *, seed, days, registered):
+        self.catalogue = catalogue
+        self.products = catalogue.products
+        self.rng = random.Random(f"{seed}:shopper:{index}")
+        self.index = index
+        self.horizon = int(days * DAY)
+        self.registered = registered
+        rng = self.rng
+        categories = catalogue.categories
+        weights = [category.popularity for category in categories]
+        favourite_count = min(len(categories), rng.choice([1, 1, 2, 2, 2, 3]))
+        self.favourites = []
+        while len(self.favourites) < favourite_count:
+            choice = rng.choices(categories, weights)[0].index
+            if choice not in self.favourites:
+                self.favourites.append(choice)
+        self.price_level = rng.lognormvariate(0, 0.35)
+        self.category_weights = weights
+        self._browse_tables = {}
+        self.events, self.orders = [], []
+
+    # -- choosing products -------------------------------------------------------
+
+    def browse_table(self, category):
+        """Cumulative weights of a category's products for this shopper's taste."""
+        if category not in self._browse_tables:
+            candidates = [p for p in self.catalogue.by_category[category] if p.recordable]
+            weights = []
+            for product in candidates:
+                ratio = float(product.price) / (product.typical_price * self.price_level)
+                affinity = math.exp(-1.5 * abs(math.log(max(ratio, 1e-6))))
+                weights.append(product.popularity * ROLE_BROWSE_WEIGHTS[product.role] * affinity)
+            self._browse_tables[category] = (candidates, list(itertools.accumulate(weights)))
+        return self._browse_tables[category]
+
+    def pick(self, category):
+        candidates, cumulative = self.browse_table(category)
+        if not candidates:
+            return None
+        point = self.rng.random() * cumulative[-1]
+        return candidates[min(bisect.bisect(cumulative, point), len(candidates) - 1)]
+
+    # -- emitting events ---------------------------------------------------------
+
+    def emit(self, kind, product, at, value=None):
+        if at < self.horizon:
+            event_id = uuid.UUID(int=self.rng.getrandbits(128), version=4)
+            self.events.append(SimulatedEvent(kind, product.index, value, self.horizon - at, event_id))
+
+    def quantity(self, product):
+        if product.role in ("consumable", "refill"):
+            return self.rng.choice([1, 1, 1, 2, 2, 3])
+        return 1 if self.rng.random() < 0.9 else 2
+
+    def checkout(self, cart, at, agenda):
+        """Buy what is in the cart (registered shoppers only: checkout needs a login)."""
+        lines = [(product, qty) for product, qty in cart.items() if product.buyable]
+        if not lines or at >= self.horizon:
+            return
+        for product, qty in lines:
+            self.emit("purchase", product, at, qty)
+            at += 1
+            self.plan_follow_up(product, at, agenda)
+        self.orders.append((self.horizon - at, [(product.index, qty) for product, qty in lines]))
+
+    def plan_follow_up(self, product, at, agenda):
+        """The sequential patterns: accessories after a main product, refills after a consumable."""
+        rng = self.rng
+        if product.role == "main" and product.companions and rng.random() < 0.6:
+            agenda.append((at + int(rng.uniform(0.3, 10) * DAY), "companions", product.index))
+        elif product.role == "consumable" and product.companions and rng.random() < 0.75:
+            agenda.append((at + int(rng.uniform(5, 25) * DAY), "companions", product.index))
+        elif product.role == "refill" and rng.random() < 0.4:
+            agenda.append((at + int(rng.uniform(10, 30) * DAY), "rebuy", product.index))
+
+    def add_to_cart(self, cart, product, at):
+        qty = self.quantity(product)
+        self.emit("add_to_cart", product, at, qty)
+        cart[product] = cart.get(product, 0) + qty
+        if self.rng.random() < 0.12:
+            self.emit("remove_from_cart", product, at + self.rng.randint(20, 300), cart.pop(product))
+
+    def browsing_session(self, at, agenda):
+        rng = self.rng
+        if rng.random() < 0.85:
+            category = rng.choice(self.favourites)
+        else:
+            category = rng.choices(self.catalogue.categories, self.category_weights)[0].index
+        cart = {}
+        views = 1 + min(int(rng.expovariate(1 / 2.5)), 12)
+        for _ in range(views):
+            product = self.pick(category)
+            if product is None:
+                return at
+            at += rng.randint(15, 180)
+            self.emit("view", product, at)
+            if product.role == "main" and product.companions and rng.random() < 0.15:
+                accessory = self.products[rng.choice(product.companions)]
+                if accessory.recordable:
+                    at += rng.randint(10, 90)
+                    self.emit("view", accessory, at)
+            if product.buyable and product not in cart and rng.random() < 0.14:
+                at += rng.randint(5, 60)
+                self.add_to_cart(cart, product, at)
+        if cart and self.registered and rng.random() < 0.55:
+            at += rng.randint(60, 600)
+            self.checkout(cart, at, agenda)
+        return at
+
+    def follow_up_session(self, at, kind, product_index, agenda):
+        """Coming back for what goes with an earlier purchase."""
+        rng = self.rng
+        anchor = self.products[product_index]
+        if kind == "rebuy":
+            options = [anchor]
+        else:
+            options = [self.products[i] for i in anchor.companions if self.products[i].recordable]
+        if not options:
+            return at
+        if kind == "companions" and anchor.recordable and rng.random() < 0.4:
+            at += rng.randint(10, 120)
+            self.emit("view", anchor, at)
+        cart = {}
+        for product in rng.sample(options, min(len(options), rng.choice([1, 1, 2, 3]))):
+            at += rng.randint(15, 150)
+            self.emit("view", product, at)
+            if product.buyable and rng.random() < 0.65:
+                at += rng.randint(5, 60)
+                self.add_to_cart(cart, product, at)
+        if cart and self.registered and rng.random() < 0.85:
+            at += rng.randint(60, 600)
+            self.checkout(cart, at, agenda)
+        return at
+
+    def run(self):
+        rng = self.rng
+        if self.registered:
+            session_count = 1 + min(int(rng.expovariate(1 / 5)), 30)
+        else:
+            session_count = 1 + min(int(rng.expovariate(1 / 1.2)), 6)
+        starts = sorted(int(rng.uniform(0, self.horizon)) for _ in range(session_count))
+        agenda = []  # follow-up visits planned by purchases: (time, kind, product index)
+        clock = 0
+        while starts or agenda:
+            agenda.sort()
+            if agenda and (not starts or agenda[0][0] <= starts[0]):
+                at, kind, product_index = agenda.pop(0)
+                if at >= self.horizon:
+                    continue
+                clock = self.follow_up_session(max(at, clock + 60), kind, product_index, agenda)
+            else:
+                clock = self.browsing_session(max(starts.pop(0), clock + 60), agenda)
+        # A removal a few minutes after its add may land after later views: keep time order.
+        self.events.sort(key=lambda event: -event.seconds_ago)
+        self.orders.sort(key=lambda order: -order[0])
+        return self.events, self.orders
+
+
+def simulate_shopper(catalogue, index, *, seed=DEFAULT_SEED, days=DEFAULT_DAYS, registered_share=0.6):
+    """One shopper's whole history, in time order; deterministic in (seed, index, catalogue)."""
+    chooser = random.Random(f"{seed}:who:{index}")
+    registered = chooser.random() < registered_share
+    username = f"{SHOPPER_USERNAME_PREFIX}{index + 1:04d}" if registered else ""
+    session_key = "" if registered else f"sim-{chooser.getrandbits(96):024x}"
+    events, orders = ShopperSimulator(catalogue, index, seed=seed, days=days, registered=registered).run()
+    return ShopperHistory(index, username, session_key, events, orders)
+
+
+# -- writing ---------------------------------------------------------------------
+
+
+def write_catalogue(catalogue, *, now=None):
+    """Store a planned catalogue; returns the Product rows in plan order."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        categories = Category.objects.bulk_create(
+            Category(name=c.name, slug=c.slug, hue=c.hue) for c in catalogue.categories
+        )
+        rows = Product.objects.bulk_create(
+            (
+                Product(
+                    category=categories[p.category], name=p.name, slug=p.slug, description=p.description,
+                    price=p.price, stock=p.stock, is_active=p.is_active, role=p.role,
+                )
+                for p in catalogue.products
+            ),
+            batch_size=500,
+        )
+        for spec, row in zip(catalogue.products, rows, strict=True):
+            row.companion = rows[spec.companion] if spec.companion is not None else None
+            row.created_at = now - timedelta(days=spec.age_days)
+        # created_at is auto_now_add, so the planned dates are set after the insert.
+        Product.objects.bulk_update(rows, ["companion", "created_at"], batch_size=500)
+    return rows
+
+
+def create_shopper_users(histories):
+    """Users for the registered shoppers: no password (unusable), no personal data."""
+    User = get_user_model()
+    users = User.objects.bulk_create(
+        [User(username=h.username, password="!demo-shopper") for h in histories if h.username],
+        batch_size=500,
+    )
+    return {user.username: user for user in users}
+
+
+def write_shopper(history, product_rows, *, now, user=None):
+    """Store one shopper's events through the recommender's write path, and their orders."""
+    stored = Counter()
+    shopper = {"user": user, "session_key": history.session_key}
+    for start in range(0, len(history.events), RECORD_BATCH):
+        batch = history.events[start : start + RECORD_BATCH]
+        record_many(
+            [
+                {"kind": e.kind, "item": product_rows[e.product].pk, "value": e.value,
+                 "occurred_at": now - timedelta(seconds=e.seconds_ago), "event_id": e.event_id}
+                for e in batch
+            ],
+            **shopper,
+        )
+        stored.update(e.kind for e in batch)
+    return stored
+
+
+def write_orders(histories, product_rows, users, *, now):
+    """Orders for the simulated purchases, so the admin shows a living shop."""
+    planned = [(users[h.username], ago, lines) for h in histories if h.username for ago, lines in h.orders]
+    orders = Order.objects.bulk_create([Order(user=user) for user, _, _ in planned], batch_size=500)
+    for order, (_, ago, _) in zip(orders, planned, strict=True):
+        order.created_at = now - timedelta(seconds=ago)
+    Order.objects.bulk_update(orders, ["created_at"], batch_size=500)
+    OrderLine.objects.bulk_create(
+        (
+            OrderLine(order=order, product=product_rows[index], quantity=qty, price=product_rows[index].price)
+            for order, (_, _, lines) in zip(orders, planned, strict=True)
+            for index, qty in lines
+        ),
+        batch_size=500,
+    )
+    return len(orders)
+
+
+@dataclass
+class SeedSummary:
+    products: int
+    categories: int
+    roles: dict
+    inactive: int
+    out_of_stock: int
+    registered_shoppers: int
+    anonymous_shoppers: int
+    orders: int
+    events: dict
+
+
+def seed_demo(*, products=DEFAULT_PRODUCTS, shoppers=DEFAULT_SHOPPERS, days=DEFAULT_DAYS, seed=DEFAULT_SEED,
+              now=None, progress=None):
+    """Plan and store the whole demo: catalogue, shopper users, events, orders.
+
+    ``progress`` wraps the shopper loop (e.g. ``tqdm``); events are written one shopper
+    at a time inside transactions of 100 shoppers, so a large run does not commit per call.
+    """
+    now = now or timezone.now()
+    catalogue = build_catalogue(products=products, seed=seed)
+    product_rows = write_catalogue(catalogue, now=now)
+    histories = [simulate_shopper(catalogue, i, seed=seed, days=days) for i in range(shoppers)]
+    users = create_shopper_users(histories)
+    events = Counter()
+    remaining = iter(progress(histories) if progress else histories)
+    for _ in range(0, shoppers, 100):
+        with transaction.atomic():
+            for history in itertools.islice(remaining, 100):
+                events += write_shopper(history, product_rows, now=now, user=users.get(history.username))
+    with transaction.atomic():
+        order_count = write_orders(histories, product_rows, users, now=now)
+    return SeedSummary(
+        products=len(catalogue.products),
+        categories=len(catalogue.categories),
+        roles=dict(Counter(p.role for p in catalogue.products)),
+        inactive=sum(not p.is_active for p in catalogue.products),
+        out_of_stock=sum(p.stock == 0 for p in catalogue.products),
+        registered_shoppers=len(users),
+        anonymous_shoppers=shoppers - len(users),
+        orders=order_count,
+        events=dict(events),
+    )
+
+
+def flush_demo():
+    """Delete the demo data: events, orders, products, categories and shopper users.
+
+    Every product is demo data, so all events (which all point at products) go too.
+    The ``admin`` and ``demo`` accounts are kept.
+    """
+    with transaction.atomic():
+        Event.objects.all().delete()
+        OrderLine.objects.all().delete()
+        Order.objects.all().delete()
+        Product.objects.update(companion=None)
+        Product.objects.all().delete()
+        Category.objects.all().delete()
+        get_user_model().objects.filter(
+            username__regex=rf"^{SHOPPER_USERNAME_PREFIX}[0-9]+$", is_staff=False
+        ).delete()
+
+
+DEMO_ACCOUNTS = [
+    {"username": "admin", "password": "admin", "is_staff": True, "is_superuser": True},
+    {"username": "demo", "password": "demo", "is_staff": False, "is_superuser": False},
+]
+
+
+def ensure_demo_accounts():
+    """The staff ``admin``/``admin`` and shopper ``demo``/``demo`` logins; returns created names."""
+    User = get_user_model()
+    created = []
+    for account in DEMO_ACCOUNTS:
+        if User.objects.filter(username=account["username"]).exists():
+            continue
+        user = User(username=account["username"], is_staff=account["is_staff"], is_superuser=account["is_superuser"])
+        user.set_password(account["password"])
+        user.save()
+        created.append(account["username"])
+    return created
