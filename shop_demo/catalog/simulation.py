@@ -94,7 +94,9 @@ ROLE_SHARES = {"accessory": 0.30, "consumable": 0.15, "refill": 0.10}  # the res
 ROLE_PRICE_FACTORS = {"main": 1.0, "accessory": 0.18, "consumable": 0.09, "refill": 0.07}
 # How likely a browsing session lands on each role; accessories and refills are mostly
 # reached through the follow-up visits after a purchase.
-ROLE_BROWSE_WEIGHTS = {"main": 1.0, "consumable": 0.8, "accessory": 0.25, "refill": 0.15}
+ROLE_BROWSE_WEIGHTS = {"main": 1.0, "consumable": 1.0, "accessory": 0.15, "refill": 0.1}
+# Chance that a viewed product goes into the cart: cheap, used-up things more often.
+ROLE_CART_RATES = {"main": 0.10, "accessory": 0.15, "consumable": 0.25, "refill": 0.25}
 
 
 @dataclass(frozen=True)
@@ -331,10 +333,10 @@ class ShopperSimulator:
         rng = self.rng
         if product.role == "main" and product.companions and rng.random() < 0.6:
             agenda.append((at + int(rng.uniform(0.3, 10) * DAY), "companions", product.index))
-        elif product.role == "consumable" and product.companions and rng.random() < 0.75:
-            agenda.append((at + int(rng.uniform(5, 25) * DAY), "companions", product.index))
-        elif product.role == "refill" and rng.random() < 0.4:
-            agenda.append((at + int(rng.uniform(10, 30) * DAY), "rebuy", product.index))
+        elif product.role == "consumable" and product.companions and rng.random() < 0.85:
+            agenda.append((at + int(rng.uniform(4, 18) * DAY), "companions", product.index))
+        elif product.role == "refill" and rng.random() < 0.5:
+            agenda.append((at + int(rng.uniform(8, 25) * DAY), "rebuy", product.index))
 
     def add_to_cart(self, cart, product, at):
         qty = self.quantity(product)
@@ -362,7 +364,7 @@ class ShopperSimulator:
                 if accessory.recordable:
                     at += rng.randint(10, 90)
                     self.emit("view", accessory, at)
-            if product.buyable and product not in cart and rng.random() < 0.14:
+            if product.buyable and product not in cart and rng.random() < ROLE_CART_RATES[product.role]:
                 at += rng.randint(5, 60)
                 self.add_to_cart(cart, product, at)
         if cart and self.registered and rng.random() < 0.55:
@@ -398,7 +400,7 @@ class ShopperSimulator:
     def run(self):
         rng = self.rng
         if self.registered:
-            session_count = 1 + min(int(rng.expovariate(1 / 5)), 30)
+            session_count = 1 + min(int(rng.expovariate(1 / 7)), 30)
         else:
             session_count = 1 + min(int(rng.expovariate(1 / 1.2)), 6)
         starts = sorted(int(rng.uniform(0, self.horizon)) for _ in range(session_count))
