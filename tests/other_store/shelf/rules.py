@@ -1,0 +1,2 @@
+def in_print(queryset):
+    return queryset.filter(in_print=True)
