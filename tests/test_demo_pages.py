@@ -33,7 +33,9 @@ def shopper():
 
 
 def add_to_cart(client, product, quantity=1):
-    return client.post(reverse("catalog:cart"), {"action": "add", "product": product.pk, "quantity": quantity})
+    return client.post(
+        reverse("catalog:cart"), {"action": "add", "product": product.pk, "quantity": quantity}
+    )
 
 
 def test_home_lists_products_with_tracking_attributes(client, shop):
@@ -72,13 +74,17 @@ def test_product_page_marks_the_view_and_offers_the_cart(client, product):
     assert f'data-rec-view="{product.pk}"' in html
     assert product.name in html and str(product.price) in html
     assert 'name="csrfmiddlewaretoken"' in html and 'value="add"' in html
-    assert f'src="{reverse("catalog:product_image", args=[product.slug])}" alt="{product.name}"' in html
+    assert (
+        f'src="{reverse("catalog:product_image", args=[product.slug])}" alt="{product.name}"'
+        in html
+    )
     assert not Event.objects.exists(), "views are recorded by the browser tracker, not the server"
 
 
 def test_product_page_shows_companions(client, shop):
-    main = Product.objects.filter(role="main", companions__is_active=True, companions__stock__gt=0,
-                                  is_active=True).first()
+    main = Product.objects.filter(
+        role="main", companions__is_active=True, companions__stock__gt=0, is_active=True
+    ).first()
     response = client.get(reverse("catalog:product", args=[main.slug]))
     assert set(response.context["goes_with"]) <= set(main.companions.all())
     assert response.context["goes_with"]
@@ -111,7 +117,12 @@ def test_cart_add_records_add_to_cart_with_quantity(client, product):
     assert response.status_code == 302
     assert client.session["cart"] == {str(product.pk): 2}
     event = Event.objects.get()
-    assert (event.kind, event.item_id, event.value, event.page) == ("add_to_cart", product.pk, 2.0, "/cart/")
+    assert (event.kind, event.item_id, event.value, event.page) == (
+        "add_to_cart",
+        product.pk,
+        2.0,
+        "/cart/",
+    )
     assert event.user is None and event.session_key
     page = client.get(reverse("catalog:cart"))
     assert page.status_code == 200 and product.name in page.content.decode()
@@ -124,8 +135,12 @@ def test_cart_update_and_remove_record_the_difference(client, product):
     client.post(reverse("catalog:cart"), {"action": "update", "product": product.pk, "quantity": 4})
     client.post(reverse("catalog:cart"), {"action": "remove", "product": product.pk})
     recorded = list(Event.objects.order_by("id").values_list("kind", "value"))
-    assert recorded == [("add_to_cart", 3.0), ("remove_from_cart", 2.0), ("add_to_cart", 3.0),
-                        ("remove_from_cart", 4.0)]
+    assert recorded == [
+        ("add_to_cart", 3.0),
+        ("remove_from_cart", 2.0),
+        ("add_to_cart", 3.0),
+        ("remove_from_cart", 4.0),
+    ]
     assert client.session["cart"] == {}
 
 
@@ -162,12 +177,16 @@ def test_checkout_creates_order_decrements_stock_and_records_purchases(client, s
     order = Order.objects.get()
     assert response.status_code == 302 and response.url == reverse("catalog:order", args=[order.pk])
     assert order.user == shopper
-    assert sorted(order.lines.values_list("product_id", "quantity")) == sorted([(first.pk, 2), (second.pk, 1)])
+    assert sorted(order.lines.values_list("product_id", "quantity")) == sorted(
+        [(first.pk, 2), (second.pk, 1)]
+    )
     for item, quantity in ((first, 2), (second, 1)):
         item.refresh_from_db()
         assert item.stock == stock_before[item.pk] - quantity
     purchases = Event.objects.filter(kind="purchase", user=shopper)
-    assert sorted(purchases.values_list("item_id", "value")) == sorted([(first.pk, 2.0), (second.pk, 1.0)])
+    assert sorted(purchases.values_list("item_id", "value")) == sorted(
+        [(first.pk, 2.0), (second.pk, 1.0)]
+    )
     assert client.session["cart"] == {}
     page = client.get(response.url)
     assert page.status_code == 200 and first.name in page.content.decode()
@@ -194,7 +213,9 @@ def test_orders_are_private(client, shop, shopper):
 def test_login_page_and_login_logout(client, shopper):
     page = client.get(reverse("login"))
     assert page.status_code == 200 and 'name="password"' in page.content.decode()
-    response = client.post(reverse("login"), {"username": "alice", "password": "pw", "next": "/cart/"})
+    response = client.post(
+        reverse("login"), {"username": "alice", "password": "pw", "next": "/cart/"}
+    )
     assert response.status_code == 302 and response.url == "/cart/"
     assert "Log out" in client.get(reverse("catalog:home")).content.decode()
     client.post(reverse("logout"))

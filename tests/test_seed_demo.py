@@ -30,7 +30,14 @@ def seed(**options):
 def catalogue_snapshot():
     return list(
         Product.objects.order_by("slug").values_list(
-            "slug", "name", "category__slug", "price", "stock", "is_active", "role", "companion__slug"
+            "slug",
+            "name",
+            "category__slug",
+            "price",
+            "stock",
+            "is_active",
+            "role",
+            "companion__slug",
         )
     )
 
@@ -39,7 +46,13 @@ def event_sequence():
     """Every stored event in insertion order, with items and shoppers named, not numbered."""
     return list(
         Event.objects.order_by("id").values_list(
-            "event_id", "user__username", "session_key", "item__slug", "kind", "value", "occurred_at"
+            "event_id",
+            "user__username",
+            "session_key",
+            "item__slug",
+            "kind",
+            "value",
+            "occurred_at",
         )
     )
 
@@ -95,12 +108,14 @@ def test_simulated_behaviour_is_learnable():
     """Funnel, taste, and the sequential patterns: refills follow consumables, accessories mains."""
     catalogue = build_catalogue(products=300, seed=11)
     products = catalogue.products
-    histories = [simulate_shopper(catalogue, i, seed=11, days=60) for i in range(400)]
+    histories = [simulate_shopper(catalogue, i, seed=11, days=60) for i in range(600)]
     kinds = Counter(e.kind for h in histories for e in h.events)
     assert kinds["view"] > 4 * kinds["add_to_cart"] > 0
     assert kinds["add_to_cart"] > kinds["purchase"] > kinds["remove_from_cart"] > 0
 
-    followed = {"refill": [0, 0], "accessory": [0, 0]}
+    # For each accessory or refill purchase: was its companion bought earlier, and, as the
+    # chance baseline, was a decoy (another product of the companion's role and category)?
+    followed = {"refill": Counter(), "accessory": Counter()}
     for history in histories:
         bought_at = {}
         for event in history.events:
@@ -108,13 +123,23 @@ def test_simulated_behaviour_is_learnable():
                 continue
             product = products[event.product]
             if product.role in followed:
-                earlier = bought_at.get(product.companion)
-                followed[product.role][0] += earlier is not None and earlier > event.seconds_ago
-                followed[product.role][1] += 1
+                companion = products[product.companion]
+                decoy = next(
+                    p
+                    for p in catalogue.by_category[companion.category] + [None]
+                    if p is None or (p.role == companion.role and p is not companion)
+                )
+                counts = followed[product.role]
+                counts["total"] += 1
+                counts["companion"] += bought_at.get(companion.index, -1) > event.seconds_ago
+                counts["decoy"] += (
+                    decoy is not None and bought_at.get(decoy.index, -1) > event.seconds_ago
+                )
             bought_at.setdefault(event.product, event.seconds_ago)
-    for role, (after_companion, total) in followed.items():
-        assert total >= 10, role
-        assert after_companion / total > 0.4, f"{role}: {after_companion}/{total} follow their companion"
+    for role, counts in followed.items():
+        assert counts["total"] >= 30, role
+        assert counts["companion"] / counts["total"] > 0.3, f"{role}: {counts}"
+        assert counts["companion"] > 5 * max(1, counts["decoy"]), f"{role}: {counts}"
 
     # Stable tastes: a registered shopper's views concentrate on few categories.
     shares = []
@@ -173,9 +198,9 @@ def test_seed_demo_honours_sizes_and_stays_in_the_window():
     purchases = Event.objects.filter(kind="purchase")
     assert purchases.filter(user__isnull=True).count() == 0, "checkout needs a login"
     assert Order.objects.exists()
-    assert sum(line for line in Order.objects.values_list("lines__quantity", flat=True) if line) == sum(
-        purchases.values_list("value", flat=True)
-    )
+    assert sum(
+        line for line in Order.objects.values_list("lines__quantity", flat=True) if line
+    ) == sum(purchases.values_list("value", flat=True))
 
 
 @pytest.mark.django_db

@@ -68,7 +68,12 @@ class OrderAdmin(admin.ModelAdmin):
     inlines = [OrderLineInline]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(lines_total=Count("lines")).prefetch_related("lines")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(lines_total=Count("lines"))
+            .prefetch_related("lines")
+        )
 
     @admin.display(description="lines", ordering="lines_total")
     def line_count(self, order):

@@ -50,44 +50,219 @@ DAY = 86400
 
 # name, hue, typical main-product price, main nouns, accessory nouns, consumable nouns
 CATEGORY_TABLE = [
-    ("Coffee & Tea", 28, 180, ["Espresso Machine", "Burr Grinder", "Pour-Over Kettle", "French Press", "Drip Brewer", "Milk Frother"],
-     ["Tamper", "Milk Jug", "Knock Box", "Portafilter Basket", "Travel Lid"], ["Coffee Beans", "Loose Leaf Tea", "Descaler", "Paper Filters"]),
-    ("Kitchen", 12, 120, ["Stand Mixer", "Blender", "Air Fryer", "Chef's Knife", "Dutch Oven", "Toaster"],
-     ["Mixing Bowl", "Blender Jar", "Knife Guard", "Baking Tray", "Dough Hook"], ["Cooking Oil Spray", "Dish Soap", "Parchment Paper", "Sea Salt"]),
-    ("Audio", 265, 220, ["Wireless Headphones", "Bookshelf Speaker", "Soundbar", "Turntable", "Earbuds", "Portable Speaker"],
-     ["Carrying Case", "Speaker Stand", "Ear Cushions", "Audio Cable", "Charging Dock"], ["Ear Tips", "Record Cleaner", "Stylus Brush"]),
-    ("Computing", 215, 650, ["Laptop", "Mechanical Keyboard", "Monitor", "Mini PC", "Wireless Mouse", "Docking Station"],
-     ["Laptop Sleeve", "Wrist Rest", "Monitor Arm", "USB-C Hub", "Keycap Set"], ["Screen Wipes", "Printer Paper", "Compressed Air"]),
-    ("Phones & Tablets", 190, 480, ["Smartphone", "Tablet", "E-Reader", "Smartwatch"],
-     ["Phone Case", "Screen Protector", "Stylus", "Watch Band", "Car Mount"], ["Lens Wipes", "Cable Ties"]),
-    ("Cameras", 330, 700, ["Mirrorless Camera", "Action Camera", "Instant Camera", "Camera Lens", "Drone"],
-     ["Camera Bag", "Tripod", "Lens Hood", "Memory Card", "Camera Strap"], ["Instant Film", "Sensor Swabs", "Lens Cleaning Fluid"]),
-    ("Garden", 110, 90, ["Lawn Mower", "Hedge Trimmer", "Garden Hose", "Pruning Shears", "Raised Bed"],
-     ["Hose Nozzle", "Trimmer Blade", "Garden Gloves", "Kneeling Pad"], ["Potting Soil", "Plant Food", "Seed Mix", "Trimmer Line"]),
-    ("Home Office", 45, 160, ["Standing Desk", "Office Chair", "Desk Lamp", "Bookcase", "Filing Cabinet"],
-     ["Desk Mat", "Cable Tray", "Chair Cushion", "Lamp Shade", "Monitor Riser"], ["Sticky Notes", "Gel Pens", "Printer Ink", "Notebooks"]),
-    ("Bath & Body", 300, 35, ["Electric Toothbrush", "Hair Dryer", "Shaver", "Bath Towel Set", "Diffuser"],
-     ["Toothbrush Holder", "Travel Case", "Diffuser Stand", "Shaver Stand"], ["Hand Soap", "Shampoo", "Body Wash", "Toothbrush Heads", "Essential Oil"]),
-    ("Pets", 150, 60, ["Dog Bed", "Cat Tree", "Pet Carrier", "Aquarium", "Dog Leash"],
-     ["Bed Cover", "Carrier Pad", "Aquarium Light", "Leash Pouch"], ["Dog Food", "Cat Litter", "Fish Food", "Pet Shampoo", "Dental Chews"]),
-    ("Outdoors", 95, 140, ["Tent", "Sleeping Bag", "Hiking Backpack", "Camp Stove", "Headlamp"],
-     ["Tent Footprint", "Stuff Sack", "Rain Cover", "Stove Windscreen"], ["Gas Canister", "Water Purifier Tablets", "Firestarters", "Batteries"]),
-    ("Fitness", 0, 110, ["Yoga Mat", "Dumbbell Set", "Rowing Machine", "Kettlebell", "Exercise Bike", "Foam Roller"],
-     ["Mat Strap", "Dumbbell Rack", "Bike Seat Cover", "Grip Pads"], ["Protein Powder", "Energy Gels", "Chalk", "Electrolyte Tabs"]),
+    (
+        "Coffee & Tea",
+        28,
+        180,
+        [
+            "Espresso Machine",
+            "Burr Grinder",
+            "Pour-Over Kettle",
+            "French Press",
+            "Drip Brewer",
+            "Milk Frother",
+        ],
+        ["Tamper", "Milk Jug", "Knock Box", "Portafilter Basket", "Travel Lid"],
+        ["Coffee Beans", "Loose Leaf Tea", "Descaler", "Paper Filters"],
+    ),
+    (
+        "Kitchen",
+        12,
+        120,
+        ["Stand Mixer", "Blender", "Air Fryer", "Chef's Knife", "Dutch Oven", "Toaster"],
+        ["Mixing Bowl", "Blender Jar", "Knife Guard", "Baking Tray", "Dough Hook"],
+        ["Cooking Oil Spray", "Dish Soap", "Parchment Paper", "Sea Salt"],
+    ),
+    (
+        "Audio",
+        265,
+        220,
+        [
+            "Wireless Headphones",
+            "Bookshelf Speaker",
+            "Soundbar",
+            "Turntable",
+            "Earbuds",
+            "Portable Speaker",
+        ],
+        ["Carrying Case", "Speaker Stand", "Ear Cushions", "Audio Cable", "Charging Dock"],
+        ["Ear Tips", "Record Cleaner", "Stylus Brush"],
+    ),
+    (
+        "Computing",
+        215,
+        650,
+        [
+            "Laptop",
+            "Mechanical Keyboard",
+            "Monitor",
+            "Mini PC",
+            "Wireless Mouse",
+            "Docking Station",
+        ],
+        ["Laptop Sleeve", "Wrist Rest", "Monitor Arm", "USB-C Hub", "Keycap Set"],
+        ["Screen Wipes", "Printer Paper", "Compressed Air"],
+    ),
+    (
+        "Phones & Tablets",
+        190,
+        480,
+        ["Smartphone", "Tablet", "E-Reader", "Smartwatch"],
+        ["Phone Case", "Screen Protector", "Stylus", "Watch Band", "Car Mount"],
+        ["Lens Wipes", "Cable Ties"],
+    ),
+    (
+        "Cameras",
+        330,
+        700,
+        ["Mirrorless Camera", "Action Camera", "Instant Camera", "Camera Lens", "Drone"],
+        ["Camera Bag", "Tripod", "Lens Hood", "Memory Card", "Camera Strap"],
+        ["Instant Film", "Sensor Swabs", "Lens Cleaning Fluid"],
+    ),
+    (
+        "Garden",
+        110,
+        90,
+        ["Lawn Mower", "Hedge Trimmer", "Garden Hose", "Pruning Shears", "Raised Bed"],
+        ["Hose Nozzle", "Trimmer Blade", "Garden Gloves", "Kneeling Pad"],
+        ["Potting Soil", "Plant Food", "Seed Mix", "Trimmer Line"],
+    ),
+    (
+        "Home Office",
+        45,
+        160,
+        ["Standing Desk", "Office Chair", "Desk Lamp", "Bookcase", "Filing Cabinet"],
+        ["Desk Mat", "Cable Tray", "Chair Cushion", "Lamp Shade", "Monitor Riser"],
+        ["Sticky Notes", "Gel Pens", "Printer Ink", "Notebooks"],
+    ),
+    (
+        "Bath & Body",
+        300,
+        35,
+        ["Electric Toothbrush", "Hair Dryer", "Shaver", "Bath Towel Set", "Diffuser"],
+        ["Toothbrush Holder", "Travel Case", "Diffuser Stand", "Shaver Stand"],
+        ["Hand Soap", "Shampoo", "Body Wash", "Toothbrush Heads", "Essential Oil"],
+    ),
+    (
+        "Pets",
+        150,
+        60,
+        ["Dog Bed", "Cat Tree", "Pet Carrier", "Aquarium", "Dog Leash"],
+        ["Bed Cover", "Carrier Pad", "Aquarium Light", "Leash Pouch"],
+        ["Dog Food", "Cat Litter", "Fish Food", "Pet Shampoo", "Dental Chews"],
+    ),
+    (
+        "Outdoors",
+        95,
+        140,
+        ["Tent", "Sleeping Bag", "Hiking Backpack", "Camp Stove", "Headlamp"],
+        ["Tent Footprint", "Stuff Sack", "Rain Cover", "Stove Windscreen"],
+        ["Gas Canister", "Water Purifier Tablets", "Firestarters", "Batteries"],
+    ),
+    (
+        "Fitness",
+        0,
+        110,
+        [
+            "Yoga Mat",
+            "Dumbbell Set",
+            "Rowing Machine",
+            "Kettlebell",
+            "Exercise Bike",
+            "Foam Roller",
+        ],
+        ["Mat Strap", "Dumbbell Rack", "Bike Seat Cover", "Grip Pads"],
+        ["Protein Powder", "Energy Gels", "Chalk", "Electrolyte Tabs"],
+    ),
 ]
 BRANDS = [
-    "Nordvik", "Kestrel", "Aurelia", "Brightwell", "Calder", "Driftwood", "Ember & Oak", "Fjell", "Greyfield",
-    "Halcyon", "Ironbark", "Juniper", "Kobalt", "Lumen", "Meridian", "Northwind", "Oakhurst", "Pinecrest",
-    "Quillon", "Redfern", "Solace", "Tidewater", "Umbra", "Vantage", "Willow & Co", "Yarrow", "Zephyr",
-    "Atlas", "Bramble", "Copperline",
+    "Nordvik",
+    "Kestrel",
+    "Aurelia",
+    "Brightwell",
+    "Calder",
+    "Driftwood",
+    "Ember & Oak",
+    "Fjell",
+    "Greyfield",
+    "Halcyon",
+    "Ironbark",
+    "Juniper",
+    "Kobalt",
+    "Lumen",
+    "Meridian",
+    "Northwind",
+    "Oakhurst",
+    "Pinecrest",
+    "Quillon",
+    "Redfern",
+    "Solace",
+    "Tidewater",
+    "Umbra",
+    "Vantage",
+    "Willow & Co",
+    "Yarrow",
+    "Zephyr",
+    "Atlas",
+    "Bramble",
+    "Copperline",
 ]
 MODELS = [
-    "Aria", "Bolt", "Crest", "Dune", "Echo", "Flux", "Glide", "Haven", "Ion", "Jet", "Kite", "Lyra", "Mesa",
-    "Nova", "Orbit", "Pulse", "Quartz", "Ridge", "Sol", "Terra", "Ultra", "Vega", "Wave", "Xeno", "Zen",
-    "Mini", "Pro", "Max", "Lite", "Air",
+    "Aria",
+    "Bolt",
+    "Crest",
+    "Dune",
+    "Echo",
+    "Flux",
+    "Glide",
+    "Haven",
+    "Ion",
+    "Jet",
+    "Kite",
+    "Lyra",
+    "Mesa",
+    "Nova",
+    "Orbit",
+    "Pulse",
+    "Quartz",
+    "Ridge",
+    "Sol",
+    "Terra",
+    "Ultra",
+    "Vega",
+    "Wave",
+    "Xeno",
+    "Zen",
+    "Mini",
+    "Pro",
+    "Max",
+    "Lite",
+    "Air",
 ]
-VARIANTS = ["Original", "Everyday", "Premium", "Eco", "Classic", "Gentle", "Extra Strong", "Fresh", "Natural", "Signature"]
-ADJECTIVES = ["compact", "sturdy", "quiet", "elegant", "lightweight", "versatile", "reliable", "beautifully simple", "well-made", "clever"]
+VARIANTS = [
+    "Original",
+    "Everyday",
+    "Premium",
+    "Eco",
+    "Classic",
+    "Gentle",
+    "Extra Strong",
+    "Fresh",
+    "Natural",
+    "Signature",
+]
+ADJECTIVES = [
+    "compact",
+    "sturdy",
+    "quiet",
+    "elegant",
+    "lightweight",
+    "versatile",
+    "reliable",
+    "beautifully simple",
+    "well-made",
+    "clever",
+]
 PACK_SIZES = ["Refill", "Refill, 2-Pack", "Refill, 3-Pack", "Refill, Large"]
 
 ROLE_SHARES = {"accessory": 0.30, "consumable": 0.15, "refill": 0.10}  # the rest are main products
@@ -96,7 +271,7 @@ ROLE_PRICE_FACTORS = {"main": 1.0, "accessory": 0.18, "consumable": 0.09, "refil
 # reached through the follow-up visits after a purchase.
 ROLE_BROWSE_WEIGHTS = {"main": 1.0, "consumable": 1.0, "accessory": 0.15, "refill": 0.1}
 # Chance that a viewed product goes into the cart: cheap, used-up things more often.
-ROLE_CART_RATES = {"main": 0.10, "accessory": 0.15, "consumable": 0.25, "refill": 0.25}
+ROLE_CART_RATES = {"main": 0.10, "accessory": 0.10, "consumable": 0.25, "refill": 0.25}
 
 
 @dataclass(frozen=True)
@@ -121,10 +296,12 @@ class ProductSpec:
     typical_price: float
     stock: int
     is_active: bool
-    age_days: float
+    age_days: int
     popularity: float
     companion: int | None = None
-    companions: list = field(default_factory=list)  # indexes of products whose companion is this one
+    companions: list = field(
+        default_factory=list
+    )  # indexes of products whose companion is this one
 
     @property
     def recordable(self):
@@ -199,7 +376,10 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
         CategorySpec(i, row[0], slugify(row[0]), row[1], float(row[2]), category_popularity[i])
         for i, row in enumerate(CATEGORY_TABLE[:category_count])
     ]
-    sizes = [products // category_count + (1 if i < products % category_count else 0) for i in range(category_count)]
+    sizes = [
+        products // category_count + (1 if i < products % category_count else 0)
+        for i in range(category_count)
+    ]
     specs, used_names, used_slugs = [], set(), set()
 
     def unique(name):
@@ -219,11 +399,19 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
         price = shop_price(typical * rng.lognormvariate(0, 0.45))
         roll = rng.random()
         spec = ProductSpec(
-            index=len(specs), category=category.index, name=name, slug=slug, description=description,
-            role=role, price=price, typical_price=typical,
+            index=len(specs),
+            category=category.index,
+            name=name,
+            slug=slug,
+            description=description,
+            role=role,
+            price=price,
+            typical_price=typical,
             stock=0 if roll < 0.03 else 1 + int(rng.lognormvariate(3.2, 0.9)),
-            is_active=not (0.03 <= roll < 0.06), age_days=round(rng.uniform(0, 180), 3),
-            popularity=0.0, companion=companion.index if companion else None,
+            is_active=not (0.03 <= roll < 0.06),
+            age_days=rng.randrange(180),
+            popularity=0.0,
+            companion=companion.index if companion else None,
         )
         specs.append(spec)
         if companion:
@@ -236,25 +424,43 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
         main_specs, consumable_specs = [], []
         for _ in range(counts["main"]):
             brand, model, noun = rng.choice(BRANDS), rng.choice(MODELS), rng.choice(mains)
-            main_specs.append(add(
-                category, "main", f"{brand} {model} {noun}",
-                f"A {rng.choice(ADJECTIVES)} {noun.lower()} from {brand}, part of the {model} range.",
-            ))
+            main_specs.append(
+                add(
+                    category,
+                    "main",
+                    f"{brand} {model} {noun}",
+                    f"A {rng.choice(ADJECTIVES)} {noun.lower()} from {brand}, part of the {model} range.",
+                )
+            )
         for _ in range(counts["accessory"]):
             main = rng.choice(main_specs)
             noun = rng.choice(accessories)
-            add(category, "accessory", f"{noun} for {main.name}",
-                f"Made to fit the {main.name}.", companion=main)
+            add(
+                category,
+                "accessory",
+                f"{noun} for {main.name}",
+                f"Made to fit the {main.name}.",
+                companion=main,
+            )
         for _ in range(counts["consumable"]):
             brand, variant, noun = rng.choice(BRANDS), rng.choice(VARIANTS), rng.choice(consumables)
-            consumable_specs.append(add(
-                category, "consumable", f"{brand} {variant} {noun}",
-                f"{variant} {noun.lower()} by {brand}. You will want more when it runs out.",
-            ))
+            consumable_specs.append(
+                add(
+                    category,
+                    "consumable",
+                    f"{brand} {variant} {noun}",
+                    f"{variant} {noun.lower()} by {brand}. You will want more when it runs out.",
+                )
+            )
         for _ in range(counts["refill"]):
             consumable = rng.choice(consumable_specs)
-            add(category, "refill", f"{consumable.name} {rng.choice(PACK_SIZES)}",
-                f"Refill for {consumable.name}.", companion=consumable)
+            add(
+                category,
+                "refill",
+                f"{consumable.name} {rng.choice(PACK_SIZES)}",
+                f"Refill for {consumable.name}.",
+                companion=consumable,
+            )
         for spec, weight in zip(specs[-size:], zipf_weights(size, rng), strict=True):
             spec.popularity = weight
     return Catalogue(categories, specs)
@@ -310,7 +516,9 @@ class ShopperSimulator:
     def emit(self, kind, product, at, value=None):
         if at < self.horizon:
             event_id = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-            self.events.append(SimulatedEvent(kind, product.index, value, self.horizon - at, event_id))
+            self.events.append(
+                SimulatedEvent(kind, product.index, value, self.horizon - at, event_id)
+            )
 
     def quantity(self, product):
         if product.role in ("consumable", "refill"):
@@ -331,7 +539,7 @@ class ShopperSimulator:
     def plan_follow_up(self, product, at, agenda):
         """The sequential patterns: accessories after a main product, refills after a consumable."""
         rng = self.rng
-        if product.role == "main" and product.companions and rng.random() < 0.6:
+        if product.role == "main" and product.companions and rng.random() < 0.7:
             agenda.append((at + int(rng.uniform(0.3, 10) * DAY), "companions", product.index))
         elif product.role == "consumable" and product.companions and rng.random() < 0.85:
             agenda.append((at + int(rng.uniform(4, 18) * DAY), "companions", product.index))
@@ -343,7 +551,9 @@ class ShopperSimulator:
         self.emit("add_to_cart", product, at, qty)
         cart[product] = cart.get(product, 0) + qty
         if self.rng.random() < 0.12:
-            self.emit("remove_from_cart", product, at + self.rng.randint(20, 300), cart.pop(product))
+            self.emit(
+                "remove_from_cart", product, at + self.rng.randint(20, 300), cart.pop(product)
+            )
 
     def browsing_session(self, at, agenda):
         rng = self.rng
@@ -364,7 +574,11 @@ class ShopperSimulator:
                 if accessory.recordable:
                     at += rng.randint(10, 90)
                     self.emit("view", accessory, at)
-            if product.buyable and product not in cart and rng.random() < ROLE_CART_RATES[product.role]:
+            if (
+                product.buyable
+                and product not in cart
+                and rng.random() < ROLE_CART_RATES[product.role]
+            ):
                 at += rng.randint(5, 60)
                 self.add_to_cart(cart, product, at)
         if cart and self.registered and rng.random() < 0.55:
@@ -421,13 +635,17 @@ class ShopperSimulator:
         return self.events, self.orders
 
 
-def simulate_shopper(catalogue, index, *, seed=DEFAULT_SEED, days=DEFAULT_DAYS, registered_share=0.6):
+def simulate_shopper(
+    catalogue, index, *, seed=DEFAULT_SEED, days=DEFAULT_DAYS, registered_share=0.6
+):
     """One shopper's whole history, in time order; deterministic in (seed, index, catalogue)."""
     chooser = random.Random(f"{seed}:who:{index}")
     registered = chooser.random() < registered_share
     username = f"{SHOPPER_USERNAME_PREFIX}{index + 1:04d}" if registered else ""
     session_key = "" if registered else f"sim-{chooser.getrandbits(96):024x}"
-    events, orders = ShopperSimulator(catalogue, index, seed=seed, days=days, registered=registered).run()
+    events, orders = ShopperSimulator(
+        catalogue, index, seed=seed, days=days, registered=registered
+    ).run()
     return ShopperHistory(index, username, session_key, events, orders)
 
 
@@ -435,27 +653,47 @@ def simulate_shopper(catalogue, index, *, seed=DEFAULT_SEED, days=DEFAULT_DAYS, 
 
 
 def write_catalogue(catalogue, *, now=None):
-    """Store a planned catalogue; returns the Product rows in plan order."""
+    """Store a planned catalogue; returns the Product rows in plan order.
+
+    Products are inserted in two waves so that accessories and refills can point at the
+    already stored main products and consumables they go with.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         categories = Category.objects.bulk_create(
             Category(name=c.name, slug=c.slug, hue=c.hue) for c in catalogue.categories
         )
-        rows = Product.objects.bulk_create(
-            (
-                Product(
-                    category=categories[p.category], name=p.name, slug=p.slug, description=p.description,
-                    price=p.price, stock=p.stock, is_active=p.is_active, role=p.role,
-                )
-                for p in catalogue.products
-            ),
-            batch_size=500,
-        )
+        rows = [
+            Product(
+                category=categories[p.category],
+                name=p.name,
+                slug=p.slug,
+                description=p.description,
+                price=p.price,
+                stock=p.stock,
+                is_active=p.is_active,
+                role=p.role,
+            )
+            for p in catalogue.products
+        ]
+        for wave in (False, True):
+            for spec, row in zip(catalogue.products, rows, strict=True):
+                if wave and spec.companion is not None:
+                    row.companion = rows[spec.companion]
+            Product.objects.bulk_create(
+                [
+                    row
+                    for spec, row in zip(catalogue.products, rows, strict=True)
+                    if (spec.companion is not None) == wave
+                ],
+                batch_size=500,
+            )
+        # created_at is auto_now_add, so the planned ages are set after the insert, a day at a time.
+        by_age = {}
         for spec, row in zip(catalogue.products, rows, strict=True):
-            row.companion = rows[spec.companion] if spec.companion is not None else None
-            row.created_at = now - timedelta(days=spec.age_days)
-        # created_at is auto_now_add, so the planned dates are set after the insert.
-        Product.objects.bulk_update(rows, ["companion", "created_at"], batch_size=500)
+            by_age.setdefault(spec.age_days, []).append(row.pk)
+        for age, pks in sorted(by_age.items()):
+            Product.objects.filter(pk__in=pks).update(created_at=now - timedelta(days=age))
     return rows
 
 
@@ -477,8 +715,13 @@ def write_shopper(history, product_rows, *, now, user=None):
         batch = history.events[start : start + RECORD_BATCH]
         record_many(
             [
-                {"kind": e.kind, "item": product_rows[e.product].pk, "value": e.value,
-                 "occurred_at": now - timedelta(seconds=e.seconds_ago), "event_id": e.event_id}
+                {
+                    "kind": e.kind,
+                    "item": product_rows[e.product].pk,
+                    "value": e.value,
+                    "occurred_at": now - timedelta(seconds=e.seconds_ago),
+                    "event_id": e.event_id,
+                }
                 for e in batch
             ],
             **shopper,
@@ -489,14 +732,21 @@ def write_shopper(history, product_rows, *, now, user=None):
 
 def write_orders(histories, product_rows, users, *, now):
     """Orders for the simulated purchases, so the admin shows a living shop."""
-    planned = [(users[h.username], ago, lines) for h in histories if h.username for ago, lines in h.orders]
+    planned = [
+        (users[h.username], ago, lines) for h in histories if h.username for ago, lines in h.orders
+    ]
     orders = Order.objects.bulk_create([Order(user=user) for user, _, _ in planned], batch_size=500)
     for order, (_, ago, _) in zip(orders, planned, strict=True):
         order.created_at = now - timedelta(seconds=ago)
     Order.objects.bulk_update(orders, ["created_at"], batch_size=500)
     OrderLine.objects.bulk_create(
         (
-            OrderLine(order=order, product=product_rows[index], quantity=qty, price=product_rows[index].price)
+            OrderLine(
+                order=order,
+                product=product_rows[index],
+                quantity=qty,
+                price=product_rows[index].price,
+            )
             for order, (_, _, lines) in zip(orders, planned, strict=True)
             for index, qty in lines
         ),
@@ -518,8 +768,15 @@ class SeedSummary:
     events: dict
 
 
-def seed_demo(*, products=DEFAULT_PRODUCTS, shoppers=DEFAULT_SHOPPERS, days=DEFAULT_DAYS, seed=DEFAULT_SEED,
-              now=None, progress=None):
+def seed_demo(
+    *,
+    products=DEFAULT_PRODUCTS,
+    shoppers=DEFAULT_SHOPPERS,
+    days=DEFAULT_DAYS,
+    seed=DEFAULT_SEED,
+    now=None,
+    progress=None,
+):
     """Plan and store the whole demo: catalogue, shopper users, events, orders.
 
     ``progress`` wraps the shopper loop (e.g. ``tqdm``); events are written one shopper
@@ -535,7 +792,9 @@ def seed_demo(*, products=DEFAULT_PRODUCTS, shoppers=DEFAULT_SHOPPERS, days=DEFA
     for _ in range(0, shoppers, 100):
         with transaction.atomic():
             for history in itertools.islice(remaining, 100):
-                events += write_shopper(history, product_rows, now=now, user=users.get(history.username))
+                events += write_shopper(
+                    history, product_rows, now=now, user=users.get(history.username)
+                )
     with transaction.atomic():
         order_count = write_orders(histories, product_rows, users, now=now)
     return SeedSummary(
@@ -582,7 +841,11 @@ def ensure_demo_accounts():
     for account in DEMO_ACCOUNTS:
         if User.objects.filter(username=account["username"]).exists():
             continue
-        user = User(username=account["username"], is_staff=account["is_staff"], is_superuser=account["is_superuser"])
+        user = User(
+            username=account["username"],
+            is_staff=account["is_staff"],
+            is_superuser=account["is_superuser"],
+        )
         user.set_password(account["password"])
         user.save()
         created.append(account["username"])

@@ -17,7 +17,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.cache import patch_cache_control
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods
 
 from recommender.events import EventValidationError, record, record_many
 from recommender.shoppers import shopper_of
@@ -31,7 +31,12 @@ logger = logging.getLogger(__name__)
 
 PRODUCTS_PER_PAGE = 24
 HOME_SHELF_SIZE = 8
-SORTS = {"name": ("name", "Name"), "price": ("price", "Price: low to high"), "-price": ("-price", "Price: high to low"), "new": ("-created_at", "Newest")}
+SORTS = {
+    "name": ("name", "Name"),
+    "price": ("price", "Price: low to high"),
+    "-price": ("-price", "Price: high to low"),
+    "new": ("-created_at", "Newest"),
+}
 # Order line purchase events get ids derived from the line, so recording them twice stores them once.
 PURCHASE_EVENT_NAMESPACE = uuid.UUID("6f1c3a52-8d1e-4f5b-9a0c-2b7e5d4c3a10")
 RECORD_BATCH = 100
@@ -50,10 +55,16 @@ def home(request):
         .order_by("-price", "pk")
         .values("pk")[:1]
     )
-    featured_pks = Category.objects.annotate(top=Subquery(top_of_category)).values_list("top", flat=True)
+    featured_pks = Category.objects.annotate(top=Subquery(top_of_category)).values_list(
+        "top", flat=True
+    )
     featured = listed_products().filter(pk__in=[pk for pk in featured_pks if pk])[:HOME_SHELF_SIZE]
-    new_arrivals = listed_products().filter(stock__gt=0).order_by("-created_at", "-pk")[:HOME_SHELF_SIZE]
-    return render(request, "catalog/home.html", {"featured": featured, "new_arrivals": new_arrivals})
+    new_arrivals = (
+        listed_products().filter(stock__gt=0).order_by("-created_at", "-pk")[:HOME_SHELF_SIZE]
+    )
+    return render(
+        request, "catalog/home.html", {"featured": featured, "new_arrivals": new_arrivals}
+    )
 
 
 @require_GET
@@ -67,8 +78,13 @@ def category(request, slug):
     return render(
         request,
         "catalog/category.html",
-        {"category": current, "page_obj": page, "products": page.object_list, "sort": sort,
-         "sorts": [(key, label) for key, (_, label) in SORTS.items()]},
+        {
+            "category": current,
+            "page_obj": page,
+            "products": page.object_list,
+            "sort": sort,
+            "sorts": [(key, label) for key, (_, label) in SORTS.items()],
+        },
     )
 
 
@@ -79,8 +95,12 @@ def product_detail(request, slug):
     return render(
         request,
         "catalog/product.html",
-        {"product": product, "goes_with": goes_with, "form": AddToCartForm(),
-         "in_cart": SessionCart(request.session).quantity_of(product)},
+        {
+            "product": product,
+            "goes_with": goes_with,
+            "form": AddToCartForm(),
+            "in_cart": SessionCart(request.session).quantity_of(product),
+        },
     )
 
 
@@ -115,8 +135,13 @@ def cart(request):
         return redirect(safe_next(request) or "catalog:cart")
     lines = session_cart.lines()
     return render(
-        request, "catalog/cart.html",
-        {"lines": lines, "total": SessionCart.total(lines), "all_available": all(line.available for line in lines)},
+        request,
+        "catalog/cart.html",
+        {
+            "lines": lines,
+            "total": SessionCart.total(lines),
+            "all_available": all(line.available for line in lines),
+        },
     )
 
 
@@ -152,7 +177,9 @@ def change_cart(request, session_cart, *, action, product, quantity):
 
 def safe_next(request):
     target = request.POST.get("next", "")
-    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+    if target and url_has_allowed_host_and_scheme(
+        target, {request.get_host()}, request.is_secure()
+    ):
         return target
     return None
 
@@ -170,7 +197,9 @@ def checkout(request):
         messages.info(request, "Your cart is empty.")
         return redirect("catalog:cart")
     if request.method == "GET":
-        return render(request, "catalog/checkout.html", {"lines": lines, "total": SessionCart.total(lines)})
+        return render(
+            request, "catalog/checkout.html", {"lines": lines, "total": SessionCart.total(lines)}
+        )
     try:
         order = place_order(request.user, {line.product.pk: line.quantity for line in lines})
     except OutOfStock as exc:
@@ -193,7 +222,9 @@ def place_order(user, quantities):
                 raise OutOfStock(f"{name} is not available in that quantity any more.")
         order = Order.objects.create(user=user)
         OrderLine.objects.bulk_create(
-            OrderLine(order=order, product=products[pk], quantity=quantity, price=products[pk].price)
+            OrderLine(
+                order=order, product=products[pk], quantity=quantity, price=products[pk].price
+            )
             for pk, quantity in quantities.items()
         )
         for pk, quantity in quantities.items():
@@ -204,14 +235,19 @@ def place_order(user, quantities):
 def record_purchases(request, order):
     """One ``purchase`` event per order line, value = quantity: how a store reports sales."""
     events = [
-        {"kind": "purchase", "item": line.product_id, "value": line.quantity, "page": request.path,
-         "event_id": uuid.uuid5(PURCHASE_EVENT_NAMESPACE, f"order-line-{line.pk}")}
+        {
+            "kind": "purchase",
+            "item": line.product_id,
+            "value": line.quantity,
+            "page": request.path,
+            "event_id": uuid.uuid5(PURCHASE_EVENT_NAMESPACE, f"order-line-{line.pk}"),
+        }
         for line in order.lines.order_by("pk")
     ]
     shopper = shopper_of(request)
     for start in range(0, len(events), RECORD_BATCH):
         try:
-            record_many(events[start:start + RECORD_BATCH], **shopper)
+            record_many(events[start : start + RECORD_BATCH], **shopper)
         except EventValidationError as exc:
             logger.warning("Purchase events of order %s not recorded: %s", order.pk, exc)
 

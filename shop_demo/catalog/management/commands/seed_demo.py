@@ -19,7 +19,11 @@ def aware_datetime(text):
     value = parse_datetime(text)
     if value is None:
         raise ValueError(f"not an ISO 8601 date-time: {text!r}")
-    return value if timezone.is_aware(value) else timezone.make_aware(value, timezone.get_current_timezone())
+    return (
+        value
+        if timezone.is_aware(value)
+        else timezone.make_aware(value, timezone.get_current_timezone())
+    )
 
 
 class Command(BaseCommand):
@@ -30,18 +34,37 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--products", type=int, default=simulation.DEFAULT_PRODUCTS, help="Catalogue size.")
-        parser.add_argument("--shoppers", type=int, default=simulation.DEFAULT_SHOPPERS, help="Simulated shoppers.")
-        parser.add_argument("--days", type=float, default=simulation.DEFAULT_DAYS, help="Days of history to simulate.")
-        parser.add_argument("--seed", type=int, default=simulation.DEFAULT_SEED, help="Random seed.")
         parser.add_argument(
-            "--now", type=aware_datetime, default=None,
+            "--products", type=int, default=simulation.DEFAULT_PRODUCTS, help="Catalogue size."
+        )
+        parser.add_argument(
+            "--shoppers", type=int, default=simulation.DEFAULT_SHOPPERS, help="Simulated shoppers."
+        )
+        parser.add_argument(
+            "--days",
+            type=float,
+            default=simulation.DEFAULT_DAYS,
+            help="Days of history to simulate.",
+        )
+        parser.add_argument(
+            "--seed", type=int, default=simulation.DEFAULT_SEED, help="Random seed."
+        )
+        parser.add_argument(
+            "--now",
+            type=aware_datetime,
+            default=None,
             help="Reference time the history ends at (ISO 8601); fix it for identical timestamps.",
         )
-        parser.add_argument("--if-empty", action="store_true", help="Do nothing if the catalogue has products.")
-        parser.add_argument("--flush", action="store_true", help="Delete the demo data (and all events) first.")
+        parser.add_argument(
+            "--if-empty", action="store_true", help="Do nothing if the catalogue has products."
+        )
+        parser.add_argument(
+            "--flush", action="store_true", help="Delete the demo data (and all events) first."
+        )
 
-    def handle(self, *args, products, shoppers, days, seed, now, if_empty, flush, verbosity, **options):
+    def handle(
+        self, *args, products, shoppers, days, seed, now, if_empty, flush, verbosity, **options
+    ):
         if products < 1 or shoppers < 0:
             raise CommandError("--products must be at least 1 and --shoppers at least 0.")
         if not 0 < days <= 365:
@@ -55,7 +78,9 @@ class Command(BaseCommand):
             simulation.flush_demo()
             self.stdout.write("Deleted the previous demo data.")
         elif Product.objects.exists():
-            raise CommandError("The catalogue is not empty: pass --flush to replace it or --if-empty to keep it.")
+            raise CommandError(
+                "The catalogue is not empty: pass --flush to replace it or --if-empty to keep it."
+            )
 
         started = time.monotonic()
 
@@ -72,13 +97,19 @@ class Command(BaseCommand):
         write = self.stdout.write
         roles = ", ".join(f"{count} {role}" for role, count in sorted(summary.roles.items()))
         write(self.style.SUCCESS(f"Seeded the demo store in {seconds:.1f} s."))
-        write(f"  products:  {summary.products} in {summary.categories} categories ({roles}); "
-              f"{summary.inactive} inactive, {summary.out_of_stock} out of stock")
-        write(f"  shoppers:  {summary.registered_shoppers} registered, {summary.anonymous_shoppers} anonymous")
+        write(
+            f"  products:  {summary.products} in {summary.categories} categories ({roles}); "
+            f"{summary.inactive} inactive, {summary.out_of_stock} out of stock"
+        )
+        write(
+            f"  shoppers:  {summary.registered_shoppers} registered, {summary.anonymous_shoppers} anonymous"
+        )
         write(f"  orders:    {summary.orders}")
         total = sum(summary.events.values())
-        kinds = ", ".join(f"{kind} {summary.events.get(kind, 0)}"
-                          for kind in ("view", "add_to_cart", "remove_from_cart", "purchase"))
+        kinds = ", ".join(
+            f"{kind} {summary.events.get(kind, 0)}"
+            for kind in ("view", "add_to_cart", "remove_from_cart", "purchase")
+        )
         write(f"  events:    {total} ({kinds})")
         for account in simulation.DEMO_ACCOUNTS:
             state = "created" if account["username"] in created_accounts else "exists"
