@@ -230,6 +230,22 @@ def test_seed_demo_if_empty_keeps_the_existing_shop():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"days": 400}, "days"),
+        ({"now": timezone.now() - timedelta(days=350), "days": 30}, "days"),
+        ({"now": timezone.now() + timedelta(days=1)}, "future"),
+        ({"products": 0}, "products"),
+    ],
+)
+def test_seed_demo_rejects_impossible_options(options, message):
+    with pytest.raises(CommandError, match=message):
+        seed(**options)
+    assert not Product.objects.exists()
+
+
+@pytest.mark.django_db
 def test_flush_keeps_the_demo_accounts_and_other_users():
     seed(seed=1, now=fixed_now(), shoppers=5)
     get_user_model().objects.create_user("shopper_real_person")

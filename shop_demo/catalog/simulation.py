@@ -31,6 +31,7 @@ from decimal import Decimal
 from functools import cached_property
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -635,17 +636,21 @@ class ShopperSimulator:
         return self.events, self.orders
 
 
+def shopper_identity(index, *, seed=DEFAULT_SEED, registered_share=0.6):
+    """``(username, session_key)``: a registered shopper has a username, an anonymous one a key."""
+    chooser = random.Random(f"{seed}:who:{index}")
+    if chooser.random() < registered_share:
+        return f"{SHOPPER_USERNAME_PREFIX}{index + 1:04d}", ""
+    return "", f"sim-{chooser.getrandbits(96):024x}"
+
+
 def simulate_shopper(
     catalogue, index, *, seed=DEFAULT_SEED, days=DEFAULT_DAYS, registered_share=0.6
 ):
     """One shopper's whole history, in time order; deterministic in (seed, index, catalogue)."""
-    chooser = random.Random(f"{seed}:who:{index}")
-    registered = chooser.random() < registered_share
-    username = f"{SHOPPER_USERNAME_PREFIX}{index + 1:04d}" if registered else ""
-    session_key = "" if registered else f"sim-{chooser.getrandbits(96):024x}"
-    events, orders = ShopperSimulator(
-        catalogue, index, seed=seed, days=days, registered=registered
-    ).run()
+    username, session_key = shopper_identity(index, seed=seed, registered_share=registered_share)
+    simulator = ShopperSimulator(catalogue, index, seed=seed, days=days, registered=bool(username))
+    events, orders = simulator.run()
     return ShopperHistory(index, username, session_key, events, orders)
 
 
@@ -697,12 +702,11 @@ def write_catalogue(catalogue, *, now=None):
     return rows
 
 
-def create_shopper_users(histories):
-    """Users for the registered shoppers: no password (unusable), no personal data."""
+def create_shopper_users(usernames):
+    """Users for the registered shoppers: no usable password, no personal data."""
     User = get_user_model()
     users = User.objects.bulk_create(
-        [User(username=h.username, password="!demo-shopper") for h in histories if h.username],
-        batch_size=500,
+        [User(username=name, password=make_password(None)) for name in usernames], batch_size=500
     )
     return {user.username: user for user in users}
 
@@ -730,15 +734,18 @@ def write_shopper(history, product_rows, *, now, user=None):
     return stored
 
 
-def write_orders(histories, product_rows, users, *, now):
-    """Orders for the simulated purchases, so the admin shows a living shop."""
-    planned = [
-        (users[h.username], ago, lines) for h in histories if h.username for ago, lines in h.orders
-    ]
+def write_orders(planned, product_rows, *, now):
+    """Orders for the simulated purchases, so the admin shows a living shop.
+
+    ``planned`` is ``[(user, seconds_ago, [(product index, quantity), ...]), ...]``.
+    """
     orders = Order.objects.bulk_create([Order(user=user) for user, _, _ in planned], batch_size=500)
+    # created_at is auto_now_add: set the simulated times after the insert, a day at a time.
+    by_day = {}
     for order, (_, ago, _) in zip(orders, planned, strict=True):
-        order.created_at = now - timedelta(seconds=ago)
-    Order.objects.bulk_update(orders, ["created_at"], batch_size=500)
+        by_day.setdefault(ago // DAY, []).append(order.pk)
+    for days_ago, pks in by_day.items():
+        Order.objects.filter(pk__in=pks).update(created_at=now - timedelta(days=days_ago))
     OrderLine.objects.bulk_create(
         (
             OrderLine(
@@ -779,24 +786,23 @@ def seed_demo(
 ):
     """Plan and store the whole demo: catalogue, shopper users, events, orders.
 
-    ``progress`` wraps the shopper loop (e.g. ``tqdm``); events are written one shopper
-    at a time inside transactions of 100 shoppers, so a large run does not commit per call.
+    One transaction, so a failed run leaves nothing half-seeded. Shoppers are simulated
+    and written one at a time; ``progress`` (e.g. ``tqdm``) wraps that loop.
     """
     now = now or timezone.now()
-    catalogue = build_catalogue(products=products, seed=seed)
-    product_rows = write_catalogue(catalogue, now=now)
-    histories = [simulate_shopper(catalogue, i, seed=seed, days=days) for i in range(shoppers)]
-    users = create_shopper_users(histories)
-    events = Counter()
-    remaining = iter(progress(histories) if progress else histories)
-    for _ in range(0, shoppers, 100):
-        with transaction.atomic():
-            for history in itertools.islice(remaining, 100):
-                events += write_shopper(
-                    history, product_rows, now=now, user=users.get(history.username)
-                )
     with transaction.atomic():
-        order_count = write_orders(histories, product_rows, users, now=now)
+        catalogue = build_catalogue(products=products, seed=seed)
+        product_rows = write_catalogue(catalogue, now=now)
+        identities = [shopper_identity(index, seed=seed) for index in range(shoppers)]
+        users = create_shopper_users(username for username, _ in identities if username)
+        events, planned_orders = Counter(), []
+        indexes = progress(range(shoppers)) if progress else range(shoppers)
+        for index in indexes:
+            history = simulate_shopper(catalogue, index, seed=seed, days=days)
+            user = users.get(history.username)
+            events += write_shopper(history, product_rows, now=now, user=user)
+            planned_orders += [(user, ago, lines) for ago, lines in history.orders if user]
+        order_count = write_orders(planned_orders, product_rows, now=now)
     return SeedSummary(
         products=len(catalogue.products),
         categories=len(catalogue.categories),

@@ -5,12 +5,15 @@ this command only parses options, prints and draws the progress bar.
 """
 
 import time
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
+from recommender.conf import recommender_settings
 from shop_demo.catalog import simulation
 from shop_demo.catalog.models import Product
 
@@ -67,30 +70,40 @@ class Command(BaseCommand):
     ):
         if products < 1 or shoppers < 0:
             raise CommandError("--products must be at least 1 and --shoppers at least 0.")
-        if not 0 < days <= 365:
-            raise CommandError("--days must be between 0 and 365 (older events are rejected).")
-        if now is not None and now > timezone.now():
+        current = timezone.now()
+        if now is not None and now > current:
             raise CommandError("--now may not be in the future.")
+        oldest_allowed = current - timedelta(days=recommender_settings.MAX_EVENT_AGE_DAYS)
+        if days <= 0 or (now or current) - timedelta(days=days) < oldest_allowed:
+            raise CommandError(
+                f"--days must be positive and the history may not start more than "
+                f"{recommender_settings.MAX_EVENT_AGE_DAYS} days ago (older events are rejected)."
+            )
         if if_empty and Product.objects.exists():
             self.stdout.write("The catalogue already has products; nothing to do (--if-empty).")
             return
-        if flush:
-            simulation.flush_demo()
-            self.stdout.write("Deleted the previous demo data.")
-        elif Product.objects.exists():
-            raise CommandError(
-                "The catalogue is not empty: pass --flush to replace it or --if-empty to keep it."
-            )
-
-        started = time.monotonic()
 
         def progress(items):
             return tqdm(items, desc="Shoppers", unit="shopper", disable=verbosity < 1, leave=False)
 
-        summary = simulation.seed_demo(
-            products=products, shoppers=shoppers, days=days, seed=seed, now=now, progress=progress
-        )
-        created = simulation.ensure_demo_accounts()
+        started = time.monotonic()
+        with transaction.atomic():
+            if flush:
+                simulation.flush_demo()
+                self.stdout.write("Deleted the previous demo data.")
+            elif Product.objects.exists():
+                raise CommandError(
+                    "The catalogue is not empty: pass --flush to replace it or --if-empty to keep it."
+                )
+            summary = simulation.seed_demo(
+                products=products,
+                shoppers=shoppers,
+                days=days,
+                seed=seed,
+                now=now,
+                progress=progress,
+            )
+            created = simulation.ensure_demo_accounts()
         self.print_summary(summary, created, time.monotonic() - started)
 
     def print_summary(self, summary, created_accounts, seconds):
