@@ -110,6 +110,7 @@ def test_product_image_is_cacheable_deterministic_svg(client, product):
     assert root.tag == "{http://www.w3.org/2000/svg}svg"
     assert root.find("{http://www.w3.org/2000/svg}title").text == product.name
     assert client.get(url).content == response.content
+    assert client.get(url, headers={"if-none-match": response["ETag"]}).status_code == 304
 
 
 def test_cart_add_records_add_to_cart_with_quantity(client, product):
@@ -142,6 +143,14 @@ def test_cart_update_and_remove_record_the_difference(client, product):
         ("remove_from_cart", 4.0),
     ]
     assert client.session["cart"] == {}
+
+
+def test_a_broken_session_cart_is_ignored(client, product):
+    session = client.session
+    session["cart"] = {"x": 1, str(product.pk): "two", "999999": 1}
+    session.save()
+    response = client.get(reverse("catalog:cart"))
+    assert response.status_code == 200 and response.context["lines"] == []
 
 
 def test_cart_never_holds_more_than_the_stock(client, product):
@@ -192,6 +201,17 @@ def test_checkout_creates_order_decrements_stock_and_records_purchases(client, s
     assert page.status_code == 200 and first.name in page.content.decode()
 
 
+def test_the_cart_and_its_events_survive_login(client, product, shopper):
+    add_to_cart(client, product, 2)
+    response = client.post(
+        reverse("login"), {"username": "alice", "password": "pw", "next": "/checkout/"}
+    )
+    assert response.url == "/checkout/"
+    client.post(reverse("catalog:checkout"))
+    kinds = list(Event.objects.filter(user=shopper).order_by("id").values_list("kind", "value"))
+    assert kinds == [("add_to_cart", 2.0), ("purchase", 2.0)]
+
+
 def test_checkout_refuses_what_is_no_longer_in_stock(client, product, shopper):
     client.force_login(shopper)
     add_to_cart(client, product, 2)
@@ -220,3 +240,38 @@ def test_login_page_and_login_logout(client, shopper):
     assert "Log out" in client.get(reverse("catalog:home")).content.decode()
     client.post(reverse("logout"))
     assert "Log in" in client.get(reverse("catalog:home")).content.decode()
+
+
+@pytest.mark.parametrize("model", ["category", "product", "order"])
+def test_admin_pages_render(client, shop, model):
+    admin = get_user_model().objects.create_superuser("boss", password="pw")
+    order = Order.objects.create(user=admin)
+    order.lines.create(product=shop[0], quantity=2, price=shop[0].price)
+    client.force_login(admin)
+    changelist = client.get(reverse(f"admin:catalog_{model}_changelist"))
+    assert changelist.status_code == 200
+    obj = {"category": Category.objects.first(), "product": shop[0], "order": order}[model]
+    assert client.get(reverse(f"admin:catalog_{model}_change", args=[obj.pk])).status_code == 200
+
+
+def test_admin_edits_stock_in_the_list(client, shop):
+    client.force_login(get_user_model().objects.create_superuser("boss", password="pw"))
+    product = shop[0]
+    url = reverse("admin:catalog_product_changelist") + f"?q={product.slug}"
+    page = client.get(url)
+    formset = page.context["cl"].formset
+    data = {f"form-{key}": value for key, value in formset.management_form.initial.items()}
+    for index, form in enumerate(formset.forms):
+        data.update(
+            {
+                f"form-{index}-id": form.instance.pk,
+                f"form-{index}-stock": form.instance.stock,
+                f"form-{index}-is_active": "on" if form.instance.is_active else "",
+            }
+        )
+        if form.instance.pk == product.pk:
+            data[f"form-{index}-stock"] = 77
+    data["_save"] = "Save"
+    assert client.post(url, data).status_code == 302
+    product.refresh_from_db()
+    assert product.stock == 77

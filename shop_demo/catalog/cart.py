@@ -30,7 +30,12 @@ class SessionCart:
     def __init__(self, session):
         self.session = session
         raw = session.get(SESSION_KEY, {})
-        self.quantities = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        # Anything odd in the session (an old format, a hand-edited cookie store) is dropped.
+        self.quantities = {
+            str(pk): quantity
+            for pk, quantity in (raw.items() if isinstance(raw, dict) else [])
+            if str(pk).isdigit() and isinstance(quantity, int) and quantity > 0
+        }
 
     def quantity_of(self, product):
         return self.quantities.get(str(product.pk), 0)
@@ -55,12 +60,13 @@ class SessionCart:
 
     def lines(self):
         """Cart lines with their products, in the order they were added; unknown ids dropped."""
-        pks = [int(pk) for pk in self.quantities if pk.isdigit()]
-        products = Product.objects.select_related("category").in_bulk(pks)
+        products = Product.objects.select_related("category").in_bulk(
+            [int(pk) for pk in self.quantities]
+        )
         return [
             CartLine(products[int(pk)], quantity)
             for pk, quantity in self.quantities.items()
-            if pk.isdigit() and int(pk) in products
+            if int(pk) in products
         ]
 
     def __len__(self):

@@ -1,10 +1,11 @@
+from .cart import SessionCart
 from .models import Category
 
 
 def shop(request):
     """Navigation categories and the cart size for every demo page."""
-    cart = request.session.get("cart", {}) if hasattr(request, "session") else {}
+    session = getattr(request, "session", None)
     return {
         "nav_categories": Category.objects.all(),
-        "cart_count": sum(cart.values()) if isinstance(cart, dict) else 0,
+        "cart_count": len(SessionCart(session)) if session is not None else 0,
     }

@@ -15,8 +15,8 @@ from django.db import transaction
 from django.db.models import F, OuterRef, Subquery
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.cache import patch_cache_control
-from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.cache import get_conditional_response, patch_cache_control
+from django.utils.http import quote_etag, url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods
 
 from recommender.events import EventValidationError, record, record_many
@@ -25,7 +25,7 @@ from recommender.shoppers import shopper_of
 from .cart import SessionCart
 from .forms import MAX_QUANTITY, AddToCartForm, CartActionForm
 from .models import Category, Order, OrderLine, Product
-from .svg import product_svg
+from .svg import product_svg, stable_number
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,12 @@ def product_detail(request, slug):
 def product_image(request, slug):
     """The product's generated picture; the same for a slug on every request, so cacheable."""
     product = get_object_or_404(Product.objects.select_related("category"), slug=slug)
-    response = HttpResponse(product_svg(product), content_type="image/svg+xml; charset=utf-8")
+    body = product_svg(product)
+    etag = quote_etag(f"{stable_number(body):08x}")
+    response = get_conditional_response(request, etag=etag) or HttpResponse(
+        body, content_type="image/svg+xml; charset=utf-8"
+    )
+    response["ETag"] = etag
     patch_cache_control(response, public=True, max_age=86400)
     response["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
     response["X-Content-Type-Options"] = "nosniff"
