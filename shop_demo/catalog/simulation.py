@@ -49,222 +49,125 @@ RECORD_BATCH = 100
 SHOPPER_USERNAME_PREFIX = "shopper"
 DAY = 86400
 
-# name, hue, typical main-product price, main nouns, accessory nouns, consumable nouns
+# name, hue of its pictures, typical main-product price, then comma-separated nouns for its
+# main products, accessories and consumables (refills are named after their consumable).
 CATEGORY_TABLE = [
     (
         "Coffee & Tea",
         28,
         180,
-        [
-            "Espresso Machine",
-            "Burr Grinder",
-            "Pour-Over Kettle",
-            "French Press",
-            "Drip Brewer",
-            "Milk Frother",
-        ],
-        ["Tamper", "Milk Jug", "Knock Box", "Portafilter Basket", "Travel Lid"],
-        ["Coffee Beans", "Loose Leaf Tea", "Descaler", "Paper Filters"],
+        "Espresso Machine, Burr Grinder, Pour-Over Kettle, French Press, Drip Brewer, Milk Frother",
+        "Tamper, Milk Jug, Knock Box, Portafilter Basket, Travel Lid",
+        "Coffee Beans, Loose Leaf Tea, Descaler, Paper Filters",
     ),
     (
         "Kitchen",
         12,
         120,
-        ["Stand Mixer", "Blender", "Air Fryer", "Chef's Knife", "Dutch Oven", "Toaster"],
-        ["Mixing Bowl", "Blender Jar", "Knife Guard", "Baking Tray", "Dough Hook"],
-        ["Cooking Oil Spray", "Dish Soap", "Parchment Paper", "Sea Salt"],
+        "Stand Mixer, Blender, Air Fryer, Chef's Knife, Dutch Oven, Toaster",
+        "Mixing Bowl, Blender Jar, Knife Guard, Baking Tray, Dough Hook",
+        "Cooking Oil Spray, Dish Soap, Parchment Paper, Sea Salt",
     ),
     (
         "Audio",
         265,
         220,
-        [
-            "Wireless Headphones",
-            "Bookshelf Speaker",
-            "Soundbar",
-            "Turntable",
-            "Earbuds",
-            "Portable Speaker",
-        ],
-        ["Carrying Case", "Speaker Stand", "Ear Cushions", "Audio Cable", "Charging Dock"],
-        ["Ear Tips", "Record Cleaner", "Stylus Brush"],
+        "Wireless Headphones, Bookshelf Speaker, Soundbar, Turntable, Earbuds, Portable Speaker",
+        "Carrying Case, Speaker Stand, Ear Cushions, Audio Cable, Charging Dock",
+        "Ear Tips, Record Cleaner, Stylus Brush",
     ),
     (
         "Computing",
         215,
         650,
-        [
-            "Laptop",
-            "Mechanical Keyboard",
-            "Monitor",
-            "Mini PC",
-            "Wireless Mouse",
-            "Docking Station",
-        ],
-        ["Laptop Sleeve", "Wrist Rest", "Monitor Arm", "USB-C Hub", "Keycap Set"],
-        ["Screen Wipes", "Printer Paper", "Compressed Air"],
+        "Laptop, Mechanical Keyboard, Monitor, Mini PC, Wireless Mouse, Docking Station",
+        "Laptop Sleeve, Wrist Rest, Monitor Arm, USB-C Hub, Keycap Set",
+        "Screen Wipes, Printer Paper, Compressed Air",
     ),
     (
         "Phones & Tablets",
         190,
         480,
-        ["Smartphone", "Tablet", "E-Reader", "Smartwatch"],
-        ["Phone Case", "Screen Protector", "Stylus", "Watch Band", "Car Mount"],
-        ["Lens Wipes", "Cable Ties"],
+        "Smartphone, Tablet, E-Reader, Smartwatch",
+        "Phone Case, Screen Protector, Stylus, Watch Band, Car Mount",
+        "Lens Wipes, Cable Ties",
     ),
     (
         "Cameras",
         330,
         700,
-        ["Mirrorless Camera", "Action Camera", "Instant Camera", "Camera Lens", "Drone"],
-        ["Camera Bag", "Tripod", "Lens Hood", "Memory Card", "Camera Strap"],
-        ["Instant Film", "Sensor Swabs", "Lens Cleaning Fluid"],
+        "Mirrorless Camera, Action Camera, Instant Camera, Camera Lens, Drone",
+        "Camera Bag, Tripod, Lens Hood, Memory Card, Camera Strap",
+        "Instant Film, Sensor Swabs, Lens Cleaning Fluid",
     ),
     (
         "Garden",
         110,
         90,
-        ["Lawn Mower", "Hedge Trimmer", "Garden Hose", "Pruning Shears", "Raised Bed"],
-        ["Hose Nozzle", "Trimmer Blade", "Garden Gloves", "Kneeling Pad"],
-        ["Potting Soil", "Plant Food", "Seed Mix", "Trimmer Line"],
+        "Lawn Mower, Hedge Trimmer, Garden Hose, Pruning Shears, Raised Bed",
+        "Hose Nozzle, Trimmer Blade, Garden Gloves, Kneeling Pad",
+        "Potting Soil, Plant Food, Seed Mix, Trimmer Line",
     ),
     (
         "Home Office",
         45,
         160,
-        ["Standing Desk", "Office Chair", "Desk Lamp", "Bookcase", "Filing Cabinet"],
-        ["Desk Mat", "Cable Tray", "Chair Cushion", "Lamp Shade", "Monitor Riser"],
-        ["Sticky Notes", "Gel Pens", "Printer Ink", "Notebooks"],
+        "Standing Desk, Office Chair, Desk Lamp, Bookcase, Filing Cabinet",
+        "Desk Mat, Cable Tray, Chair Cushion, Lamp Shade, Monitor Riser",
+        "Sticky Notes, Gel Pens, Printer Ink, Notebooks",
     ),
     (
         "Bath & Body",
         300,
         35,
-        ["Electric Toothbrush", "Hair Dryer", "Shaver", "Bath Towel Set", "Diffuser"],
-        ["Toothbrush Holder", "Travel Case", "Diffuser Stand", "Shaver Stand"],
-        ["Hand Soap", "Shampoo", "Body Wash", "Toothbrush Heads", "Essential Oil"],
+        "Electric Toothbrush, Hair Dryer, Shaver, Bath Towel Set, Diffuser",
+        "Toothbrush Holder, Travel Case, Diffuser Stand, Shaver Stand",
+        "Hand Soap, Shampoo, Body Wash, Toothbrush Heads, Essential Oil",
     ),
     (
         "Pets",
         150,
         60,
-        ["Dog Bed", "Cat Tree", "Pet Carrier", "Aquarium", "Dog Leash"],
-        ["Bed Cover", "Carrier Pad", "Aquarium Light", "Leash Pouch"],
-        ["Dog Food", "Cat Litter", "Fish Food", "Pet Shampoo", "Dental Chews"],
+        "Dog Bed, Cat Tree, Pet Carrier, Aquarium, Dog Leash",
+        "Bed Cover, Carrier Pad, Aquarium Light, Leash Pouch",
+        "Dog Food, Cat Litter, Fish Food, Pet Shampoo, Dental Chews",
     ),
     (
         "Outdoors",
         95,
         140,
-        ["Tent", "Sleeping Bag", "Hiking Backpack", "Camp Stove", "Headlamp"],
-        ["Tent Footprint", "Stuff Sack", "Rain Cover", "Stove Windscreen"],
-        ["Gas Canister", "Water Purifier Tablets", "Firestarters", "Batteries"],
+        "Tent, Sleeping Bag, Hiking Backpack, Camp Stove, Headlamp",
+        "Tent Footprint, Stuff Sack, Rain Cover, Stove Windscreen",
+        "Gas Canister, Water Purifier Tablets, Firestarters, Batteries",
     ),
     (
         "Fitness",
         0,
         110,
-        [
-            "Yoga Mat",
-            "Dumbbell Set",
-            "Rowing Machine",
-            "Kettlebell",
-            "Exercise Bike",
-            "Foam Roller",
-        ],
-        ["Mat Strap", "Dumbbell Rack", "Bike Seat Cover", "Grip Pads"],
-        ["Protein Powder", "Energy Gels", "Chalk", "Electrolyte Tabs"],
+        "Yoga Mat, Dumbbell Set, Rowing Machine, Kettlebell, Exercise Bike, Foam Roller",
+        "Mat Strap, Dumbbell Rack, Bike Seat Cover, Grip Pads",
+        "Protein Powder, Energy Gels, Chalk, Electrolyte Tabs",
     ),
 ]
-BRANDS = [
-    "Nordvik",
-    "Kestrel",
-    "Aurelia",
-    "Brightwell",
-    "Calder",
-    "Driftwood",
-    "Ember & Oak",
-    "Fjell",
-    "Greyfield",
-    "Halcyon",
-    "Ironbark",
-    "Juniper",
-    "Kobalt",
-    "Lumen",
-    "Meridian",
-    "Northwind",
-    "Oakhurst",
-    "Pinecrest",
-    "Quillon",
-    "Redfern",
-    "Solace",
-    "Tidewater",
-    "Umbra",
-    "Vantage",
-    "Willow & Co",
-    "Yarrow",
-    "Zephyr",
-    "Atlas",
-    "Bramble",
-    "Copperline",
-]
-MODELS = [
-    "Aria",
-    "Bolt",
-    "Crest",
-    "Dune",
-    "Echo",
-    "Flux",
-    "Glide",
-    "Haven",
-    "Ion",
-    "Jet",
-    "Kite",
-    "Lyra",
-    "Mesa",
-    "Nova",
-    "Orbit",
-    "Pulse",
-    "Quartz",
-    "Ridge",
-    "Sol",
-    "Terra",
-    "Ultra",
-    "Vega",
-    "Wave",
-    "Xeno",
-    "Zen",
-    "Mini",
-    "Pro",
-    "Max",
-    "Lite",
-    "Air",
-]
-VARIANTS = [
-    "Original",
-    "Everyday",
-    "Premium",
-    "Eco",
-    "Classic",
-    "Gentle",
-    "Extra Strong",
-    "Fresh",
-    "Natural",
-    "Signature",
-]
-ADJECTIVES = [
-    "compact",
-    "sturdy",
-    "quiet",
-    "elegant",
-    "lightweight",
-    "versatile",
-    "reliable",
-    "beautifully simple",
-    "well-made",
-    "clever",
-]
-PACK_SIZES = ["Refill", "Refill, 2-Pack", "Refill, 3-Pack", "Refill, Large"]
+BRANDS = (
+    "Nordvik, Kestrel, Aurelia, Brightwell, Calder, Driftwood, Ember & Oak, Fjell, "
+    "Greyfield, Halcyon, Ironbark, Juniper, Kobalt, Lumen, Meridian, Northwind, Oakhurst, "
+    "Pinecrest, Quillon, Redfern, Solace, Tidewater, Umbra, Vantage, Willow & Co, Yarrow, "
+    "Zephyr, Atlas, Bramble, Copperline"
+).split(", ")
+MODELS = (
+    "Aria, Bolt, Crest, Dune, Echo, Flux, Glide, Haven, Ion, Jet, Kite, Lyra, Mesa, Nova, "
+    "Orbit, Pulse, Quartz, Ridge, Sol, Terra, Ultra, Vega, Wave, Xeno, Zen, Mini, Pro, "
+    "Max, Lite, Air"
+).split(", ")
+VARIANTS = (
+    "Original, Everyday, Premium, Eco, Classic, Gentle, Extra Strong, Fresh, Natural, Signature"
+).split(", ")
+ADJECTIVES = (
+    "compact, sturdy, quiet, elegant, lightweight, versatile, reliable, beautifully "
+    "simple, well-made, clever"
+).split(", ")
+PACK_SIZES = ("Refill; Refill, 2-Pack; Refill, 3-Pack; Refill, Large").split("; ")
 
 ROLE_SHARES = {"accessory": 0.30, "consumable": 0.15, "refill": 0.10}  # the rest are main products
 ROLE_PRICE_FACTORS = {"main": 1.0, "accessory": 0.18, "consumable": 0.09, "refill": 0.07}
@@ -420,7 +323,9 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
         return spec
 
     for category, size in zip(categories, sizes, strict=True):
-        _, _, _, mains, accessories, consumables = CATEGORY_TABLE[category.index]
+        mains, accessories, consumables = (
+            words.split(", ") for words in CATEGORY_TABLE[category.index][3:]
+        )
         counts = role_counts(size)
         main_specs, consumable_specs = [], []
         for _ in range(counts["main"]):
