@@ -327,9 +327,10 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
             words.split(", ") for words in CATEGORY_TABLE[category.index][3:]
         )
         counts = role_counts(size)
-        main_specs, consumable_specs = [], []
+        main_specs, consumable_specs, product_range = [], [], {}
         for _ in range(counts["main"]):
             brand, model, noun = rng.choice(BRANDS), rng.choice(MODELS), rng.choice(mains)
+            product_range[len(specs)] = f"{brand} {model}"
             main_specs.append(
                 add(
                     category,
@@ -344,8 +345,8 @@ def build_catalogue(*, products=DEFAULT_PRODUCTS, seed=DEFAULT_SEED):
             add(
                 category,
                 "accessory",
-                f"{noun} for {main.name}",
-                f"Made to fit the {main.name}.",
+                f"{noun} for {product_range[main.index]}",
+                f"Made for the {product_range[main.index]} range; fits the {main.name}.",
                 companion=main,
             )
         for _ in range(counts["consumable"]):
