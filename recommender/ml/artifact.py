@@ -1,0 +1,147 @@
+"""Versioned model bundle: tensors (state_dict) + JSON metadata, nothing else pickled.
+
+Loading uses ``torch.load(weights_only=True)``, whose restricted unpickler refuses any
+global but tensors and primitives, so a hostile file cannot run code; a SHA-256 over the
+tensors catches silent corruption that the zip container would not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+FORMAT_VERSION = 1
+MAGIC = "django-recommender/ml-artifact"
+
+
+class ArtifactError(Exception):
+    """The file is not a usable artifact: corrupt, truncated, foreign or a newer format."""
+
+
+def _checksum(state_dict: dict) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Artifact:
+    model_name: str
+    model_config: dict
+    state_dict: dict
+    item_ids: list  # index i + 1 <-> item_ids[i]; index 0 is padding
+    kind_names: list  # kind vocabulary, index 0 is padding
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_kinds(self) -> int:
+        return len(self.kind_names)
+
+    def build_model(self) -> torch.nn.Module:
+        """The model with its trained weights, in eval mode."""
+        from .nets import build_model
+
+        try:
+            model = build_model(self.model_name, self.n_items, self.n_kinds, **self.model_config)
+            model.load_state_dict(self.state_dict, strict=True)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ArtifactError(f"artifact does not match model {self.model_name!r}: {exc}") from exc
+        return model.eval()
+
+
+def save_artifact(
+    fileobj,
+    *,
+    model_name: str,
+    model_config: dict,
+    state_dict: dict,
+    item_ids: list,
+    kind_names: list,
+    metrics: dict,
+    extra: dict | None = None,
+) -> None:
+    """Write the bundle to a binary file object (or path). Metadata must be JSON-able."""
+    tensors = {k: v.detach().cpu() for k, v in state_dict.items()}
+    meta = {
+        "model_name": model_name,
+        "model_config": model_config,
+        "item_ids": list(item_ids),
+        "kind_names": list(kind_names),
+        "metrics": metrics,
+        "extra": extra or {},
+        "checksum": _checksum(tensors),
+        "torch_version": torch.__version__,
+    }
+    try:
+        meta_json = json.dumps(meta, allow_nan=True)
+    except TypeError as exc:
+        raise ArtifactError(f"artifact metadata is not JSON-serialisable: {exc}") from exc
+    torch.save(
+        {"magic": MAGIC, "format_version": FORMAT_VERSION, "metadata": meta_json,
+         "state_dict": tensors},
+        fileobj,
+    )
+
+
+def load_artifact(fileobj) -> Artifact:
+    """Read and verify a bundle; raises ArtifactError for anything but a valid one."""
+    try:
+        raw = torch.load(fileobj, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure mode means "not loadable"
+        raise ArtifactError(
+            f"not a readable model artifact (corrupt, truncated, not produced by "
+            f"recommender.ml, or containing code): {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
+    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
+        raise ArtifactError("not a recommender.ml artifact (missing format marker)")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"unsupported artifact format version {version!r}; this code reads version "
+            f"{FORMAT_VERSION} (retrain, or upgrade the app)"
+        )
+    try:
+        meta = json.loads(raw["metadata"])
+        state_dict = raw["state_dict"]
+        if not isinstance(state_dict, dict) or not all(
+            isinstance(v, torch.Tensor) for v in state_dict.values()
+        ):
+            raise ValueError("state_dict must map names to tensors")
+        art = Artifact(
+            model_name=meta["model_name"],
+            model_config=dict(meta["model_config"]),
+            state_dict=state_dict,
+            item_ids=list(meta["item_ids"]),
+            kind_names=list(meta["kind_names"]),
+            metrics=dict(meta.get("metrics") or {}),
+            extra=dict(meta.get("extra") or {}),
+            format_version=version,
+        )
+        expected = meta["checksum"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"artifact metadata is malformed: {exc}") from exc
+    if _checksum(state_dict) != expected:
+        raise ArtifactError("artifact tensors do not match their checksum (corrupt file)")
+    return art
+
+
+def artifact_bytes(**kwargs) -> bytes:
+    """``save_artifact`` into memory: convenient for Django storage backends."""
+    buf = io.BytesIO()
+    save_artifact(buf, **kwargs)
+    return buf.getvalue()

@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+import torch
+
+from recommender.ml import data
+
+
+def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> data.Sequences:
+    """Synthetic shoppers walking a chain i -> i+1 (mod n): the next item is predictable."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        start = int(rng.integers(0, n_items))
+        length = int(rng.integers(min_len, max_len + 1))
+        for t in range(length):
+            item = f"p{(start + t) % n_items}"
+            kind = "purchase" if t % 4 == 3 else "view"
+            rows.append((f"u{u}", item, kind, None, 1000.0 * u + 100.0 * t))
+    cfg = data.CleaningConfig(
+        burst_window_seconds=None, max_events_per_minute=None, min_item_count=None,
+        min_shopper_count=None,
+    )
+    return data.build_sequences(rows, cfg)
+
+
+@pytest.fixture
+def chain_split():
+    torch.manual_seed(0)
+    return data.leave_one_out(chain_sequences())

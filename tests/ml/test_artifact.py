@@ -1,0 +1,99 @@
+import io
+import os
+import pickle
+
+import pytest
+import torch
+
+from recommender.ml import artifact, nets
+
+
+def saved(**overrides):
+    torch.manual_seed(0)
+    model = nets.build_model("cnn_dnn", 5, 3, dim=8, max_len=6, tower_hidden=16)
+    kw = dict(model_name="cnn_dnn", model_config=model.config, state_dict=model.state_dict(),
+              item_ids=["a", "b", 3, "d", "e"], kind_names=["<pad>", "view", "purchase"],
+              metrics={"val_ndcg10": 0.5}, extra={"cleaning": {"min_item_count": 2}})
+    kw.update(overrides)
+    buf = io.BytesIO()
+    artifact.save_artifact(buf, **kw)
+    return model, buf.getvalue()
+
+
+def test_roundtrip_rebuilds_an_identical_model():
+    model, raw = saved()
+    art = artifact.load_artifact(io.BytesIO(raw))
+    assert art.format_version == artifact.FORMAT_VERSION == 1
+    assert art.item_ids == ["a", "b", 3, "d", "e"] and art.n_items == 5 and art.n_kinds == 3
+    assert art.metrics == {"val_ndcg10": 0.5} and art.extra["cleaning"]["min_item_count"] == 2
+    rebuilt = art.build_model()
+    x = torch.tensor([[0, 1, 2, 5]])
+    k = torch.tensor([[0, 1, 2, 1]])
+    model.eval()
+    assert torch.equal(rebuilt.full_sort_predict(x, k), model.full_sort_predict(x, k))
+
+
+def test_truncated_and_corrupt_files_are_refused():
+    _, raw = saved()
+    with pytest.raises(artifact.ArtifactError):
+        artifact.load_artifact(io.BytesIO(raw[: len(raw) // 2]))
+    with pytest.raises(artifact.ArtifactError):
+        artifact.load_artifact(io.BytesIO(b""))
+    # Flip bytes inside the tensor payload: the zip still opens, the checksum catches it.
+    model, _ = saved()
+    big = model.item_emb.weight.detach().numpy().tobytes()
+    pos = raw.find(big[:32])
+    assert pos > 0
+    corrupt = bytearray(raw)
+    corrupt[pos + 8 : pos + 16] = b"\x7f" * 8
+    with pytest.raises(artifact.ArtifactError, match="checksum"):
+        artifact.load_artifact(io.BytesIO(bytes(corrupt)))
+
+
+def test_unknown_version_and_foreign_files_are_refused():
+    buf = io.BytesIO()
+    torch.save({"magic": artifact.MAGIC, "format_version": 99, "metadata": "{}",
+                "state_dict": {}}, buf)
+    with pytest.raises(artifact.ArtifactError, match="version 99"):
+        artifact.load_artifact(io.BytesIO(buf.getvalue()))
+    buf = io.BytesIO()
+    torch.save({"weight": torch.zeros(2)}, buf)  # a torch file, but not ours
+    with pytest.raises(artifact.ArtifactError, match="not a recommender.ml artifact"):
+        artifact.load_artifact(io.BytesIO(buf.getvalue()))
+    with pytest.raises(artifact.ArtifactError):
+        artifact.load_artifact(io.BytesIO(b"hello, I am a text file"))
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_malicious_pickle_is_refused_without_running_code(tmp_path):
+    # Control: the payload is live, an unrestricted unpickler does run it.
+    live = str(tmp_path / "live")
+    pickle.loads(pickle.dumps(_Exploit(live)))
+    assert os.path.isdir(live)
+    marker = str(tmp_path / "pwned")
+    payload = {"magic": artifact.MAGIC, "format_version": 1, "evil": _Exploit(marker)}
+    for raw in (pickle.dumps(payload), _torch_saved(payload)):
+        with pytest.raises(artifact.ArtifactError):
+            artifact.load_artifact(io.BytesIO(raw))
+        assert not os.path.exists(marker)
+
+
+def _torch_saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_mismatched_state_dict_is_an_artifact_error():
+    _, raw = saved(model_config={"dim": 4, "max_len": 6})
+    art = artifact.load_artifact(io.BytesIO(raw))
+    with pytest.raises(artifact.ArtifactError, match="does not match"):
+        art.build_model()

@@ -1,0 +1,102 @@
+import pytest
+import torch
+
+from recommender.ml import nets
+
+N_ITEMS, N_KINDS = 40, 4
+CONFIGS = [("cnn", {"encoder": "dilated"}), ("cnn", {"encoder": "caser", "window": 4}),
+           ("cnn_dnn", {"encoder": "dilated"}), ("cnn_dnn", {"encoder": "caser", "window": 4})]
+
+
+def make(name, **cfg):
+    torch.manual_seed(0)
+    return nets.build_model(name, N_ITEMS, N_KINDS, dim=16, max_len=12, tower_hidden=32, **cfg)
+
+
+def batch(b=3, length=7):
+    g = torch.Generator().manual_seed(1)
+    items = torch.randint(1, N_ITEMS + 1, (b, length), generator=g)
+    items[0, :3] = 0  # left padding
+    kinds = torch.randint(1, N_KINDS, (b, length), generator=g) * (items > 0)
+    return items, kinds
+
+
+@pytest.mark.parametrize("name,cfg", CONFIGS)
+def test_interface_shapes_and_consistency(name, cfg):
+    model = make(name, **cfg).eval()
+    items, kinds = batch()
+    scores = model.full_sort_predict(items, kinds)
+    assert scores.shape == (3, N_ITEMS + 1)
+    u = model.shopper_vector(items, kinds)
+    assert u.shape == (3, 16) and model.item_embeddings().shape == (N_ITEMS + 1, 16)
+    assert torch.allclose(scores, u @ model.item_embeddings().T, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,cfg", CONFIGS)
+def test_encoding_is_causal_and_kind_aware(name, cfg):
+    """A position's vector never depends on later events; kinds change the vector."""
+    model = make(name, **cfg).eval()
+    items, kinds = batch(b=1, length=8)
+    select = torch.zeros_like(items, dtype=torch.bool)
+    select[0, 4] = True
+    before = model._vectors(items, kinds, select)
+    later = items.clone()
+    later[0, 5:] = (later[0, 5:] % N_ITEMS) + 1
+    assert torch.allclose(before, model._vectors(later, kinds, select), atol=1e-6)
+    other_kinds = kinds.clone()
+    other_kinds[0, 4] = 1 if kinds[0, 4] != 1 else 2
+    assert not torch.allclose(before, model._vectors(items, other_kinds, select))
+
+
+@pytest.mark.parametrize("name", nets.NET_NAMES)
+def test_left_padding_does_not_change_the_shopper_vector(name):
+    model = make(name).eval()
+    items, kinds = batch(b=1, length=5)
+    items[0, 0], kinds[0, 0] = 0, 0
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), items], dim=1)
+    padded_k = torch.cat([torch.zeros(1, 4, dtype=torch.long), kinds], dim=1)
+    assert torch.allclose(model.shopper_vector(items, kinds),
+                          model.shopper_vector(padded, padded_k), atol=1e-5)
+
+
+def test_fused_full_softmax_matches_autograd_cross_entropy():
+    torch.manual_seed(0)
+    h = torch.randn(6, 5, requires_grad=True)
+    w = torch.randn(9, 5, requires_grad=True)
+    target = torch.tensor([1, 2, 3, 8, 8, 4])
+    weight = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5, 3.0])
+    loss = nets.full_softmax_loss(h, w, target, weight)
+    loss.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    logits = h @ w.T
+    logits = torch.cat([torch.full_like(logits[:, :1], -1e9), logits[:, 1:]], dim=1)
+    ref = (torch.nn.functional.cross_entropy(logits, target, reduction="none") * weight).sum()
+    ref = ref / weight.sum()
+    ref.backward()
+    assert torch.allclose(loss, ref, atol=1e-5)
+    assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", nets.NET_NAMES)
+def test_loss_is_finite_and_sampled_mode_works(name):
+    model = make(name).train()
+    items, kinds = batch()
+    target = torch.roll(items, -1, dims=1) * (items > 0)
+    target[:, -1] = 0
+    b = {"item_seq": items, "kind_seq": kinds, "target": target}
+    full = model.calculate_loss(b)
+    assert torch.isfinite(full) and full.ndim == 0
+    sampled = model.calculate_loss({**b, "negatives": torch.arange(1, 21)})
+    assert torch.isfinite(sampled)
+    sampled.backward()
+    assert model.item_emb.weight.grad is not None
+
+
+def test_build_model_rejects_unknown_names_and_roundtrips_config():
+    with pytest.raises(ValueError):
+        nets.build_model("transformer", 5, 2)
+    model = make("cnn_dnn", encoder="caser", window=3)
+    again = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, **model.config)
+    again.load_state_dict(model.state_dict())
+    assert set(nets.NET_NAMES) <= set(nets.MODEL_NAMES)
