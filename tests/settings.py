@@ -38,6 +38,8 @@ SERVICES = {
 if SERVICES["postgres"]:
     DATABASES = {"default": database_from_url(POSTGRES_URL)}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # One test database per run, so that runs side by side do not drop each other's.
+    DATABASES["default"]["TEST"] = {"NAME": f"test_recommender_{os.getpid()}"}
     # A Celery worker started by the tests points here at pytest-django's test database.
     if os.environ.get("RECOMMENDER_TEST_DB_NAME"):
         DATABASES["default"]["NAME"] = os.environ["RECOMMENDER_TEST_DB_NAME"]

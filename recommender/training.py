@@ -1,0 +1,307 @@
+"""Events -> cleaned sequences -> trained model -> verified artifact -> ModelVersion.
+
+The Django half of training: it exports events (pseudonymous shoppers, never personal
+data), hands them to ``recommender.ml`` (pure PyTorch), stores the artifact, records the
+version with its curve and metrics, and promotes it only if it is at least as good as
+the active version. Celery tasks and management commands call ``run_training``.
+"""
+
+import hashlib
+import hmac
+import io
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .conf import recommender_settings
+from .models import Event, ModelVersion
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "itemknn")
+SAMPLED_METRICS_MIN_ITEMS = 1000
+
+
+class TrainingError(Exception):
+    """A training run cannot go on (too little data, bad settings); the message says why."""
+
+
+class TrainingInProgress(TrainingError):
+    pass
+
+
+# --------------------------------------------------------------------------- queueing
+
+
+def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True):
+    """Create a queued version and send it to the Celery worker after commit.
+
+    Refuses while another run is queued or running, so the admin button and beat can
+    never start two trainings; the database constraint on running versions backs this.
+    """
+    fail_stale_runs()
+    with transaction.atomic():
+        busy = ModelVersion.objects.select_for_update().running().first()
+        if busy is not None:
+            raise TrainingInProgress(f"Training v{busy.pk} is already {busy.status}.")
+        version = ModelVersion.objects.create(
+            trigger=trigger, model_name=(config or {}).get("MODEL", recommender_settings.MODEL),
+            config=config or {},
+        )
+        if enqueue:
+            from .tasks import train
+
+            transaction.on_commit(lambda: _send(train, version.pk))
+    return version
+
+
+def _send(task, version_id):
+    result = task.apply_async(args=[version_id], queue=recommender_settings.TRAINING_QUEUE)
+    ModelVersion.objects.filter(pk=version_id, task_id="").update(task_id=result.id or "")
+
+
+def fail_stale_runs():
+    """Mark runs whose worker stopped sending heartbeats (killed, lost) as failed."""
+    limit = timezone.now() - timedelta(seconds=recommender_settings.TRAINING_HEARTBEAT_TIMEOUT)
+    stale = ModelVersion.objects.filter(status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit)
+    return stale.update(
+        status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+        error="The worker stopped reporting (killed or lost); the run was abandoned.",
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+
+def shopper_pseudonym(user_id=None, session_key=""):
+    """A stable id for a shopper that does not reveal who they are without SECRET_KEY."""
+    raw = f"u{user_id}" if user_id is not None else f"s{session_key}"
+    return hmac.new(settings.SECRET_KEY.encode(), raw.encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def export_interactions(since=None, chunk_size=None):
+    """Yield ``(shopper, item, kind, value, ts)`` rows for training, in bounded memory.
+
+    Only pseudonymous shoppers, item ids, kinds, values and times leave the database.
+    """
+    chunk_size = chunk_size or recommender_settings.EXPORT_CHUNK_SIZE
+    events = Event.objects.order_by()
+    if since is not None:
+        events = events.filter(occurred_at__gte=since)
+    pseudonyms = {}
+    rows = events.values_list("user_id", "session_key", "item_id", "kind", "value", "occurred_at")
+    for user_id, session_key, item_id, kind, value, occurred_at in rows.iterator(chunk_size=chunk_size):
+        key = (user_id, session_key if user_id is None else "")
+        shopper = pseudonyms.get(key)
+        if shopper is None:
+            shopper = pseudonyms[key] = shopper_pseudonym(*key)
+        yield (shopper, item_id, kind, value, occurred_at.timestamp())
+
+
+# --------------------------------------------------------------------------- running
+
+
+class _Progress:
+    """Writes the run's live progress and heartbeat to its row, at most once a second."""
+
+    def __init__(self, version, echo=None):
+        self.version = version
+        self.echo = echo
+        self.last = 0.0
+        self.started = time.monotonic()
+
+    def __call__(self, info, force=False):
+        info = {**info, "elapsed": round(time.monotonic() - self.started, 1)}
+        if self.echo:
+            self.echo(info)
+        now = time.monotonic()
+        if force or now - self.last >= 1.0:
+            self.last = now
+            ModelVersion.objects.filter(pk=self.version.pk).update(
+                progress=_jsonable(info), heartbeat_at=timezone.now()
+            )
+
+    def stage(self, name, **extra):
+        self({"stage": name, **extra}, force=True)
+
+
+def run_training(version_id, *, echo=None):
+    """Run a queued version to the end: ready (and maybe active) or failed.
+
+    Idempotent: the run is claimed with a conditional UPDATE, so a redelivered task finds
+    nothing to claim and returns. Any error marks the run failed and leaves the active
+    version untouched.
+    """
+    now = timezone.now()
+    try:
+        claimed = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
+            status=ModelVersion.Status.RUNNING, started_at=now, heartbeat_at=now,
+            progress={"stage": "starting"},
+        )
+    except IntegrityError:
+        ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
+            status=ModelVersion.Status.FAILED, finished_at=now, error="Another training was running."
+        )
+        return ModelVersion.objects.get(pk=version_id)
+    if not claimed:
+        logger.info("Training v%s was already claimed; nothing to do.", version_id)
+        return ModelVersion.objects.get(pk=version_id)
+    version = ModelVersion.objects.get(pk=version_id)
+    progress = _Progress(version, echo)
+    try:
+        _train(version, progress)
+    except Exception as exc:
+        logger.exception("Training v%s failed", version_id)
+        ModelVersion.objects.filter(pk=version_id).update(
+            status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+            error=f"{type(exc).__name__}: {exc}"[:5000],
+            progress={**ModelVersion.objects.get(pk=version_id).progress, "stage": "failed"},
+        )
+        raise
+    return ModelVersion.objects.get(pk=version_id)
+
+
+def _settings_for(version):
+    """The run's settings: the store's RECOMMENDER values, overridden by the version's."""
+    names = ("MODEL", "MODEL_CONFIG", "TRAINING", "CLEANING", "HOLDOUT_DAYS", "MIN_TRAINING_EVENTS")
+    merged = {name: getattr(recommender_settings, name) for name in names}
+    merged.update({k: v for k, v in (version.config or {}).items() if k in names})
+    return merged
+
+
+def _train(version, progress):
+    from .ml import artifact, data, metrics, nets, train
+
+    cfg = _settings_for(version)
+    cleaning = data.CleaningConfig.from_dict(cfg["CLEANING"])
+    train_config = train.TrainConfig.from_dict(cfg["TRAINING"])
+
+    progress.stage("export")
+    rows = list(export_interactions())
+    if len(rows) < cfg["MIN_TRAINING_EVENTS"]:
+        raise TrainingError(f"Only {len(rows)} events; at least {cfg['MIN_TRAINING_EVENTS']} are needed to train.")
+    progress.stage("clean", events=len(rows))
+    sequences = data.build_sequences(rows, cleaning)
+    del rows
+    split = data.time_split(sequences, cfg["HOLDOUT_DAYS"] * 86400, seed=train_config.seed)
+    if len(split.validation) == 0 or len(split.test) == 0:
+        raise TrainingError(
+            f"No shopper has events both before and in the last {cfg['HOLDOUT_DAYS']} days; "
+            "there is nothing to validate on (lower HOLDOUT_DAYS or wait for more events)."
+        )
+    stats = {
+        "shoppers": len(sequences), "items": sequences.n_items, "events": sequences.n_events,
+        "train_events": int(sum(len(s) for s in split.train_items)),
+        "validation_shoppers": len(split.validation), "test_shoppers": len(split.test),
+        "cleaning": sequences.report.to_dict() if sequences.report else {},
+    }
+    ModelVersion.objects.filter(pk=version.pk).update(data_stats=stats, model_name=cfg["MODEL"])
+
+    progress.stage("train", epoch=0, epochs=train_config.epochs)
+    model = nets.build_model(cfg["MODEL"], split.n_items, split.n_kinds, **cfg["MODEL_CONFIG"])
+    fitted = train.fit(model, split, train_config, progress=progress)
+    curve = _jsonable(fitted.curve)
+    ModelVersion.objects.filter(pk=version.pk).update(curve=curve)
+
+    progress.stage("evaluate")
+    results = {"valid": _evaluate(fitted.model, split.validation, split, train_config, metrics),
+               "test": _evaluate(fitted.model, split.test, split, train_config, metrics),
+               "baselines": {}}
+    for name in BASELINES:
+        if name == cfg["MODEL"]:
+            continue
+        baseline = train.fit(nets.build_model(name, split.n_items, split.n_kinds), split, train_config).model
+        results["baselines"][name] = {
+            "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
+            "test": _evaluate(baseline, split.test, split, train_config, metrics),
+        }
+    results["best_epoch"] = fitted.best_epoch
+    results["stopped"] = fitted.stopped
+    results["train_seconds"] = round(fitted.train_seconds, 1)
+
+    progress.stage("save")
+    buffer = io.BytesIO()
+    artifact.save_artifact(
+        buffer, model_name=cfg["MODEL"], model_config=fitted.model.config,
+        state_dict=fitted.model.state_dict(), item_ids=split.item_map.to_list(),
+        kind_names=list(split.kind_names), metrics=_jsonable(results),
+        extra={"version": version.pk, "trained_until": split.cut_ts},
+    )
+    payload = buffer.getvalue()
+    storage = storages[recommender_settings.ARTIFACT_STORAGE]
+    name = storage.save(f"{recommender_settings.ARTIFACT_PATH}/v{version.pk}.pt", ContentFile(payload))
+    # Verify what storage holds before it may serve: read back, hash, load.
+    with storage.open(name, "rb") as stored:
+        stored_bytes = stored.read()
+    digest = hashlib.sha256(stored_bytes).hexdigest()
+    if digest != hashlib.sha256(payload).hexdigest():
+        raise TrainingError("The artifact read back from storage differs from what was written.")
+    artifact.load_artifact(io.BytesIO(stored_bytes)).build_model()
+
+    finished = timezone.now()
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=ModelVersion.Status.READY, metrics=_jsonable(results), artifact=name,
+        artifact_sha256=digest, finished_at=finished, heartbeat_at=finished,
+        progress={"stage": "done", "epoch": fitted.epochs_run, "epochs": train_config.epochs,
+                  "elapsed": round(time.monotonic() - progress.started, 1)},
+    )
+    version.refresh_from_db()
+    promote_if_better(version)
+
+
+def _evaluate(model, part, split, train_config, metrics):
+    full = metrics.evaluate(model, part, 10, "full", n_items=split.n_items, max_len=train_config.max_len)
+    result = {
+        "hr@10": full["hr@10"], "ndcg@10": full["ndcg@10"], "mrr": full.get("mrr"),
+        "coverage@10": full.get("coverage@10"), "users": full.get("n_users", len(part)),
+    }
+    # Sampled metrics (target among 100 unseen items) only mean something in a catalogue
+    # much larger than the sample; they are kept for comparison with published numbers.
+    if split.n_items >= SAMPLED_METRICS_MIN_ITEMS:
+        sampled = metrics.evaluate(model, part, 10, "sampled", n_items=split.n_items, max_len=train_config.max_len)
+        result.update({"sampled_hr@10": sampled["hr@10"], "sampled_ndcg@10": sampled["ndcg@10"]})
+    return result
+
+
+def promote_if_better(version):
+    """Activate ``version`` if its validation NDCG@10 >= the active one's - tolerance."""
+    tolerance = recommender_settings.PROMOTION_TOLERANCE
+    with transaction.atomic():
+        active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
+        mine = version.metric("ndcg@10")
+        if active is None:
+            decision = "Promoted: no version was active."
+        else:
+            theirs = active.metric("ndcg@10") or 0.0
+            if mine is None or mine < theirs - tolerance:
+                decision = (f"Kept as a candidate: validation NDCG@10 {mine:.4f} is below the active "
+                            f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g}).")
+                ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
+                version.refresh_from_db()
+                return False
+            decision = (f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
+                        f"{theirs:.4f} (tolerance {tolerance:g}).")
+        ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
+        version.activate()
+    return True
+
+
+def _jsonable(value):
+    """Floats/ints/strings/lists/dicts only, NaN and numpy scalars made plain."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

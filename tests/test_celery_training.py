@@ -1,0 +1,65 @@
+"""A real Celery worker, over the real Redis broker, trains on events in PostgreSQL."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from recommender import training
+from recommender.models import ModelVersion
+
+from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def worker():
+    """A Celery worker process on the training queue, sharing the test database."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "RECOMMENDER_TEST_DB_NAME": connection.settings_dict["NAME"],
+        "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--pool", "solo",
+         "--queues", "recommender-training", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
+        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_for_end(version_id, worker, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        version = ModelVersion.objects.get(pk=version_id)
+        if version.status in ("ready", "failed"):
+            return version
+        if worker.poll() is not None:
+            raise AssertionError(f"The worker exited:\n{worker.stdout.read().decode()}")
+        time.sleep(0.5)
+    raise AssertionError(f"Training v{version_id} did not finish in {timeout}s: {version.status} {version.progress}")
+
+
+def test_the_worker_trains_and_promotes_then_keeps_a_worse_candidate(worker):
+    make_history(make_catalogue())
+    first = training.request_training(config=FAST_CONFIG)  # queued on commit (autocommit here)
+    first = wait_for_end(first.pk, worker)
+    assert first.status == "ready" and first.is_active, first.error
+    assert first.task_id and first.heartbeat_at and first.curve
+
+    # A candidate that learns nothing (one epoch at lr 0) is measured and not promoted.
+    second = wait_for_end(training.request_training(config=UNTRAINED).pk, worker)
+    assert second.status == "ready" and not second.is_active, second.error
+    assert "Kept as a candidate" in second.decision
+    assert ModelVersion.objects.active() == first

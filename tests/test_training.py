@@ -1,0 +1,136 @@
+"""Training in the app: export, train, evaluate, store, promote (or not), fail cleanly."""
+
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
+from django.test import override_settings
+from django.utils import timezone
+
+from recommender import training
+from recommender.ml import artifact
+from recommender.models import ModelVersion
+
+from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def history():
+    products = make_catalogue()
+    make_history(products)
+    return products
+
+
+def train_now(config=FAST_CONFIG):
+    version = training.request_training(config=config, enqueue=False)
+    return training.run_training(version.pk)
+
+
+def test_export_rows_carry_no_personal_data(history):
+    rows = list(training.export_interactions(chunk_size=100))
+    assert len(rows) == 150 * 12
+    dumped = json.dumps(rows)
+    for secret in ("walker", "example.com", "Secret", "Name1", "anon0"):
+        assert secret not in dumped
+    shopper, item, kind, value, ts = rows[0]
+    assert len(shopper) == 20 and isinstance(ts, float) and kind in ("view", "purchase")
+
+
+def test_a_first_version_is_trained_evaluated_stored_and_promoted(history):
+    version = train_now()
+    assert version.status == "ready" and version.is_active, version.error
+    assert version.data_stats["events"] == 150 * 12 and version.data_stats["items"] == 40
+    assert len(version.curve) >= 1 and "val_ndcg10" in version.curve[0]
+    ndcg = version.metric("ndcg@10")
+    popularity = version.metrics["baselines"]["popularity"]["valid"]["ndcg@10"]
+    assert ndcg > 2 * popularity and ndcg > 0.2
+    assert version.progress["stage"] == "done"
+    from django.core.files.storage import default_storage
+
+    with default_storage.open(version.artifact, "rb") as stored:
+        loaded = artifact.load_artifact(stored)
+    assert len(loaded.item_ids) == 40
+    assert "Secret" not in json.dumps([loaded.metrics, loaded.extra, loaded.item_ids], default=str)
+
+
+def test_a_worse_candidate_is_kept_and_the_active_one_serves_on(history):
+    best = train_now()
+    version = train_now(UNTRAINED)
+    assert version.status == "ready" and not version.is_active
+    assert version.metric("ndcg@10") < best.metric("ndcg@10")
+    assert "Kept as a candidate" in version.decision
+    assert ModelVersion.objects.active() == best
+
+
+@override_settings(RECOMMENDER={"PROMOTION_TOLERANCE": 1.0})
+def test_the_tolerance_lets_a_worse_candidate_through(history):
+    train_now()
+    assert train_now(UNTRAINED).is_active
+
+
+def test_too_little_data_fails_with_a_reason_and_leaves_the_active_version(db):
+    active = ModelVersion.objects.create(status="ready")
+    active.activate()
+    version = training.request_training(config=FAST_CONFIG, enqueue=False)
+    with pytest.raises(training.TrainingError, match="at least 100 are needed"):
+        training.run_training(version.pk)
+    version.refresh_from_db()
+    assert version.status == "failed" and "at least 100" in version.error
+    assert ModelVersion.objects.active() == active
+
+
+def test_a_second_run_is_refused_while_one_is_queued(db):
+    training.request_training(enqueue=False)
+    with pytest.raises(training.TrainingInProgress):
+        training.request_training(enqueue=False)
+
+
+def test_the_database_never_holds_two_running_trainings(db):
+    ModelVersion.objects.create(status="running")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.create(status="running")
+
+
+def test_a_redelivered_task_does_nothing(history):
+    version = train_now()
+    again = training.run_training(version.pk)
+    assert again.finished_at == version.finished_at
+
+
+def test_runs_without_heartbeat_are_failed_and_free_the_lock(db):
+    stale = ModelVersion.objects.create(status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    assert training.fail_stale_runs() == 1
+    stale.refresh_from_db()
+    assert stale.status == "failed" and "stopped reporting" in stale.error
+    training.request_training(enqueue=False)
+
+
+def test_exactly_one_version_is_active(db):
+    a = ModelVersion.objects.create(status="ready")
+    b = ModelVersion.objects.create(status="ready")
+    a.activate()
+    b.activate()
+    assert list(ModelVersion.objects.filter(is_active=True)) == [b]
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(pk=a.pk).update(is_active=True)
+
+
+def test_a_failed_version_cannot_be_activated(db):
+    with pytest.raises(ValueError, match="Only a ready version"):
+        ModelVersion.objects.create(status="failed").activate()
+
+
+def test_the_train_command_reports_and_promotes(history, capsys):
+    with override_settings(RECOMMENDER=FAST_CONFIG):
+        call_command("recommender_train", verbosity=0)
+    out = capsys.readouterr().out
+    assert "validation NDCG@10" in out and "Promoted" in out
+    assert ModelVersion.objects.active() is not None
+
+
+def test_the_train_command_fails_with_a_message(db):
+    with pytest.raises(CommandError, match="needed to train"):
+        call_command("recommender_train", verbosity=0)
