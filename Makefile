@@ -20,6 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: install
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py seed_demo --if-empty
+	$(BIN)/python manage.py recommender_train --if-no-active --max-seconds 120
 	$(BIN)/python manage.py rundemo --host $(HOST) --port $(PORT)
 
 test: install
