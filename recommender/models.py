@@ -179,3 +179,40 @@ class ModelVersion(models.Model):
             ModelVersion.objects.filter(pk=me.pk).update(is_active=True, activated_at=now)
         self.refresh_from_db()
         return self
+
+
+class RecommendationQuerySet(models.QuerySet):
+    def clicks(self):
+        """Click events attributed to these recommendation lists."""
+        return Event.objects.filter(kind=Event.Kind.CLICK, recommendation_id__in=self.values("id"))
+
+
+class Recommendation(models.Model):
+    """One list of items shown to a shopper: which model version made it, and where.
+
+    Its id travels with the rendered items (``data-rec-recommendation``), so the
+    tracker's impressions and the shopper's clicks are attributed to the version and
+    placement, and click-through rate per version can be computed.
+    """
+
+    class Source(models.TextChoices):
+        MODEL = "model"
+        SIMILAR = "similar"
+        BOUGHT_TOGETHER = "bought_together"
+        POPULAR = "popular"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="recommendations")
+    placement = models.CharField(max_length=64, blank=True, default="")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    items = models.JSONField(default=list, help_text="Item ids in the order shown.")
+    impressions = models.PositiveIntegerField(default=0, help_text="Times the tracker saw the list on screen.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = RecommendationQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["version", "placement", "created_at"], name="rec_recommendation_version")]
+
+    def __str__(self):
+        return f"{self.source} list for {self.placement or 'api'} ({self.pk})"
