@@ -31,9 +31,12 @@ DEFAULTS = {
     # Dotted path to a function ``(queryset) -> queryset`` keeping the items events may
     # be recorded for (e.g. active ones). None accepts any existing item.
     "RECORDABLE_ITEMS": None,
-    # Dotted path to a function ``(item) -> str`` naming an item's category, used for the
-    # category filter and diversity rule. None means items have no category.
-    "ITEM_CATEGORY": None,
+    # Field (or lookup) of the item model naming its category, e.g. "category_id"; used
+    # by the category filter and the diversity rule. None: items have no category.
+    "ITEM_CATEGORY_FIELD": None,
+    # Dotted path to a function ``(item) -> dict`` giving the API's view of an item.
+    # None gives {"id", "name": str(item), "url": item.get_absolute_url() if it has one}.
+    "ITEM_SERIALIZER": None,
     # Cache alias for recommendations and the per-process model version check.
     "CACHE_ALIAS": "default",
     # Storage alias (settings.STORAGES) and folder for model artifacts.
@@ -62,12 +65,38 @@ DEFAULTS = {
     "MIN_TRAINING_EVENTS": 200,
     # Rows read from the database per chunk while exporting events for training.
     "EXPORT_CHUNK_SIZE": 20_000,
+    # Serving. Each web process checks which version is active at most this often.
+    "VERSION_CHECK_SECONDS": 2.0,
+    # Torch threads per web process for request-time scoring (1 suits one worker per core).
+    "SERVING_TORCH_THREADS": 1,
+    # How many of the shopper's latest events the model reads at request time.
+    "HISTORY_LENGTH": 50,
+    # Seconds cached: a shopper's recommendations (dropped at once on a new event),
+    # similar / bought-together lists, and popular lists.
+    "RECOMMENDATIONS_CACHE_SECONDS": 300,
+    "ITEM_LISTS_CACHE_SECONDS": 3600,
+    "POPULAR_CACHE_SECONDS": 300,
+    # Popular = weighted events of the last POPULAR_DAYS; trending compares the last
+    # TRENDING_HOURS with that.
+    "POPULAR_DAYS": 14,
+    "TRENDING_HOURS": 24,
+    # Event kinds that make two items "bought together" for the same shopper.
+    "BOUGHT_TOGETHER_KINDS": ["purchase", "add_to_cart"],
+    # Most items one list may hold (API ?limit= and template tags).
+    "MAX_LIMIT": 50,
+    # Per-placement rules, e.g. {"cart": {"exclude_purchased": False, "diversity": 2}}.
+    # Keys: exclude_purchased (default True), exclude_seen (default True), diversity
+    # (at most this many items per category; default None).
+    "PLACEMENTS": {},
+    # Catalogues with more items than this are served from an approximate
+    # nearest-neighbour index built when the version loads (exact scoring below it).
+    "ANN_MIN_ITEMS": 200_000,
     # A running training whose heartbeat is older than this is marked failed.
     "TRAINING_HEARTBEAT_TIMEOUT": 600,
 }
 
 # Settings whose value is a dotted path imported on first use.
-IMPORT_STRINGS = {"ITEM_FILTER", "ITEM_CATEGORY", "RECORDABLE_ITEMS"}
+IMPORT_STRINGS = {"ITEM_FILTER", "RECORDABLE_ITEMS", "ITEM_SERIALIZER"}
 
 
 class RecommenderSettings:

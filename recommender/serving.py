@@ -1,8 +1,195 @@
-"""The one way out for recommendations (being built: see issue 4)."""
+"""The one way out for recommendations: endpoints, template tags and tasks call this.
+
+Each web process loads the active model version once, lazily (torch is imported on the
+first recommendation, not when views, the admin or template tags are imported), and
+checks at most every ``VERSION_CHECK_SECONDS`` which version is active, so a promotion
+or rollback reaches every process within seconds without a restart. A version that fails
+to load (corrupt artifact) is refused and the previously loaded one keeps serving.
+
+A shopper's recommendations are computed from their latest events at request time,
+filtered by the store's business rules, cached, and dropped from the cache as soon as
+the shopper records a new event. Popular and trending items are the answer for shoppers
+with no history and while no model is active.
+"""
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.core.cache import caches
+from django.db.models import Case, Count, FloatField, Q, Sum, Value, When
+from django.utils import timezone
 
-from .conf import recommender_settings
+from .conf import get_item_model, recommender_settings
+from .models import Event, ModelVersion, Recommendation
+
+logger = logging.getLogger(__name__)
+
+# Weight of each event kind in popularity (a purchase says more than a view).
+POPULARITY_WEIGHTS = {"purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "view": 1.0}
+# Candidates fetched from the model per requested item, before business rules filter.
+OVERFETCH = 3
+
+
+class BadRequest(ValueError):
+    """A parameter the caller got wrong (the API answers 400 with this message)."""
+
+
+@dataclass
+class RecommendationList:
+    """An ordered list of items with the id that attributes clicks on it."""
+
+    items: list
+    recommendation_id: uuid.UUID | None = None
+    version_id: int | None = None
+    source: str = Recommendation.Source.POPULAR
+    placement: str = ""
+    scores: list = field(default_factory=list)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __bool__(self):
+        return bool(self.items)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class LoadedModel:
+    """An active version in memory: predictor, item vocabulary, categories, ANN index."""
+
+    def __init__(self, version_id, predictor, categories=None, index=None):
+        self.version_id = version_id
+        self.predictor = predictor
+        self.categories = categories  # {item pk: category}, or None
+        self.index = index  # approximate nearest-neighbour index, or None (exact)
+
+    def top_candidates(self, history, k, *, exclude_pks=(), category=None):
+        """The k best (item pk, score) for a history of (item pk, kind), best first."""
+        import torch
+
+        predictor = self.predictor
+        with torch.no_grad():
+            item_seq, kind_seq, seen = predictor.encode(history)
+            if not seen:
+                return []
+            vector = predictor.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
+            banned = {predictor.item_map.index(pk, 0) for pk in exclude_pks} - {0}
+            if category is not None:
+                wanted = self._category_mask(category)
+            else:
+                wanted = None
+            if self.index is not None and wanted is None:
+                indices, scores = self.index.search(vector, k + len(banned))
+            else:
+                scores = predictor._items @ vector  # [N+1]
+                scores[0] = -torch.inf
+                if wanted is not None:
+                    scores = torch.where(wanted, scores, torch.tensor(-torch.inf))
+                if banned:
+                    scores[torch.tensor(sorted(banned))] = -torch.inf
+                top = torch.topk(scores, min(k, len(scores) - 1))
+                indices, scores = top.indices.tolist(), top.values.tolist()
+        return [
+            (predictor.item_map.id(i), s)
+            for i, s in zip(indices, scores, strict=True)
+            if i not in banned and s != float("-inf")
+        ][:k]
+
+    def similar(self, pk, k):
+        return self.predictor.similar(pk, k)
+
+    def _category_mask(self, category):
+        import torch
+
+        cache = self.__dict__.setdefault("_masks", {})
+        if category not in cache:
+            mask = torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
+            ids = [i for i, pk in enumerate(self.predictor.item_map.to_list(), start=1)
+                   if self.categories and str(self.categories.get(pk)) == str(category)]
+            if ids:
+                mask[torch.tensor(ids)] = True
+            cache[category] = mask
+        return cache[category]
+
+
+class _ActiveModel:
+    """The per-process holder of the active version, re-checked every few seconds."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.loaded = None
+        self.checked_at = float("-inf")
+        self.refused = set()  # versions that failed to load: not retried by this process
+
+    def get(self):
+        if time.monotonic() - self.checked_at >= recommender_settings.VERSION_CHECK_SECONDS:
+            with self._lock:
+                if time.monotonic() - self.checked_at >= recommender_settings.VERSION_CHECK_SECONDS:
+                    self._refresh()
+                    self.checked_at = time.monotonic()
+        return self.loaded
+
+    def reset(self):
+        with self._lock:
+            self.loaded, self.checked_at, self.refused = None, float("-inf"), set()
+
+    def _refresh(self):
+        active = ModelVersion.objects.filter(is_active=True).values_list("pk", "artifact").first()
+        if active is None:
+            self.loaded = None
+            return
+        pk, artifact_name = active
+        if self.loaded is not None and self.loaded.version_id == pk:
+            return
+        if pk in self.refused:
+            return
+        try:
+            self.loaded = load_version(pk, artifact_name)
+            logger.info("Serving model version v%s", pk)
+        except Exception:
+            logger.exception("Model version v%s could not be loaded; v%s keeps serving", pk,
+                             self.loaded.version_id if self.loaded else None)
+            self.refused.add(pk)
+
+
+def load_version(version_id, artifact_name):
+    """Read a version's artifact from storage into a LoadedModel (imports torch)."""
+    import torch
+    from django.core.files.storage import storages
+
+    from .ml.artifact import load_artifact
+    from .ml.inference import Predictor
+
+    torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
+    storage = storages[recommender_settings.ARTIFACT_STORAGE]
+    with storage.open(artifact_name, "rb") as stored:
+        predictor = Predictor.from_artifact(stored)
+    if not hasattr(predictor, "_items"):
+        raise ValueError(f"Model {type(predictor.model).__name__} has no item embeddings to serve from.")
+    categories = None
+    field_name = recommender_settings.ITEM_CATEGORY_FIELD
+    if field_name:
+        categories = dict(get_item_model()._default_manager.values_list("pk", field_name).iterator(chunk_size=10_000))
+    index = None
+    if predictor.n_items > recommender_settings.ANN_MIN_ITEMS:
+        from .ml.ann import IVFIndex
+
+        index = IVFIndex.build(predictor._items)
+    return LoadedModel(version_id, predictor, categories, index)
+
+
+active_model = _ActiveModel()
+
+
+# --------------------------------------------------------------------------- caching
 
 
 def _cache():
@@ -13,6 +200,259 @@ def shopper_cache_key(user=None, session_key=""):
     return f"recommender:gen:{'u%s' % user.pk if user is not None else 's' + session_key}"
 
 
-def invalidate_shopper(user=None, session_key=""):
+def invalidate_shopper(user=None, session_key="", **kwargs):
     """Forget every cached recommendation of this shopper (new event, privacy request)."""
     _cache().delete(shopper_cache_key(user, session_key))
+
+
+def _shopper_generation(user, session_key):
+    key = shopper_cache_key(user, session_key)
+    generation = _cache().get(key)
+    if generation is None:
+        generation = uuid.uuid4().hex[:12]
+        _cache().set(key, generation, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS * 2)
+    return generation
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def placement_rules(placement):
+    rules = {"exclude_purchased": True, "exclude_seen": True, "diversity": None}
+    rules.update(recommender_settings.PLACEMENTS.get(placement, {}))
+    return rules
+
+
+def clean_limit(limit):
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise BadRequest("limit must be a whole number.") from None
+    if not 1 <= limit <= recommender_settings.MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {recommender_settings.MAX_LIMIT}.")
+    return limit
+
+
+def clean_placement(placement):
+    placement = placement or ""
+    if not isinstance(placement, str) or len(placement) > recommender_settings.MAX_PLACEMENT_LENGTH:
+        raise BadRequest(f"placement must be at most {recommender_settings.MAX_PLACEMENT_LENGTH} characters.")
+    return placement
+
+
+def allowed_items(pks):
+    """The store's items among ``pks`` that its rules allow to be shown, by pk."""
+    queryset = get_item_model()._default_manager.filter(pk__in=list(pks))
+    item_filter = recommender_settings.ITEM_FILTER
+    if item_filter is not None:
+        queryset = item_filter(queryset)
+    return {item.pk: item for item in queryset}
+
+
+def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()):
+    """Keep allowed items in order; at most ``diversity`` per category; cut to limit."""
+    exclude = set(exclude)
+    pks = [pk for pk, _ in candidates if pk not in exclude]
+    items = allowed_items(pks)
+    field_name = recommender_settings.ITEM_CATEGORY_FIELD
+    per_category, kept, scores = {}, [], []
+    for pk, score in candidates:
+        item = items.get(pk)
+        if item is None or pk in exclude:
+            continue
+        if field_name and (category is not None or diversity):
+            item_category = getattr(item, field_name, None)
+            if category is not None and str(item_category) != str(category):
+                continue
+            if diversity:
+                if per_category.get(item_category, 0) >= diversity:
+                    continue
+                per_category[item_category] = per_category.get(item_category, 0) + 1
+        kept.append(item)
+        scores.append(score)
+        if len(kept) == limit:
+            break
+    return kept, scores
+
+
+def _save_list(source, placement, version_id, pks):
+    rec = Recommendation.objects.create(source=source, placement=placement, version_id=version_id, items=list(pks))
+    return rec.pk
+
+
+def _from_cached(entry, limit, *, diversity=None, category=None, exclude=()):
+    """Re-apply the business rules to a cached list (stock may have changed since)."""
+    items, scores = _apply_rules(list(zip(entry["pks"], entry["scores"], strict=True)), limit,
+                                 diversity=diversity, category=category, exclude=exclude)
+    return RecommendationList(items, entry["rid"], entry["version"], entry["source"], entry["placement"], scores)
+
+
+# --------------------------------------------------------------------------- shoppers
+
+
+def shopper_history(user=None, session_key="", length=None):
+    """The shopper's latest (item pk, kind) events, oldest first."""
+    length = length or recommender_settings.HISTORY_LENGTH
+    rows = Event.objects.for_shopper(user=user, session_key=session_key).order_by("-occurred_at", "-id")
+    return list(reversed(rows.values_list("item_id", "kind")[:length]))
+
+
+def purchased_items(user=None, session_key=""):
+    return set(
+        Event.objects.for_shopper(user=user, session_key=session_key)
+        .filter(kind=Event.Kind.PURCHASE).values_list("item_id", flat=True).distinct()
+    )
+
+
+def recommend(*, user=None, session_key="", limit=10, category=None, placement="", exclude=()):
+    """Personal recommendations from the shopper's latest events, at request time.
+
+    Shoppers with no history, and every shopper while no model is active, get the
+    popular items under the same rules.
+    """
+    if user is not None and not user.is_authenticated:
+        user = None
+    limit, placement = clean_limit(limit), clean_placement(placement)
+    rules = placement_rules(placement)
+    exclude = tuple(exclude)
+    model = active_model.get()
+    if user is None and not session_key:
+        return popular(limit=limit, category=category, placement=placement, exclude=exclude)
+    generation = _shopper_generation(user, session_key)
+    key = (f"recommender:recs:{generation}:{model.version_id if model else 0}:"
+           f"{placement}:{category}:{','.join(sorted(map(str, exclude)))}")
+    cached = _cache().get(key)
+    if cached is not None:
+        return _from_cached(cached, limit, diversity=rules["diversity"], category=category, exclude=exclude)
+
+    history = shopper_history(user, session_key)
+    banned = set(exclude)
+    if rules["exclude_purchased"]:
+        banned |= purchased_items(user, session_key)
+    if rules["exclude_seen"]:
+        banned |= {pk for pk, _ in history}
+    candidates = []
+    if model is not None and history:
+        wanted = max(limit * OVERFETCH, limit + 20)
+        candidates = model.top_candidates(history, wanted, exclude_pks=banned, category=category)
+    items, scores = _apply_rules(candidates, limit, diversity=rules["diversity"], category=category, exclude=banned)
+    if len(items) < limit:
+        fallback = popular(limit=limit, category=category, placement=placement, exclude=banned | {i.pk for i in items})
+        if not items:
+            return fallback
+        items += fallback.items[: limit - len(items)]
+        scores += [0.0] * (len(items) - len(scores))
+    pks = [item.pk for item in items]
+    rid = _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks)
+    _cache().set(key, {"pks": pks, "scores": scores, "rid": rid, "version": model.version_id,
+                       "source": Recommendation.Source.MODEL, "placement": placement},
+                 recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
+    return RecommendationList(items, rid, model.version_id, Recommendation.Source.MODEL, placement, scores)
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _item_list(source, item, compute, *, limit, placement, exclude=()):
+    """Shared path of similar / bought-together: cached candidates, fresh rules."""
+    limit, placement = clean_limit(limit), clean_placement(placement)
+    model = active_model.get()
+    version_id = model.version_id if model else None
+    pk = getattr(item, "pk", item)
+    key = f"recommender:{source}:{version_id}:{pk}:{placement}"
+    cached = _cache().get(key)
+    if cached is None:
+        candidates = compute(pk, model)
+        rid = _save_list(source, placement, version_id, [c for c, _ in candidates])
+        cached = {"pks": [c for c, _ in candidates], "scores": [s for _, s in candidates], "rid": rid,
+                  "version": version_id, "source": source, "placement": placement}
+        _cache().set(key, cached, recommender_settings.ITEM_LISTS_CACHE_SECONDS)
+    return _from_cached(cached, limit, exclude=set(exclude) | {pk})
+
+
+def similar(item, *, limit=10, placement="", exclude=()):
+    """Items whose learned embeddings are closest (cosine) to ``item``'s."""
+
+    def compute(pk, model):
+        if model is None:
+            return []
+        return model.similar(pk, recommender_settings.MAX_LIMIT * OVERFETCH)
+
+    return _item_list(Recommendation.Source.SIMILAR, item, compute, limit=limit, placement=placement, exclude=exclude)
+
+
+def bought_together(item, *, limit=10, placement="", exclude=()):
+    """Items the shoppers who bought (or carted) ``item`` also bought: co-occurrence."""
+
+    def compute(pk, model):
+        kinds = recommender_settings.BOUGHT_TOGETHER_KINDS
+        buyers = Event.objects.filter(item_id=pk, kind__in=kinds)
+        users = buyers.filter(user__isnull=False).values("user_id")
+        sessions = buyers.filter(user__isnull=True).values("session_key")
+        rows = (
+            Event.objects.filter(Q(user_id__in=users) | Q(user__isnull=True, session_key__in=sessions), kind__in=kinds)
+            .exclude(item_id=pk)
+            .values("item_id")
+            .annotate(shoppers=Count("id"))
+            .order_by("-shoppers", "item_id")[: recommender_settings.MAX_LIMIT * OVERFETCH]
+        )
+        return [(row["item_id"], float(row["shoppers"])) for row in rows]
+
+    return _item_list(Recommendation.Source.BOUGHT_TOGETHER, item, compute, limit=limit, placement=placement,
+                      exclude=exclude)
+
+
+def popular(*, limit=10, category=None, placement="", window="popular", exclude=()):
+    """The store's popular (last POPULAR_DAYS) or trending (rising in TRENDING_HOURS) items."""
+    limit, placement = clean_limit(limit), clean_placement(placement)
+    if window not in ("popular", "trending"):
+        raise BadRequest("window must be 'popular' or 'trending'.")
+    key = f"recommender:popular:{window}:{placement}"
+    cached = _cache().get(key)
+    if cached is None:
+        candidates = popularity_ranking(trending=window == "trending")
+        rid = _save_list(Recommendation.Source.POPULAR, placement, None, [pk for pk, _ in candidates])
+        cached = {"pks": [pk for pk, _ in candidates], "scores": [s for _, s in candidates], "rid": rid,
+                  "version": None, "source": Recommendation.Source.POPULAR, "placement": placement}
+        _cache().set(key, cached, recommender_settings.POPULAR_CACHE_SECONDS)
+    if category is not None and not recommender_settings.ITEM_CATEGORY_FIELD:
+        raise BadRequest("This store's items have no category (ITEM_CATEGORY_FIELD is not set).")
+    return _from_cached(cached, limit, category=category, exclude=exclude,
+                        diversity=placement_rules(placement)["diversity"])
+
+
+def popularity_ranking(trending=False, size=500):
+    """[(item pk, score)] by kind-weighted events; trending favours the last hours."""
+    now = timezone.now()
+    since = now - timedelta(days=recommender_settings.POPULAR_DAYS)
+    weight = Case(*[When(kind=k, then=Value(w)) for k, w in POPULARITY_WEIGHTS.items()],
+                  default=Value(0.0), output_field=FloatField())
+    events = Event.objects.filter(occurred_at__gte=since, kind__in=list(POPULARITY_WEIGHTS))
+    if trending:
+        recent = now - timedelta(hours=recommender_settings.TRENDING_HOURS)
+        window_share = recommender_settings.TRENDING_HOURS / (24 * recommender_settings.POPULAR_DAYS)
+        rows = events.values("item_id").annotate(
+            recent=Sum(Case(When(occurred_at__gte=recent, then=weight), default=Value(0.0), output_field=FloatField())),
+            total=Sum(weight),
+        ).filter(recent__gt=0)
+        # Rising items: recent weight over what the long window would predict (smoothed).
+        ranked = sorted(((r["item_id"], r["recent"] / (r["total"] * window_share + 1.0)) for r in rows),
+                        key=lambda pair: (-pair[1], pair[0]))
+        return ranked[:size]
+    rows = events.values("item_id").annotate(score=Sum(weight)).order_by("-score", "item_id")[:size]
+    return [(r["item_id"], float(r["score"])) for r in rows]
+
+
+def record_impressions(recommendation_ids):
+    """Count one impression for each list the tracker saw on screen."""
+    from django.db.models import F
+
+    ids = {str(rid) for rid in recommendation_ids}
+    return Recommendation.objects.filter(pk__in=ids).update(impressions=F("impressions") + 1)
+
+
+def connect_cache_invalidation():
+    """A new event drops the shopper's cached recommendations (see signals.py)."""
+    from .signals import events_recorded
+
+    events_recorded.connect(invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper")

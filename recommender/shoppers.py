@@ -37,5 +37,7 @@ def attach_session_events(sender, request, user, **kwargs):
     Events are moved, not copied, so logging in twice never duplicates them.
     """
     key = anonymous_key(request, create=False) if request is not None else ""
-    if key:
-        Event.objects.filter(session_key=key, user__isnull=True).update(user=user)
+    if key and Event.objects.filter(session_key=key, user__isnull=True).update(user=user):
+        from .serving import invalidate_shopper
+
+        invalidate_shopper(user=user)

@@ -10,6 +10,8 @@ def connect_signals():
     """Connect the app's receivers; called once from ``RecommenderConfig.ready``."""
     from django.contrib.auth.signals import user_logged_in
 
+    from .serving import connect_cache_invalidation
     from .shoppers import attach_session_events
 
     user_logged_in.connect(attach_session_events, dispatch_uid="recommender.attach_session_events")
+    connect_cache_invalidation()

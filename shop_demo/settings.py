@@ -27,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "recommender",
     "shop_demo.catalog",
@@ -99,6 +100,9 @@ else:
         }
     }
 
+# Sessions are read on every page; the cache keeps that off the database.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
 AUTH_PASSWORD_VALIDATORS = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -122,14 +126,22 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
 }
-SPECTACULAR_SETTINGS = {"TITLE": "recommender API", "VERSION": "0.1.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "recommender API",
+    "VERSION": "0.1.0",
+    # Swagger UI from the installed sidecar package: the docs work offline, no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
 
 # The recommender: the store's item model and its business rules.
 RECOMMENDER_ITEM_MODEL = "catalog.Product"
 RECOMMENDER = {
     "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
     "RECORDABLE_ITEMS": "shop_demo.catalog.rules.active_products",
-    "ITEM_CATEGORY": "shop_demo.catalog.rules.product_category",
+    "ITEM_CATEGORY_FIELD": "category_id",
+    "ITEM_SERIALIZER": "shop_demo.catalog.rules.product_as_json",
+    "PLACEMENTS": {"cart": {"exclude_purchased": False}, "home": {"diversity": 3}},
 }
 
 # Celery: Redis when REDIS_URL is set, otherwise a broker in local folders.

@@ -30,3 +30,46 @@ class EventsStoredSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     errors = serializers.DictField(required=False, help_text="Per event index: {field: reason}.")
+
+
+class RecommendedItemSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    url = serializers.CharField(required=False)
+    score = serializers.FloatField()
+
+
+class RecommendationListSerializer(serializers.Serializer):
+    recommendation_id = serializers.UUIDField(allow_null=True, help_text="Send it back with clicks (recommendation_id) to attribute them.")
+    model_version = serializers.IntegerField(allow_null=True, help_text="The model version that produced the list; null for popularity.")
+    source = serializers.ChoiceField(choices=["model", "similar", "bought_together", "popular"])
+    placement = serializers.CharField()
+    items = RecommendedItemSerializer(many=True)
+
+
+class ImpressionsInSerializer(serializers.Serializer):
+    recommendations = serializers.ListField(child=serializers.UUIDField(), max_length=50)
+    csrf_token = serializers.CharField(required=False)
+
+
+def item_as_json(item):
+    """The store's ITEM_SERIALIZER, or id / name / url."""
+    from ..conf import recommender_settings
+
+    custom = recommender_settings.ITEM_SERIALIZER
+    if custom is not None:
+        return custom(item)
+    data = {"id": item.pk, "name": str(item)}
+    if hasattr(item, "get_absolute_url"):
+        data["url"] = item.get_absolute_url()
+    return data
+
+
+def recommendation_list_as_json(recs):
+    return {
+        "recommendation_id": recs.recommendation_id,
+        "model_version": recs.version_id,
+        "source": recs.source,
+        "placement": recs.placement,
+        "items": [{**item_as_json(item), "score": round(float(score), 6)} for item, score in zip(recs.items, recs.scores, strict=False)],
+    }

@@ -1,4 +1,5 @@
 from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
 
@@ -6,4 +7,12 @@ app_name = "recommender"
 
 urlpatterns = [
     path("events/", views.EventIngestView.as_view(), name="events"),
+    path("impressions/", views.ImpressionsView.as_view(), name="impressions"),
+    path("recommendations/", views.MyRecommendationsView.as_view(), name="recommendations"),
+    path("users/<int:user_id>/recommendations/", views.UserRecommendationsView.as_view(), name="user-recommendations"),
+    path("items/<str:item_id>/similar/", views.SimilarItemsView.as_view(), name="similar"),
+    path("items/<str:item_id>/bought-together/", views.BoughtTogetherView.as_view(), name="bought-together"),
+    path("popular/", views.PopularItemsView.as_view(), name="popular"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="recommender:schema"), name="docs"),
 ]

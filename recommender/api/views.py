@@ -11,11 +11,24 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import events
-from ..conf import recommender_settings
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework.permissions import IsAdminUser
+
+from .. import events, serving
+from ..conf import get_item_model, recommender_settings
 from ..shoppers import shopper_of
-from .serializers import ErrorSerializer, EventBatchInSerializer, EventsStoredSerializer
-from .throttles import EventsRateThrottle
+from .serializers import (
+    ErrorSerializer,
+    EventBatchInSerializer,
+    EventsStoredSerializer,
+    ImpressionsInSerializer,
+    RecommendationListSerializer,
+    recommendation_list_as_json,
+)
+from .throttles import EventsRateThrottle, ShopperRateThrottle
 
 # Largest request body the events endpoint reads (a full batch is far below this).
 MAX_EVENTS_BODY_BYTES = 256 * 1024
@@ -49,45 +62,24 @@ def _enforce_csrf(request):
         raise PermissionDenied(f"CSRF failed: {reason}")
 
 
-class EventIngestView(APIView):
-    """Record one event, or a batch, for the current shopper."""
+class SessionWriteMixin:
+    """JSON body parsing with a size limit, and CSRF for cookie-identified shoppers."""
 
     permission_classes = [AllowAny]
-    throttle_classes = [EventsRateThrottle]
     # JSON is parsed here, not by DRF, so the size limit applies before parsing.
     parser_classes = []
 
-    @extend_schema(
-        request=EventBatchInSerializer,
-        responses={201: EventsStoredSerializer, 400: ErrorSerializer, 403: ErrorSerializer, 429: ErrorSerializer},
-        examples=[OpenApiExample("A view", value={"events": [{"kind": "view", "item": "42"}]}, request_only=True)],
-        summary="Record shopper events",
-        description=(
-            "One event object, a list of events, or {\"events\": [...]} (at most MAX_BATCH_SIZE). "
-            "The shopper is the logged-in user or the anonymous session; a batch is stored whole or not at all."
-        ),
-    )
     def get_authenticators(self):
         return [
             DeferredCsrfSessionAuthentication() if isinstance(auth, SessionAuthentication) else auth
             for auth in super().get_authenticators()
         ]
 
-    def post(self, request):
-        payload = self._read_json(request)
-        items, token = self._unwrap(payload)
+    def check_csrf(self, request, body_token=None):
         if not self._token_authenticated(request):
-            if token and "HTTP_X_CSRFTOKEN" not in request.META:
-                request.META["HTTP_X_CSRFTOKEN"] = token
+            if body_token and "HTTP_X_CSRFTOKEN" not in request.META:
+                request.META["HTTP_X_CSRFTOKEN"] = body_token
             _enforce_csrf(request._request)
-        try:
-            result = events.record_many(items, **shopper_of(request._request))
-        except events.EventValidationError as exc:
-            return Response(
-                {"detail": str(exc), "errors": {str(k): v for k, v in exc.errors.items()}},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
-        return Response({"stored": result.stored, "duplicates": result.duplicates}, status=status.HTTP_201_CREATED)
 
     @staticmethod
     def _token_authenticated(request):
@@ -113,6 +105,35 @@ class EventIngestView(APIView):
         except (UnicodeDecodeError, ValueError) as exc:
             raise ParseError(f"Malformed JSON: {exc}") from None
 
+
+class EventIngestView(SessionWriteMixin, APIView):
+    """Record one event, or a batch, for the current shopper."""
+
+    throttle_classes = [EventsRateThrottle]
+
+    @extend_schema(
+        request=EventBatchInSerializer,
+        responses={201: EventsStoredSerializer, 400: ErrorSerializer, 403: ErrorSerializer, 429: ErrorSerializer},
+        examples=[OpenApiExample("A view", value={"events": [{"kind": "view", "item": "42"}]}, request_only=True)],
+        summary="Record shopper events",
+        description=(
+            "One event object, a list of events, or {\"events\": [...]} (at most MAX_BATCH_SIZE). "
+            "The shopper is the logged-in user or the anonymous session; a batch is stored whole or not at all."
+        ),
+    )
+    def post(self, request):
+        payload = self._read_json(request)
+        items, token = self._unwrap(payload)
+        self.check_csrf(request, token)
+        try:
+            result = events.record_many(items, **shopper_of(request._request))
+        except events.EventValidationError as exc:
+            return Response(
+                {"detail": str(exc), "errors": {str(k): v for k, v in exc.errors.items()}},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response({"stored": result.stored, "duplicates": result.duplicates}, status=status.HTTP_201_CREATED)
+
     @staticmethod
     def _unwrap(payload):
         """(list of event dicts, csrf token from the body or None)."""
@@ -132,3 +153,110 @@ class EventIngestView(APIView):
         if token is not None and not isinstance(token, str):
             raise ParseError("'csrf_token' must be a string.")
         return payload, token
+
+
+class ImpressionsView(SessionWriteMixin, APIView):
+    """The tracker reports which recommendation lists were seen on screen."""
+
+    throttle_classes = [EventsRateThrottle]
+
+    @extend_schema(request=ImpressionsInSerializer, responses={200: None, 400: ErrorSerializer},
+                   summary="Count impressions of recommendation lists")
+    def post(self, request):
+        payload = self._read_json(request)
+        if not isinstance(payload, dict):
+            raise ParseError("Send {\"recommendations\": [ids]}.")
+        serializer = ImpressionsInSerializer(data=payload)
+        if not serializer.is_valid():
+            return Response({"detail": "Invalid impressions.", "errors": serializer.errors}, status=400)
+        self.check_csrf(request, serializer.validated_data.get("csrf_token"))
+        counted = serving.record_impressions(serializer.validated_data["recommendations"])
+        return Response({"counted": counted})
+
+
+LIMIT = OpenApiParameter("limit", int, description="How many items (1..MAX_LIMIT, default 10).")
+PLACEMENT = OpenApiParameter("placement", str, description="Where the list is shown (home, product, cart...).")
+CATEGORY = OpenApiParameter("category", str, description="Only items of this category.")
+
+
+class ServingView(APIView):
+    """Read endpoints: parameters are checked, service errors become 400s."""
+
+    permission_classes = [AllowAny]
+    throttle_classes = [ShopperRateThrottle]
+
+    def params(self, request, *names):
+        query = request.query_params
+        unknown = set(query) - set(names) - {"format"}
+        if unknown:
+            raise serving.BadRequest(f"Unknown parameter(s): {', '.join(sorted(unknown))}.")
+        values = {"limit": query.get("limit", 10), "placement": query.get("placement", "")}
+        if "category" in names and query.get("category") not in (None, ""):
+            values["category"] = query["category"]
+        if "window" in names:
+            values["window"] = query.get("window", "popular")
+        return {k: v for k, v in values.items() if k in names}
+
+    def answer(self, make_list):
+        try:
+            recs = make_list()
+        except serving.BadRequest as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(recommendation_list_as_json(recs))
+
+    @staticmethod
+    def get_item(pk):
+        model = get_item_model()
+        try:
+            pk = model._meta.pk.to_python(pk)
+        except ValidationError:
+            raise Http404("No such item.") from None
+        item = model._default_manager.filter(pk=pk).first()
+        if item is None:
+            raise Http404("No such item.")
+        return item
+
+
+class MyRecommendationsView(ServingView):
+    """The current shopper's recommendations (logged-in user, or anonymous session)."""
+
+    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, 400: ErrorSerializer})
+    def get(self, request):
+        return self.answer(lambda: serving.recommend(
+            **shopper_of(request._request, create=False), **self.params(request, "limit", "placement", "category")))
+
+
+class UserRecommendationsView(ServingView):
+    """Staff only: any user's recommendations, as that user would see them."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, 400: ErrorSerializer})
+    def get(self, request, user_id):
+        user = get_user_model()._default_manager.filter(pk=user_id).first()
+        if user is None:
+            raise Http404("No such user.")
+        return self.answer(lambda: serving.recommend(user=user, **self.params(request, "limit", "placement", "category")))
+
+
+class SimilarItemsView(ServingView):
+    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, 404: ErrorSerializer})
+    def get(self, request, item_id):
+        item = self.get_item(item_id)
+        return self.answer(lambda: serving.similar(item, **self.params(request, "limit", "placement")))
+
+
+class BoughtTogetherView(ServingView):
+    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, 404: ErrorSerializer})
+    def get(self, request, item_id):
+        item = self.get_item(item_id)
+        return self.answer(lambda: serving.bought_together(item, **self.params(request, "limit", "placement")))
+
+
+class PopularItemsView(ServingView):
+    @extend_schema(
+        parameters=[LIMIT, PLACEMENT, CATEGORY, OpenApiParameter("window", str, enum=["popular", "trending"])],
+        responses={200: RecommendationListSerializer, 400: ErrorSerializer},
+    )
+    def get(self, request):
+        return self.answer(lambda: serving.popular(**self.params(request, "limit", "placement", "category", "window")))

@@ -18,9 +18,85 @@ def recommender_tracker(context, flush_ms=2000):
     request = context.get("request")
     token = get_token(request) if request is not None else ""
     return format_html(
-        '<script src="{}" data-endpoint="{}" data-csrf-token="{}" data-flush-ms="{}" defer></script>',
+        '<script src="{}" data-endpoint="{}" data-impressions-endpoint="{}" data-csrf-token="{}" '
+        'data-flush-ms="{}" defer></script>',
         static("recommender/tracker.js"),
         reverse("recommender:events"),
+        reverse("recommender:impressions"),
         token,
         int(flush_ms),
     )
+
+
+def _shopper(context):
+    from ..shoppers import shopper_of
+
+    request = context.get("request")
+    if request is None:
+        return {"user": None, "session_key": ""}
+    return shopper_of(request, create=False)
+
+
+def _safely(make_list, what):
+    """A carousel must never break the page: on an error, log it and show nothing."""
+    from ..serving import RecommendationList
+
+    try:
+        return make_list()
+    except Exception:
+        import logging
+
+        logging.getLogger("recommender").exception("Could not compute %s", what)
+        return RecommendationList([])
+
+
+@register.simple_tag(takes_context=True)
+def recommended_products(context, limit=8, placement="", category=None):
+    """``{% recommended_products limit=8 placement="home" as products %}``: for this shopper."""
+    from .. import serving
+
+    return _safely(lambda: serving.recommend(**_shopper(context), limit=limit, placement=placement,
+                                             category=category), "recommendations")
+
+
+@register.simple_tag
+def similar_products(item, limit=8, placement=""):
+    """``{% similar_products product as products %}``: closest items by learned embedding."""
+    from .. import serving
+
+    return _safely(lambda: serving.similar(item, limit=limit, placement=placement), "similar items")
+
+
+@register.simple_tag
+def bought_together(item, limit=8, placement=""):
+    """``{% bought_together product as products %}``: what buyers of this item also bought."""
+    from .. import serving
+
+    return _safely(lambda: serving.bought_together(item, limit=limit, placement=placement), "bought together")
+
+
+@register.simple_tag
+def popular_products(limit=8, placement="", category=None, window="popular"):
+    """``{% popular_products limit=8 as products %}``: popular or trending items."""
+    from .. import serving
+
+    return _safely(lambda: serving.popular(limit=limit, placement=placement, category=category, window=window),
+                   "popular items")
+
+
+@register.inclusion_tag("recommender/carousel.html")
+def product_carousel(products, title="Recommended for you", placement=None, item_template="recommender/carousel_item.html"):
+    """An accessible, scrollable row of products carrying the recommendation's id.
+
+    Override ``recommender/carousel_item.html`` in your templates to render your items.
+    """
+    items = list(products or [])
+    return {
+        "products": items,
+        "title": title,
+        "placement": placement if placement is not None else getattr(products, "placement", ""),
+        "recommendation_id": getattr(products, "recommendation_id", None) or "",
+        "version_id": getattr(products, "version_id", None),
+        "source": getattr(products, "source", ""),
+        "item_template": item_template,
+    }

@@ -5,7 +5,9 @@
  *   data-rec-view="<item id>"          a view of that item when the page loads
  *   data-rec-item="<item id>"          a click on that element is a "click" on the item
  *   data-rec-placement="home"          (on an ancestor) where the items were shown
- *   data-rec-recommendation="<uuid>"   (on an ancestor) the recommendation list they came from
+ *   data-rec-recommendation="<uuid>"   (on an ancestor) the recommendation list they came from;
+ *                                      when half of it is on screen, one impression is counted
+ *   data-rec-scroll="1" / "-1"         a button that scrolls its carousel forward / back
  *
  * Events are queued, sent in batches every few seconds with fetch(keepalive), and
  * flushed with navigator.sendBeacon when the page is hidden. Each event carries its own
@@ -16,6 +18,8 @@
   var script = document.currentScript;
   if (!script || window.recommenderTracker) { return; }
   var endpoint = script.getAttribute("data-endpoint");
+  var impressionsEndpoint = script.getAttribute("data-impressions-endpoint");
+  var seenLists = [];
   var csrfToken = script.getAttribute("data-csrf-token") || "";
   var flushMs = parseInt(script.getAttribute("data-flush-ms") || "2000", 10);
   var MAX_BATCH = 100;
@@ -86,7 +90,39 @@
     if (!sent) { queue = batch.concat(queue); flush(); }
   }
 
+  function sendImpressions() {
+    if (!seenLists.length || !impressionsEndpoint) { return; }
+    var body = JSON.stringify({ csrf_token: csrfToken, recommendations: seenLists.splice(0, 50) });
+    var sent = navigator.sendBeacon && navigator.sendBeacon(impressionsEndpoint, new Blob([body], { type: "application/json" }));
+    if (!sent) {
+      fetch(impressionsEndpoint, { method: "POST", credentials: "same-origin", keepalive: true,
+        headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken }, body: body }).catch(function () {});
+    }
+  }
+
+  function watchImpressions() {
+    var lists = document.querySelectorAll("[data-rec-recommendation]");
+    if (!lists.length || !("IntersectionObserver" in window)) { return; }
+    var observer = new IntersectionObserver(function (entries) {
+      entries.forEach(function (entry) {
+        if (entry.isIntersecting) {
+          var id = entry.target.getAttribute("data-rec-recommendation");
+          if (id && seenLists.indexOf(id) < 0) { seenLists.push(id); setTimeout(sendImpressions, 500); }
+          observer.unobserve(entry.target);
+        }
+      });
+    }, { threshold: 0.5 });
+    Array.prototype.forEach.call(lists, function (el) { observer.observe(el); });
+  }
+
   function init() {
+    watchImpressions();
+    document.addEventListener("click", function (e) {
+      var button = e.target.closest && e.target.closest("[data-rec-scroll]");
+      if (!button) { return; }
+      var track = button.closest("[data-rec-placement]").querySelector("ol, ul");
+      if (track) { track.scrollBy({ left: track.clientWidth * 0.9 * parseInt(button.getAttribute("data-rec-scroll"), 10), behavior: "smooth" }); }
+    });
     Array.prototype.forEach.call(document.querySelectorAll("[data-rec-view]"), function (el) {
       track("view", el.getAttribute("data-rec-view"), context(el));
     });
