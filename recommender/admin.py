@@ -1,9 +1,39 @@
-"""Admin for events (read-only) and model versions."""
+"""Operating the recommender from the Django admin.
 
-from django.contrib import admin
+Events are read-only evidence with a dashboard and a "forget a shopper" page; model
+versions can be retrained, watched while they train, compared and activated (rolled
+back). Every custom page is a ``ModelAdmin.get_urls`` view wrapped in
+``admin_site.admin_view`` (staff login) and checks a model permission:
+
+* retrain:            ``recommender.add_modelversion`` (a run creates a version)
+* activate/roll back: ``recommender.change_modelversion``
+* progress JSON:      ``recommender.view_modelversion``
+* events dashboard:   ``recommender.view_event``
+* forget a shopper:   ``recommender.delete_event``
+
+The views hold no logic of their own: they call ``training``, ``ModelVersion.activate``,
+``reports`` and ``privacy``.
+"""
+
+from datetime import timedelta
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
+from . import charts, privacy, reports, training
+from .conf import recommender_settings
 from .models import Event, ModelVersion
+
+# --------------------------------------------------------------------------- events
 
 
 class ShopperTypeFilter(admin.SimpleListFilter):
@@ -19,6 +49,41 @@ class ShopperTypeFilter(admin.SimpleListFilter):
         if self.value() == "anonymous":
             return queryset.filter(user__isnull=True)
         return queryset
+
+
+class ForgetShopperForm(forms.Form):
+    """Name exactly one shopper: a username, a user id, or an anonymous session key."""
+
+    username = forms.CharField(required=False, max_length=150)
+    user_id = forms.IntegerField(required=False, min_value=1, label="User id")
+    session_key = forms.CharField(required=False, max_length=40, label="Anonymous session key")
+
+    def clean(self):
+        data = super().clean()
+        given = [name for name in ("username", "user_id", "session_key") if data.get(name) not in (None, "")]
+        if len(given) != 1:
+            raise forms.ValidationError("Fill in exactly one of username, user id or session key.")
+        User = get_user_model()
+        if data.get("username"):
+            try:
+                data["user"] = User._default_manager.get(**{User.USERNAME_FIELD: data["username"]})
+            except User.DoesNotExist:
+                raise forms.ValidationError(f"No user is named {data['username']!r}.") from None
+        elif data.get("user_id"):
+            try:
+                data["user"] = User._default_manager.get(pk=data["user_id"])
+            except User.DoesNotExist:
+                raise forms.ValidationError(f"No user has id {data['user_id']}.") from None
+        else:
+            data["user"] = None
+        return data
+
+    def shopper(self):
+        return {"user": self.cleaned_data["user"], "session_key": self.cleaned_data.get("session_key") or ""}
+
+    def describe(self):
+        user = self.cleaned_data["user"]
+        return f"user {user} (id {user.pk})" if user else f"anonymous session {self.cleaned_data['session_key']}"
 
 
 @admin.register(Event)
@@ -44,32 +109,415 @@ class EventAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("dashboard/", wrap(self.dashboard_view), name="recommender_event_dashboard"),
+            path("forget/", wrap(self.forget_view), name="recommender_event_forget"),
+            *super().get_urls(),
+        ]
+
+    def dashboard_view(self, request):
+        """Events per kind per day, active shoppers, top items and carousel CTR."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        days = 30
+        start, end = reports.day_range(days)
+        day_list = reports.days_between(start, end)
+        day_labels = [day.strftime("%b %d") for day in day_list]
+        per_kind = reports.events_per_kind_per_day(start, end)
+        kinds = [k for k in recommender_settings.EVENT_KINDS if k in per_kind] + sorted(
+            set(per_kind) - set(recommender_settings.EVENT_KINDS)
+        )
+        events_chart = charts.bar_chart(
+            day_labels, [(kind, [per_kind[kind].get(day, 0) for day in day_list]) for kind in kinds],
+            stacked=True, title=f"Events per day, last {days} days", x_title="day", y_title="events",
+            width=880, height=320, css_class="rec-events-chart", empty_message="No events in the last 30 days.",
+        )
+        ctr_rows = reports.carousel_ctr_per_day(start, end)
+        ctr_chart = charts.line_chart(
+            day_labels, [("CTR", [ctr for _, _, _, ctr in ctr_rows])],
+            title="Carousel click-through rate per day", x_title="day", y_title="clicks / impressions",
+            y_format=_percent, zero_based=True, width=880, height=260, css_class="rec-ctr-chart",
+            empty_message="No carousel impressions in the last 30 days.",
+        )
+        now = timezone.now()
+        shoppers = [
+            (label, reports.active_shoppers(now - timedelta(days=n)))
+            for label, n in (("last 24 hours", 1), ("last 7 days", 7), ("last 30 days", 30))
+        ]
+        week_start = now - timedelta(days=7)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Events overview",
+            "days": days,
+            "events_chart": events_chart,
+            "ctr_chart": ctr_chart,
+            "ctr_rows": [(day, shown, clicked, _percent(ctr)) for day, shown, clicked, ctr in ctr_rows if shown or clicked],
+            "shoppers": shoppers,
+            "top_viewed": reports.top_items(week_start, now, "view"),
+            "top_purchased": reports.top_items(week_start, now, "purchase"),
+            "totals": {kind: sum(per_kind[kind].values()) for kind in kinds},
+        }
+        return TemplateResponse(request, "admin/recommender/event/dashboard.html", context)
+
+    def forget_view(self, request):
+        """Privacy requests: preview, then delete one shopper's events and cached lists."""
+        if not self.has_delete_permission(request):
+            raise PermissionDenied
+        form = ForgetShopperForm(request.POST or None)
+        preview = None
+        if request.method == "POST" and form.is_valid():
+            if request.POST.get("confirm") == "yes":
+                result = privacy.forget_shopper(**form.shopper())
+                self.message_user(
+                    request, f"Forgot {form.describe()}: deleted {result.describe()} and their cached recommendations.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:recommender_event_changelist"))
+            preview = privacy.preview_forget(**form.shopper())
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Forget a shopper",
+            "form": form,
+            "preview": preview,
+            "who": form.describe() if preview is not None else "",
+        }
+        return TemplateResponse(request, "admin/recommender/event/forget.html", context)
+
+
+# --------------------------------------------------------------------------- model versions
+
+
+STAGE_PERCENT = {"starting": 1, "export": 3, "clean": 7, "train": 10, "evaluate": 92, "save": 97, "done": 100}
+
+
+def progress_percent(version):
+    """How far a run is, 0-100: the training epochs take the 10%-90% band."""
+    if version.status == ModelVersion.Status.READY:
+        return 100
+    progress = version.progress or {}
+    stage = progress.get("stage") or ""
+    if stage == "train" and progress.get("epochs"):
+        return round(10 + 80 * min(progress.get("epoch") or 0, progress["epochs"]) / progress["epochs"])
+    return STAGE_PERCENT.get(stage, 0)
+
+
+def progress_payload(version):
+    """What the change page's poller shows: the row's status and live progress."""
+    return {
+        "id": version.pk,
+        "status": version.status,
+        "status_label": version.get_status_display(),
+        "is_active": version.is_active,
+        "finished": version.status in (ModelVersion.Status.READY, ModelVersion.Status.FAILED),
+        "percent": progress_percent(version),
+        "progress": version.progress or {},
+        "error": version.error,
+        "decision": version.decision,
+    }
+
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["__str__", "active_mark", "status", "trigger", "created_at", "duration", "val_ndcg10", "val_hr10", "coverage10"]
+    list_display = [
+        "version_link", "active_badge", "status_badge", "trigger", "created_at", "duration_display",
+        "data_size", "val_hr10", "val_ndcg10", "coverage10", "impressions", "clicks", "ctr",
+    ]
+    list_display_links = None
     list_filter = ["status", "is_active", "trigger"]
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
+    fieldsets = [
+        (None, {"fields": ["status", "is_active", "trigger", "model_name", "decision", "error"]}),
+        ("When", {"fields": ["created_at", "started_at", "finished_at", "activated_at", "heartbeat_at"]}),
+        ("Data and results", {"classes": ["collapse"], "fields": ["data_stats", "metrics", "config", "curve", "progress"]}),
+        ("Artifact", {"classes": ["collapse"], "fields": ["artifact", "artifact_sha256", "task_id"]}),
+    ]
+    actions = ["retrain_action", "activate_action"]
 
-    @admin.display(description="active", boolean=True, ordering="is_active")
-    def active_mark(self, version):
-        return version.is_active
+    def get_queryset(self, request):
+        return reports.with_online_metrics(super().get_queryset(request))
 
-    @admin.display(description="val NDCG@10")
-    def val_ndcg10(self, version):
-        return _fmt(version.metric("ndcg@10"))
+    # ----------------------------------------------------------------- columns
+
+    @admin.display(description="version", ordering="pk")
+    def version_link(self, version):
+        url = reverse("admin:recommender_modelversion_change", args=[version.pk])
+        return format_html('<a href="{}">v{} {}</a>', url, version.pk, version.model_name or "model")
+
+    @admin.display(description="active", ordering="is_active")
+    def active_badge(self, version):
+        if version.is_active:
+            return mark_safe('<span class="rec-badge rec-badge-active" title="Serving now">★ active</span>')
+        return ""
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, version):
+        return format_html('<span class="rec-badge rec-status-{}">{}</span>', version.status, version.status)
+
+    @admin.display(description="duration")
+    def duration_display(self, version):
+        return _duration(version.duration)
+
+    @admin.display(description="data (shoppers · items · events)")
+    def data_size(self, version):
+        stats = version.data_stats or {}
+        if not stats:
+            return "—"
+        return " · ".join(f"{stats.get(key, 0):,}" for key in ("shoppers", "items", "events"))
 
     @admin.display(description="val HR@10")
     def val_hr10(self, version):
         return _fmt(version.metric("hr@10"))
 
+    @admin.display(description="val NDCG@10")
+    def val_ndcg10(self, version):
+        return _fmt(version.metric("ndcg@10"))
+
     @admin.display(description="coverage@10")
     def coverage10(self, version):
         return _fmt(version.metric("coverage@10"))
 
+    @admin.display(description="impressions", ordering="impressions")
+    def impressions(self, version):
+        return f"{version.impressions:,}"
+
+    @admin.display(description="clicks", ordering="clicks")
+    def clicks(self, version):
+        return f"{version.clicks:,}"
+
+    @admin.display(description="CTR")
+    def ctr(self, version):
+        return _percent(version.clicks / version.impressions) if version.impressions else "—"
+
+    # ----------------------------------------------------------------- permissions
+
     def has_add_permission(self, request):
-        return False
+        return False  # versions are made by training runs, never typed in
+
+    def can_retrain(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.add_modelversion")
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and (obj.is_active or obj.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING)):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        protected = queryset.filter(is_active=True) | queryset.filter(status__in=["queued", "running"])
+        if protected.exists():
+            self.message_user(
+                request, "The active version and queued or running ones are kept; deleted the others.", messages.WARNING
+            )
+        super().delete_queryset(request, queryset.exclude(pk__in=protected.values("pk")))
+
+    # ----------------------------------------------------------------- urls and views
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("retrain/", wrap(self.retrain_view), name="recommender_modelversion_retrain"),
+            path("<int:pk>/progress/", wrap(self.progress_view), name="recommender_modelversion_progress"),
+            path("<int:pk>/activate/", wrap(self.activate_view), name="recommender_modelversion_activate"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        running = ModelVersion.objects.running().order_by("created_at").first()
+        extra_context = {
+            **(extra_context or {}),
+            "running_version": running,
+            "can_retrain": self.can_retrain(request),
+            "active_version": ModelVersion.objects.active(),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = self.get_object(request, object_id)
+        extra = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
+        if version is not None:
+            extra.update(self._version_context(request, version))
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    def _version_context(self, request, version):
+        previous = reports.previous_active(version)
+        curve = version.curve or []
+        epochs = [row.get("epoch", i + 1) for i, row in enumerate(curve)]
+        loss_chart = charts.line_chart(
+            epochs, [("training loss", [row.get("loss") for row in curve])],
+            title="Training loss per epoch", x_title="epoch", y_title="loss", css_class="rec-loss-chart",
+            empty_message="No epochs recorded.",
+        )
+        ndcg_chart = charts.line_chart(
+            epochs, [("validation NDCG@10", [row.get("val_ndcg10") for row in curve]),
+                     ("validation HR@10", [row.get("val_hr10") for row in curve])],
+            title="Validation NDCG@10 and HR@10 per epoch", x_title="epoch", y_title="metric",
+            zero_based=True, css_class="rec-ndcg-chart", empty_message="No epochs recorded.",
+        )
+        comparison = _comparison(version, previous)
+        comparison_chart = charts.bar_chart(
+            [label for label, _ in COMPARED_METRICS],
+            [(name, values) for name, values in comparison],
+            title="Validation metrics compared", y_title="score", width=720, height=300,
+            css_class="rec-comparison-chart", empty_message="No metrics yet.",
+        )
+        online = reports.online_metrics_by_placement(version)
+        return {
+            "version": version,
+            "previous_version": previous,
+            "progress": progress_payload(version),
+            "progress_url": reverse("admin:recommender_modelversion_progress", args=[version.pk]),
+            "activate_url": reverse("admin:recommender_modelversion_activate", args=[version.pk]),
+            "can_activate": self.has_change_permission(request, version),
+            "is_live": version.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING),
+            "loss_chart": loss_chart,
+            "ndcg_chart": ndcg_chart,
+            "comparison_chart": comparison_chart,
+            "comparison_headers": [name for name, _ in comparison],
+            "comparison_rows": [
+                (label, [values[i] for _, values in comparison]) for i, (label, _) in enumerate(COMPARED_METRICS)
+            ],
+            "online": [
+                {"placement": row.placement, "lists": row.lists, "impressions": row.impressions,
+                 "clicks": row.clicks, "ctr": _percent(row.ctr) if row.ctr is not None else "—"}
+                for row in online
+            ],
+            "data_stats": [(key, (version.data_stats or {}).get(key)) for key in ("shoppers", "items", "events")
+                           if (version.data_stats or {}).get(key) is not None],
+            "duration": _duration(version.duration),
+            "best_epoch": (version.metrics or {}).get("best_epoch"),
+            "stopped": (version.metrics or {}).get("stopped"),
+        }
+
+    def progress_view(self, request, pk):
+        """Small JSON for the change page's poller; staff with view permission only."""
+        version = get_object_or_404(ModelVersion, pk=pk)
+        if not self.has_view_permission(request, version):
+            raise PermissionDenied
+        return JsonResponse(progress_payload(version))
+
+    def retrain_view(self, request):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.can_retrain(request):
+            raise PermissionDenied
+        version = self._request_training(request)
+        if version is not None:
+            return HttpResponseRedirect(reverse("admin:recommender_modelversion_change", args=[version.pk]))
+        return HttpResponseRedirect(reverse("admin:recommender_modelversion_changelist"))
+
+    def _request_training(self, request):
+        try:
+            version = training.request_training(ModelVersion.Trigger.ADMIN)
+        except training.TrainingInProgress as exc:
+            self.message_user(request, f"Not started: {exc} Wait for it to finish.", messages.ERROR)
+            return None
+        except training.TrainingError as exc:
+            self.message_user(request, f"Not started: {exc}", messages.ERROR)
+            return None
+        self.message_user(request, f"Queued training v{version.pk}; its page shows the progress.", messages.SUCCESS)
+        return version
+
+    def activate_view(self, request, pk):
+        """Confirm, then make a ready version the one that serves (promotion or rollback)."""
+        version = self.get_object(request, str(pk))
+        if version is None:
+            raise Http404(f"No model version {pk}.")
+        if not self.has_change_permission(request, version):
+            raise PermissionDenied
+        change_url = reverse("admin:recommender_modelversion_change", args=[version.pk])
+        if version.status != ModelVersion.Status.READY:
+            self.message_user(
+                request, f"v{version.pk} is {version.status}: only a ready (trained and evaluated) version can be activated.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(change_url)
+        if version.is_active:
+            self.message_user(request, f"v{version.pk} is already the active version.", messages.INFO)
+            return HttpResponseRedirect(change_url)
+        active = ModelVersion.objects.active()
+        if request.method == "POST":
+            try:
+                version.activate()
+            except ValueError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                return HttpResponseRedirect(change_url)
+            verb = "Rolled back to" if active and active.created_at > version.created_at else "Activated"
+            self.message_user(
+                request, f"{verb} v{version.pk}" + (f" (v{active.pk} no longer serves)." if active else "."),
+                messages.SUCCESS,
+            )
+            return HttpResponseRedirect(change_url)
+        comparison = _comparison(version, active)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Activate v{version.pk}?",
+            "version": version,
+            "active_version": active,
+            "is_rollback": bool(active and active.created_at > version.created_at),
+            "comparison_headers": [name for name, _ in comparison],
+            "comparison_rows": [
+                (label, [values[i] for _, values in comparison]) for i, (label, _) in enumerate(COMPARED_METRICS)
+            ],
+            "change_url": change_url,
+        }
+        return TemplateResponse(request, "admin/recommender/modelversion/activate_confirmation.html", context)
+
+    # ----------------------------------------------------------------- actions
+
+    @admin.action(description="Retrain now (the selection is ignored)", permissions=["retrain"])
+    def retrain_action(self, request, queryset):
+        self._request_training(request)
+
+    def has_retrain_permission(self, request):
+        return self.can_retrain(request)
+
+    @admin.action(description="Activate / roll back to the selected version", permissions=["change"])
+    def activate_action(self, request, queryset):
+        versions = list(queryset[:2])
+        if len(versions) != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return None
+        return HttpResponseRedirect(reverse("admin:recommender_modelversion_activate", args=[versions[0].pk]))
+
+
+# --------------------------------------------------------------------------- helpers
+
+COMPARED_METRICS = [("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"), ("MRR", "mrr"), ("coverage@10", "coverage@10")]
+
+
+def _comparison(version, other):
+    """``[(column name, [value per compared metric])]``: this version, ``other``, baselines."""
+    columns = [(f"v{version.pk} (this)", version.metrics.get("valid") or {})]
+    if other is not None and other.pk != version.pk and other.metrics.get("valid"):
+        label = "active" if other.is_active else "previously active"
+        columns.append((f"v{other.pk} ({label})", other.metrics["valid"]))
+    for name, result in sorted((version.metrics.get("baselines") or {}).items()):
+        columns.append((f"{name} baseline", (result or {}).get("valid") or {}))
+    if not columns[0][1]:
+        return []
+    return [(name, [metrics.get(key) for _, key in COMPARED_METRICS]) for name, metrics in columns]
 
 
 def _fmt(value):
     return "—" if value is None else format_html("{}", f"{value:.4f}")
+
+
+def _percent(value):
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def _duration(delta):
+    if delta is None:
+        return "—"
+    seconds = int(delta.total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
