@@ -1,0 +1,1 @@
+"""Benchmarks: offline quality, serving latency, ingest throughput."""

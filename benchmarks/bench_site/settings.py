@@ -1,0 +1,37 @@
+"""The demo store's settings, made production-like for benchmarks.
+
+Environment: DATABASE_URL and REDIS_URL as for the demo store, plus
+BENCH_EVENTS_THROTTLE_RATE ("none" disables the events throttle; any DRF rate such as
+"1000000/min" keeps the throttle and its cache round trips but never cuts the benchmark).
+"""
+
+import os
+
+from shop_demo.settings import *  # noqa: F403
+from shop_demo.settings import RECOMMENDER, REDIS_URL
+
+DEBUG = False
+ROOT_URLCONF = "benchmarks.bench_site.urls"
+
+_rate = os.environ.get("BENCH_EVENTS_THROTTLE_RATE", "1000000/min")
+RECOMMENDER = {
+    **RECOMMENDER,
+    "EVENTS_THROTTLE_RATE": None if _rate.lower() == "none" else _rate,
+    "API_THROTTLE_RATE": None,
+}
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "recommender-bench",
+        }
+    }
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+}
