@@ -169,7 +169,8 @@ class EventAdmin(admin.ModelAdmin):
         form = ForgetShopperForm(request.POST or None)
         preview = None
         if request.method == "POST" and form.is_valid():
-            if request.POST.get("confirm") == "yes":
+            # Confirm only the shopper whose deletion was previewed, not one typed in since.
+            if request.POST.get("confirm") == form.describe():
                 result = privacy.forget_shopper(**form.shopper())
                 self.message_user(
                     request, f"Forgot {form.describe()}: deleted {result.describe()} and their cached recommendations.",
@@ -251,7 +252,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def active_badge(self, version):
         if version.is_active:
             return mark_safe('<span class="rec-badge rec-badge-active" title="Serving now">★ active</span>')
-        return ""
+        return mark_safe('<span class="rec-inactive"></span>')  # blank, not the admin's "-"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, version):
@@ -364,6 +365,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             css_class="rec-comparison-chart", empty_message="No metrics yet.",
         )
         online = reports.online_metrics_by_placement(version)
+        stats = version.data_stats or {}
         return {
             "version": version,
             "previous_version": previous,
@@ -384,8 +386,8 @@ class ModelVersionAdmin(admin.ModelAdmin):
                  "clicks": row.clicks, "ctr": _percent(row.ctr) if row.ctr is not None else "—"}
                 for row in online
             ],
-            "data_stats": [(key, (version.data_stats or {}).get(key)) for key in ("shoppers", "items", "events")
-                           if (version.data_stats or {}).get(key) is not None],
+            "data_stats": [(key, f"{stats[key]:,}") for key in ("shoppers", "items", "events")
+                           if isinstance(stats.get(key), int)],
             "duration": _duration(version.duration),
             "best_epoch": (version.metrics or {}).get("best_epoch"),
             "stopped": (version.metrics or {}).get("stopped"),

@@ -309,7 +309,11 @@ def test_forget_a_shopper_previews_then_deletes(staff_client, catalog):
     assert 'id="recommender-forget-preview"' in preview and "2 event(s) (1 purchase, 1 view)" in preview
     assert Event.objects.count() == 3
 
-    done = staff_client.post("/admin/recommender/event/forget/", {"username": "ann", "confirm": "yes"})
+    # A confirmation for someone else (the form was edited after the preview) only previews.
+    edited = staff_client.post("/admin/recommender/event/forget/", {"username": "ann", "confirm": "anonymous session x"})
+    assert b'id="recommender-forget-confirm"' in edited.content and Event.objects.count() == 3
+
+    done = staff_client.post("/admin/recommender/event/forget/", {"username": "ann", "confirm": f"user ann (id {ann.pk})"})
     assert done.status_code == 302
     assert list(Event.objects.values_list("session_key", flat=True)) == ["someone-else"]
     assert any("deleted 2 event(s)" in m for m in messages_of(done))
