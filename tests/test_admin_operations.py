@@ -73,6 +73,7 @@ def test_retrain_button_queues_a_run_and_a_second_press_is_refused(
 
     page = staff_client.get(CHANGELIST)
     assert b'id="recommender-retrain" class="rec-tool-button" disabled' in page.content
+    assert f'data-progress-url="{CHANGELIST}{version.pk}/progress/"'.encode() in page.content
     assert f"Training v{version.pk} queued".encode() in page.content
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -209,6 +210,29 @@ def test_a_versions_page_has_curves_comparison_and_online_metrics(staff_client, 
     assert 'data-placement="home"' in page and "10.00%" in page  # 1 click / 10 impressions
     assert 'data-placement="all"' in page and "2.50%" in page
     assert 'id="recommender-is-active"' in page
+
+
+@pytest.mark.slow
+def test_a_really_trained_versions_page(staff_client):
+    """The page reads what training really writes: curve, metrics with baselines, data stats."""
+    import xml.etree.ElementTree as ET
+
+    from recommender import training
+
+    from .store_data import FAST_CONFIG, make_catalogue, make_history
+
+    make_history(make_catalogue(), n_shoppers=80)
+    version = training.run_training(training.request_training(config=FAST_CONFIG, enqueue=False).pk)
+    assert version.status == "ready", version.error
+    page = staff_client.get(f"{CHANGELIST}{version.pk}/change/").content.decode()
+    chunks = ["<svg" + part for part in page.split("<svg")[1:] if 'class="rec-chart' in part[:200]]
+    svgs = [ET.fromstring(chunk[: chunk.index("</svg>") + 6]) for chunk in chunks]
+    circles = [c for c in svgs[0].iter("{http://www.w3.org/2000/svg}circle")]
+    assert len(circles) == len(version.curve) > 0
+    assert "popularity baseline" in page and "itemknn baseline" in page
+    assert f"{version.data_stats['events']:,}" in page
+    progress = staff_client.get(f"{CHANGELIST}{version.pk}/progress/").json()
+    assert progress["finished"] and progress["percent"] == 100
 
 
 # --------------------------------------------------------------------------- activate

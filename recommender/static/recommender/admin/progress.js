@@ -1,14 +1,52 @@
 /*
- * Live training progress on a model version's admin page.
+ * Live training progress in the recommender admin, without a library.
  *
- * Polls the staff-only JSON view named by #recommender-progress[data-progress-url]
- * about once a second and fills in the elements with rec-progress-* ids, until the
- * run is ready or failed. No library: plain fetch and DOM.
+ * On a version's page, polls the staff-only JSON view named by
+ * #recommender-progress[data-progress-url] about once a second and fills in the
+ * elements with rec-progress-* ids, until the run is ready or failed. On the versions
+ * list, a disabled #recommender-retrain[data-progress-url] button is re-enabled when
+ * the run it waits for ends.
  */
 (function () {
   "use strict";
 
   var POLL_MS = 1000;
+
+  function fetchProgress(url) {
+    return fetch(url, {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+      cache: "no-store",
+    }).then(function (response) {
+      if (!response.ok) {
+        throw new Error("HTTP " + response.status);
+      }
+      return response.json();
+    });
+  }
+
+  var retrain = document.getElementById("recommender-retrain");
+  if (retrain && retrain.disabled && retrain.dataset.progressUrl) {
+    (function waitForRun() {
+      fetchProgress(retrain.dataset.progressUrl)
+        .then(function (data) {
+          if (data.finished) {
+            retrain.disabled = false;
+            retrain.textContent = "Retrain now";
+            retrain.dataset.lastStatus = data.status;
+          } else {
+            var p = data.progress || {};
+            retrain.textContent = "Training v" + data.id + " " + data.status +
+              (p.epochs ? " (epoch " + (p.epoch || 0) + "/" + p.epochs + ")" : "") + "…";
+            window.setTimeout(waitForRun, POLL_MS * 2);
+          }
+        })
+        .catch(function () {
+          window.setTimeout(waitForRun, POLL_MS * 5);
+        });
+    })();
+  }
+
   var panel = document.getElementById("recommender-progress");
   if (!panel || !panel.dataset.progressUrl) {
     return;
@@ -77,17 +115,7 @@
   }
 
   function poll() {
-    fetch(panel.dataset.progressUrl, {
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-      cache: "no-store",
-    })
-      .then(function (response) {
-        if (!response.ok) {
-          throw new Error("HTTP " + response.status);
-        }
-        return response.json();
-      })
+    fetchProgress(panel.dataset.progressUrl)
       .then(function (data) {
         render(data);
         if (!data.finished) {
