@@ -117,6 +117,10 @@ class EventAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "can_forget": self.has_delete_permission(request)}
+        return super().changelist_view(request, extra_context)
+
     def dashboard_view(self, request):
         """Events per kind per day, active shoppers, top items and carousel CTR."""
         if not self.has_view_permission(request):

@@ -302,6 +302,7 @@ def test_events_dashboard(staff_client, catalog):
 
     changelist = staff_client.get("/admin/recommender/event/").content.decode()
     assert 'id="recommender-events-dashboard" href="/admin/recommender/event/dashboard/"' in changelist
+    assert 'id="recommender-forget-shopper" href="/admin/recommender/event/forget/"' in changelist
     app_index = staff_client.get("/admin/recommender/").content.decode()
     assert 'href="/admin/recommender/event/dashboard/"' in app_index
 
@@ -347,4 +348,6 @@ def test_forget_a_shopper_previews_then_deletes(staff_client, catalog):
 
 
 def test_forgetting_needs_the_delete_permission(client):
-    assert staff_with(client, "view_event").get("/admin/recommender/event/forget/").status_code == 403
+    viewer = staff_with(client, "view_event")
+    assert viewer.get("/admin/recommender/event/forget/").status_code == 403
+    assert b"recommender-forget-shopper" not in viewer.get("/admin/recommender/event/").content
