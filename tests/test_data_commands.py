@@ -115,6 +115,13 @@ def test_dry_run_validates_without_storing(tmp_path, catalog):
     assert "line 2: item: unknown or unavailable item" in out
 
 
+def test_start_skips_the_lines_before_it(tmp_path, catalog):
+    rows = ["user,item,kind,timestamp"] + [f"session:s{i},{catalog[0].pk},view,{iso(10 - i)}" for i in range(4)]
+    out = run("recommender_import_events", write(tmp_path, "\n".join(rows) + "\n"), "--start", "4")
+    assert "Stored 2 event(s)" in out and "2 line(s) before --start skipped" in out
+    assert sorted(Event.objects.values_list("session_key", flat=True)) == ["s2", "s3"]
+
+
 def test_import_sequence_format(tmp_path, catalog):
     a, b, c = (str(p.pk) for p in catalog[:3])
     path = write(tmp_path, f"7 {a}\n7 {b}\n7 {c}\n9 {c}\n\n9 {a} extra\n", "beauty.txt")
