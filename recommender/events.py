@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -52,7 +52,7 @@ def record(kind, item, *, user=None, session_key="", **fields):
 
 
 def record_many(events, *, user=None, session_key=""):
-    """Validate a batch of event dicts for one shopper and store them in one transaction.
+    """Validate a batch of event dicts for one shopper and store them in one statement.
 
     Events whose ``event_id`` is already stored (or repeats within the batch) are
     counted as duplicates and skipped.
@@ -64,18 +64,24 @@ def record_many(events, *, user=None, session_key=""):
     if len(events) > max_batch:
         raise EventValidationError({0: {"events": f"At most {max_batch} events per batch, got {len(events)}."}})
     user, session_key = _validate_shopper(user, session_key)
+    validator = _BatchValidator()
     rows, errors = [], {}
     for index, data in enumerate(events):
-        row, problems = _validate_event(data)
+        row, problems = validator.event(data)
         if problems:
             errors[index] = problems
         else:
             rows.append(row)
-    if not errors:
-        errors = _check_items(rows)
     if errors:
         raise EventValidationError(errors)
-    return _store(rows, user=user, session_key=session_key)
+    rows = _unique(rows)
+    if connection.vendor == "postgresql":
+        stored = _store_postgresql(rows, user=user, session_key=session_key)
+    else:
+        stored = _store_orm(rows, user=user, session_key=session_key)
+    if stored:
+        _notify_recorded(user=user, session_key=session_key)
+    return RecordResult(stored=stored, duplicates=len(events) - stored)
 
 
 def _validate_shopper(user, session_key):
@@ -89,75 +95,100 @@ def _validate_shopper(user, session_key):
     return user, session_key
 
 
-def _validate_event(data):
-    """One event dict -> (row dict, {}) or (None, {field: reason})."""
-    if not isinstance(data, dict):
-        return None, {"event": "must be an object."}
-    errors = {}
-    unknown = set(data) - EVENT_FIELDS
-    if unknown:
-        errors["event"] = f"unknown field(s): {', '.join(sorted(map(str, unknown)))}."
-    row = {}
-    kind = data.get("kind")
-    if kind not in recommender_settings.EVENT_KINDS:
-        known = ", ".join(recommender_settings.EVENT_KINDS)
-        errors["kind"] = f"unknown kind {str(kind)[:40]!r}; expected one of: {known}."
-    row["kind"] = kind
-    item = data.get("item")
-    item_pk, problem = _clean_item(item)
-    if problem:
-        errors["item"] = problem
-    row["item_pk"] = item_pk
-    for name, cleaner in (
-        ("value", _clean_value),
-        ("occurred_at", _clean_time),
-        ("event_id", _clean_uuid),
-        ("recommendation_id", _clean_uuid),
-        ("placement", _text_cleaner("MAX_PLACEMENT_LENGTH")),
-        ("page", _text_cleaner("MAX_PAGE_LENGTH")),
-    ):
+class _BatchValidator:
+    """Checks events one by one, with settings and the clock read once per batch."""
+
+    def __init__(self):
+        self.item_model = get_item_model()
+        self.to_pk = self.item_model._meta.pk.to_python
+        self.kinds = frozenset(recommender_settings.EVENT_KINDS)
+        self.max_value = recommender_settings.MAX_EVENT_VALUE
+        self.max_placement = recommender_settings.MAX_PLACEMENT_LENGTH
+        self.max_page = recommender_settings.MAX_PAGE_LENGTH
+        self.now = timezone.now()
+        self.latest = self.now + timedelta(seconds=recommender_settings.MAX_FUTURE_SECONDS)
+        self.max_age_days = recommender_settings.MAX_EVENT_AGE_DAYS
+        self.earliest = self.now - timedelta(days=self.max_age_days)
+
+    def event(self, data):
+        """One event dict -> (row dict, {}) or (None, {field: reason})."""
+        if not isinstance(data, dict):
+            return None, {"event": "must be an object."}
+        errors = {}
+        if not data.keys() <= EVENT_FIELDS:
+            unknown = ", ".join(sorted(map(str, set(data) - EVENT_FIELDS)))
+            errors["event"] = f"unknown field(s): {unknown}."
+        kind = data.get("kind")
+        if kind not in self.kinds:
+            errors["kind"] = f"unknown kind {str(kind)[:40]!r}; expected one of: {', '.join(recommender_settings.EVENT_KINDS)}."
+        item_pk, problem = self.item(data.get("item"))
+        if problem:
+            errors["item"] = problem
+        row = {"kind": kind, "item_pk": item_pk}
+        for name, clean in (
+            ("value", self.value),
+            ("occurred_at", self.time),
+            ("event_id", _clean_uuid),
+            ("recommendation_id", _clean_uuid),
+            ("placement", self.placement),
+            ("page", self.page),
+        ):
+            try:
+                row[name] = clean(data.get(name))
+            except ValueError as exc:
+                errors[name] = str(exc)
+        if errors:
+            return None, errors
+        if row["event_id"] is None:
+            row["event_id"] = uuid.uuid4()
+        if row["occurred_at"] is None:
+            row["occurred_at"] = self.now
+        return row, {}
+
+    def item(self, item):
+        if isinstance(item, self.item_model):
+            return item.pk, None
+        if item is None or isinstance(item, (bool, float, dict, list)):
+            return None, "an item id is required."
         try:
-            row[name] = cleaner(data.get(name))
-        except ValueError as exc:
-            errors[name] = str(exc)
-    if row.get("event_id") is None:
-        row["event_id"] = uuid.uuid4()
-    if row.get("occurred_at") is None:
-        row["occurred_at"] = timezone.now()
-    return (None, errors) if errors else (row, {})
+            pk = self.to_pk(item)
+        except Exception:  # noqa: BLE001 - any conversion failure is the client's bad id
+            return None, f"{str(item)[:40]!r} is not a valid item id."
+        if pk is None or pk == "":
+            return None, "an item id is required."
+        return pk, None
+
+    def value(self, value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError("must be a number.")
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("must be a number.") from None
+        if not math.isfinite(number) or abs(number) > self.max_value:
+            raise ValueError(f"must be a finite number between -{self.max_value:g} and {self.max_value:g}.")
+        return number
+
+    def time(self, value):
+        when = _parse_time(value)
+        if when is None:
+            return None
+        if when > self.latest:
+            raise ValueError("is in the future.")
+        if when < self.earliest:
+            raise ValueError(f"is more than {self.max_age_days} days old.")
+        return when
+
+    def placement(self, value):
+        return _clean_text(value, self.max_placement)
+
+    def page(self, value):
+        return _clean_text(value, self.max_page)
 
 
-def _clean_item(item):
-    model = get_item_model()
-    if isinstance(item, model):
-        return item.pk, None
-    if item is None or isinstance(item, (bool, float, dict, list)):
-        return None, "an item id is required."
-    try:
-        pk = model._meta.pk.to_python(item)
-    except Exception:  # noqa: BLE001 - any conversion failure is the client's bad id
-        return None, f"{str(item)[:40]!r} is not a valid item id."
-    if pk is None or pk == "":
-        return None, "an item id is required."
-    return pk, None
-
-
-def _clean_value(value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError("must be a number.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError("must be a number.") from None
-    limit = recommender_settings.MAX_EVENT_VALUE
-    if not math.isfinite(number) or abs(number) > limit:
-        raise ValueError(f"must be a finite number between -{limit:g} and {limit:g}.")
-    return number
-
-
-def _clean_time(value):
+def _parse_time(value):
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -180,11 +211,6 @@ def _clean_time(value):
         raise ValueError("must be an ISO 8601 time or milliseconds since the epoch.")
     if timezone.is_naive(when):
         raise ValueError("must include a time zone.")
-    now = timezone.now()
-    if when > now + timedelta(seconds=recommender_settings.MAX_FUTURE_SECONDS):
-        raise ValueError("is in the future.")
-    if when < now - timedelta(days=recommender_settings.MAX_EVENT_AGE_DAYS):
-        raise ValueError(f"is more than {recommender_settings.MAX_EVENT_AGE_DAYS} days old.")
     return when
 
 
@@ -201,31 +227,37 @@ def _clean_uuid(value):
         raise ValueError("must be a UUID string.") from None
 
 
-def _text_cleaner(limit_setting):
-    def clean(value):
-        if value is None:
-            return ""
-        if not isinstance(value, str):
-            raise ValueError("must be a string.")
-        limit = getattr(recommender_settings, limit_setting)
-        if len(value) > limit:
-            raise ValueError(f"must be at most {limit} characters.")
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters.")
-        return value
+def _clean_text(value, limit):
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError("must be a string.")
+    if len(value) > limit:
+        raise ValueError(f"must be at most {limit} characters.")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters.")
+    return value
 
-    return clean
+
+def _unique(rows):
+    """Rows with a repeated event_id within the batch are kept once."""
+    seen, unique = set(), []
+    for row in rows:
+        if row["event_id"] not in seen:
+            seen.add(row["event_id"])
+            unique.append(row)
+    return unique
+
+
+def _recordable_items(pks):
+    queryset = get_item_model()._default_manager.filter(pk__in=pks)
+    restrict = recommender_settings.RECORDABLE_ITEMS
+    return restrict(queryset) if restrict is not None else queryset
 
 
 def _check_items(rows):
     """Reject events about items that do not exist or that the store does not allow."""
-    model = get_item_model()
-    wanted = {row["item_pk"] for row in rows}
-    allowed = model._default_manager.filter(pk__in=wanted)
-    restrict = recommender_settings.RECORDABLE_ITEMS
-    if restrict is not None:
-        allowed = restrict(allowed)
-    found = set(allowed.values_list("pk", flat=True))
+    found = set(_recordable_items({row["item_pk"] for row in rows}).values_list("pk", flat=True))
     return {
         index: {"item": f"unknown or unavailable item {str(row['item_pk'])[:40]!r}."}
         for index, row in enumerate(rows)
@@ -233,39 +265,65 @@ def _check_items(rows):
     }
 
 
-def _store(rows, *, user, session_key):
-    unique, seen = [], set()
-    for row in rows:
-        if row["event_id"] not in seen:
-            seen.add(row["event_id"])
-            unique.append(row)
+def _store_orm(rows, *, user, session_key):
+    """Any database: check items, skip stored event ids, insert; returns rows stored."""
+    errors = _check_items(rows)
+    if errors:
+        raise EventValidationError(errors)
     with transaction.atomic():
         existing = set(
-            Event.objects.filter(event_id__in=[row["event_id"] for row in unique]).values_list(
-                "event_id", flat=True
-            )
+            Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list("event_id", flat=True)
         )
-        new = [
-            Event(
-                event_id=row["event_id"],
-                user=user,
-                session_key=session_key,
-                item_id=row["item_pk"],
-                kind=row["kind"],
-                value=row["value"],
-                occurred_at=row["occurred_at"],
-                placement=row["placement"],
-                page=row["page"],
-                recommendation_id=row["recommendation_id"],
-            )
-            for row in unique
-            if row["event_id"] not in existing
-        ]
-        # ignore_conflicts covers a concurrent retry that lands between the check and the insert.
+        new = [_event(row, user, session_key) for row in rows if row["event_id"] not in existing]
+        # ignore_conflicts covers a concurrent retry landing between the check and the insert.
         Event.objects.bulk_create(new, ignore_conflicts=True)
-    if new:
-        _notify_recorded(user=user, session_key=session_key)
-    return RecordResult(stored=len(new), duplicates=len(rows) - len(new))
+    return len(new)
+
+
+def _event(row, user, session_key):
+    return Event(
+        event_id=row["event_id"], user=user, session_key=session_key, item_id=row["item_pk"], kind=row["kind"],
+        value=row["value"], occurred_at=row["occurred_at"], placement=row["placement"], page=row["page"],
+        recommendation_id=row["recommendation_id"],
+    )
+
+
+def _store_postgresql(rows, *, user, session_key):
+    """PostgreSQL: one statement checks every item and inserts the new rows.
+
+    The insert only happens if all the batch's items are recordable (counted by the
+    store's own queryset), and ``ON CONFLICT DO NOTHING RETURNING`` says exactly which
+    event ids were new. When nothing was inserted, the slower checks tell why.
+    """
+    item_pks = {row["item_pk"] for row in rows}
+    allowed_sql, allowed_params = _recordable_items(item_pks).values("pk").query.sql_with_params()
+    meta = Event._meta
+    item_type = meta.get_field("item").target_field.rel_db_type(connection)
+    user_type = meta.get_field("user").target_field.rel_db_type(connection)
+    sql = f"""
+        INSERT INTO {meta.db_table}
+            (event_id, user_id, session_key, item_id, kind, value, occurred_at, received_at,
+             placement, page, recommendation_id)
+        SELECT e.event_id, %s::{user_type}, %s, e.item_id, e.kind, e.value, e.occurred_at, now(),
+               e.placement, e.page, e.recommendation_id
+        FROM unnest(%s::uuid[], %s::{item_type}[], %s::varchar[], %s::double precision[],
+                    %s::timestamptz[], %s::varchar[], %s::varchar[], %s::uuid[])
+             AS e(event_id, item_id, kind, value, occurred_at, placement, page, recommendation_id)
+        WHERE (SELECT count(*) FROM ({allowed_sql}) AS allowed) = %s
+        ON CONFLICT (event_id) DO NOTHING
+        RETURNING 1
+    """
+    columns = [[row[name] for row in rows] for name in
+               ("event_id", "item_pk", "kind", "value", "occurred_at", "placement", "page", "recommendation_id")]
+    params = [user.pk if user is not None else None, session_key, *columns, *allowed_params, len(item_pks)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        stored = len(cursor.fetchall())
+    if stored == 0:
+        errors = _check_items(rows)
+        if errors:
+            raise EventValidationError(errors)
+    return stored
 
 
 def _notify_recorded(*, user, session_key):

@@ -76,8 +76,9 @@ def database_from_url(url):
             "PASSWORD": parts.password or "",
             "HOST": parts.hostname or "127.0.0.1",
             "PORT": str(parts.port or 5432),
+            # Persistent connections; a connection broken by a database restart fails one
+            # request and is replaced (clients retry: events carry idempotent ids).
             "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
         }
     raise ValueError(f"Unsupported DATABASE_URL scheme {parts.scheme!r}")
 

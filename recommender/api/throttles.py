@@ -1,34 +1,50 @@
-"""Throttles for the public endpoints, with rates from RECOMMENDER settings."""
+"""Throttles for the public endpoints, with rates from RECOMMENDER settings.
 
-from rest_framework.throttling import SimpleRateThrottle
+A fixed-window counter: one cache increment per request (DRF's SimpleRateThrottle reads
+and rewrites a list of timestamps, two round trips and a pickle on every request).
+"""
+
+import time
+
+from django.core.cache import caches
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from ..conf import recommender_settings
 from ..shoppers import anonymous_key
 
 
-class ShopperRateThrottle(SimpleRateThrottle):
+class ShopperRateThrottle(BaseThrottle):
     """Limits each shopper (user, else anonymous session, else IP address)."""
 
     rate_setting = "API_THROTTLE_RATE"
     scope = "recommender"
 
-    def get_rate(self):
-        return getattr(recommender_settings, self.rate_setting)
-
     def allow_request(self, request, view):
-        # The rate is read per request so that settings overrides apply at once.
-        self.rate = self.get_rate()
-        if self.rate is None:
+        rate = getattr(recommender_settings, self.rate_setting)
+        if rate is None:
             return True
-        self.num_requests, self.duration = self.parse_rate(self.rate)
-        return super().allow_request(request, view)
+        self.limit, self.window = SimpleRateThrottle.parse_rate(None, rate)
+        now = time.time()
+        window_index = int(now // self.window)
+        self.window_ends = (window_index + 1) * self.window
+        key = f"throttle:{self.scope}:{self.ident(request)}:{window_index}"
+        cache = caches[recommender_settings.CACHE_ALIAS]
+        try:
+            count = cache.incr(key)
+        except ValueError:  # first request of this window
+            if cache.add(key, 1, self.window + 1):
+                count = 1
+            else:
+                count = cache.incr(key)
+        return count <= self.limit
 
-    def get_cache_key(self, request, view):
+    def wait(self):
+        return max(0.0, self.window_ends - time.time())
+
+    def ident(self, request):
         if request.user and request.user.is_authenticated:
-            ident = f"u{request.user.pk}"
-        else:
-            ident = anonymous_key(request) or self.get_ident(request)
-        return f"throttle_{self.scope}_{ident}"
+            return f"u{request.user.pk}"
+        return anonymous_key(request) or self.get_ident(request)
 
 
 class EventsRateThrottle(ShopperRateThrottle):
