@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", default="8000")
 
     def handle(self, *args, host, port, **options):
-        for folder in ("celery-broker", "celery-broker/processed", "media"):
+        for folder in ("celery-broker", "celery-broker/processed", "celery-broker/control", "media"):
             (settings.VAR_DIR / folder).mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--beat",
