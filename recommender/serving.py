@@ -181,8 +181,13 @@ def load_version(version_id, artifact_name):
     index = None
     if predictor.n_items > recommender_settings.ANN_MIN_ITEMS:
         from .ml.ann import IVFIndex
+        from .training import ann_index_name
 
-        index = IVFIndex.build(predictor._items)
+        if storage.exists(ann_index_name(artifact_name)):
+            with storage.open(ann_index_name(artifact_name), "rb") as stored:
+                index = IVFIndex.load(stored)
+        else:  # versions promoted before the catalogue grew past the threshold
+            index = IVFIndex.build(predictor._items)
     return LoadedModel(version_id, predictor, categories, index)
 
 

@@ -242,7 +242,10 @@ def _train(version, progress):
     digest = hashlib.sha256(stored_bytes).hexdigest()
     if digest != hashlib.sha256(payload).hexdigest():
         raise TrainingError("The artifact read back from storage differs from what was written.")
-    artifact.load_artifact(io.BytesIO(stored_bytes)).build_model()
+    verified = artifact.load_artifact(io.BytesIO(stored_bytes)).build_model()
+    if split.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(verified, "item_embeddings"):
+        progress.stage("index")
+        save_ann_index(storage, name, verified.item_embeddings())
 
     finished = timezone.now()
     ModelVersion.objects.filter(pk=version.pk).update(
@@ -253,6 +256,22 @@ def _train(version, progress):
     )
     version.refresh_from_db()
     promote_if_better(version)
+
+
+def ann_index_name(artifact_name):
+    return f"{artifact_name}.ivf"
+
+
+def save_ann_index(storage, artifact_name, item_vectors):
+    """Build the approximate index for a large catalogue once, at promotion time."""
+    import torch
+
+    from .ml.ann import IVFIndex
+
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        IVFIndex.build(item_vectors.detach()).save(buffer)
+    storage.save(ann_index_name(artifact_name), ContentFile(buffer.getvalue()))
 
 
 def _evaluate(model, part, split, train_config, metrics):

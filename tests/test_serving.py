@@ -201,3 +201,15 @@ def test_impressions_and_clicks_give_click_through_per_version(shelf):
     assert sum(lists.values_list("impressions", flat=True)) == 1
     assert lists.clicks().count() == 1
     assert Event.objects.get(kind="click").recommendation_id == recs.recommendation_id
+
+
+@override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10, "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products"})
+def test_large_catalogues_are_served_from_the_approximate_index(shelf):
+    install_version(shelf)
+    views("s1", shelf[:3])
+    recs = serving.recommend(session_key="s1", limit=5)
+    loaded = serving.active_model.get()
+    assert loaded.index is not None and recs.source == "model" and len(recs) == 5
+    exact = loaded.__class__(loaded.version_id, loaded.predictor, loaded.categories, None)
+    history = serving.shopper_history(session_key="s1")
+    assert ([pk for pk, _ in loaded.top_candidates(history, 5)] == [pk for pk, _ in exact.top_candidates(history, 5)])

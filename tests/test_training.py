@@ -134,3 +134,11 @@ def test_the_train_command_reports_and_promotes(history, capsys):
 def test_the_train_command_fails_with_a_message(db):
     with pytest.raises(CommandError, match="needed to train"):
         call_command("recommender_train", verbosity=0)
+
+
+def test_large_catalogues_get_their_approximate_index_at_promotion(history):
+    from django.core.files.storage import default_storage
+
+    with override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10}):
+        version = train_now()
+    assert default_storage.exists(training.ann_index_name(version.artifact))
