@@ -72,6 +72,17 @@ def sample_negatives(
     return out
 
 
+def _device_of(model):
+    tensors = getattr(model, "parameters", None)
+    if tensors is None:
+        return None
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return None
+
+
 @torch.no_grad()
 def evaluate(
     model,
@@ -95,6 +106,7 @@ def evaluate(
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     if max_len is None:
         max_len = int(getattr(model, "max_len", 200))
+    device = _device_of(model)
     was_training = getattr(model, "training", None)
     if was_training:
         model.eval()
@@ -116,39 +128,42 @@ def evaluate(
         items = [part.items[u] for u in batch]
         item_seq = pad_left(items, max_len)  # [B, L]
         kind_seq = pad_left([part.kinds[u] for u in batch], max_len)  # [B, L]
+        if device is not None:
+            item_seq, kind_seq = item_seq.to(device), kind_seq.to(device)
         scores = model.full_sort_predict(item_seq, kind_seq).float()  # [B, N+1]
         n_scored = scores.shape[1]
-        target = torch.from_numpy(part.targets[batch])  # [B]
+        target = torch.from_numpy(part.targets[batch]).to(scores.device)  # [B]
         if mode == "full":
             scores[:, 0] = -math.inf
-            target_seen = torch.zeros(len(batch), dtype=torch.bool)
+            target_seen = torch.zeros(len(batch), dtype=torch.bool, device=scores.device)
             if exclude_seen:
                 # The full history, not only the max_len window the model read.
                 rows = np.repeat(np.arange(len(batch)), [len(s) for s in items])
                 cols = np.concatenate(items).astype(np.int64)
-                scores[torch.from_numpy(rows), torch.from_numpy(cols)] = -math.inf
+                scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device)] = -math.inf
                 target_seen = torch.tensor(
-                    [bool((s == t).any()) for s, t in zip(items, part.targets[batch], strict=True)]
+                    [bool((s == t).any()) for s, t in zip(items, part.targets[batch], strict=True)],
+                    device=scores.device,
                 )
             t_score = scores.gather(1, target[:, None])  # [B, 1]
             greater = (scores > t_score).sum(1, dtype=torch.int32)
             ties = (scores == t_score).sum(1, dtype=torch.int32) - 1  # [B], minus the target
             tied = torch.nonzero(ties > 0).flatten()
             if len(tied):  # only rows with ties pay for the index-aware count
-                idx = torch.arange(n_scored)[None, :]
+                idx = torch.arange(n_scored, device=scores.device)[None, :]
                 ties[tied] = ((scores[tied] == t_score[tied]) & (idx < target[tied, None])).sum(1, dtype=torch.int32)
             r = (greater + ties).double()
             r[target_seen] = math.inf  # excluded target: a miss
-            ranks[start : start + len(batch)] = r.numpy()
+            ranks[start : start + len(batch)] = r.cpu().numpy()
             top = torch.topk(scores, min(k, n_scored), dim=1).indices
             recommended.update(top[torch.isfinite(scores.gather(1, top))].tolist())
         else:
-            neg = negatives[start : start + len(batch)]  # [B, n_neg]
+            neg = negatives[start : start + len(batch)].to(scores.device)  # [B, n_neg]
             t_score = scores.gather(1, target[:, None])  # [B, 1]
             n_score = scores.gather(1, neg)  # [B, n_neg]
             greater = (n_score > t_score).sum(1)
             ties = ((n_score == t_score) & (neg < target[:, None])).sum(1)
-            ranks[start : start + len(batch)] = (greater + ties).double().numpy()
+            ranks[start : start + len(batch)] = (greater + ties).double().cpu().numpy()
     if was_training:
         model.train()
     out = metrics_from_ranks(ranks, k)

@@ -189,7 +189,7 @@ class SequenceNet(nn.Module):
         *,
         dim: int = 64,
         max_len: int = 50,
-        encoder: str = "dilated",
+        encoder: str = "caser",
         kernel_size: int = 3,
         dilations=(1, 2, 4, 8),
         window: int = 8,
@@ -306,6 +306,11 @@ class CNNDNN(SequenceNet):
             nn.Linear(hidden, dim),
         )
         self.out_norm = nn.LayerNorm(dim)
+        # Zero-initialised output: training starts from the plain CNN and the tower only
+        # adds what the long-range summary is worth (measured: a randomly initialised
+        # tower trailed the plain CNN early in training).
+        nn.init.zeros_(self.tower[-1].weight)
+        nn.init.zeros_(self.tower[-1].bias)
 
     def _summary(self, item_seq, kind_seq, select):  # -> [M, d]
         w = F.softplus(self.kind_logit)[kind_seq] * (item_seq > 0)  # [B, L]

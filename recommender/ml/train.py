@@ -38,6 +38,7 @@ class TrainConfig:
     num_threads: int | None = None  # torch threads; None leaves the process default
     warmup_epochs: float = 0.0  # linear lr warm-up
     lr_decay: float = 1.0  # lr multiplier applied after every epoch
+    device: str = "cpu"  # e.g. "cuda" on a GPU worker; the artifact is always saved on CPU
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
@@ -141,7 +142,9 @@ def fit(
     )
     if len(x) == 0:
         raise ValueError("no training sequence has two or more events")
-    x, k, y, tw = map(torch.from_numpy, (x, k, y, tw))
+    device = torch.device(config.device)
+    model.to(device)
+    x, k, y, tw = (torch.from_numpy(a).to(device) for a in (x, k, y, tw))
     sampled = split.n_items > config.sampled_softmax_above
     optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_batches = -(-len(x) // config.batch_size)
@@ -155,7 +158,8 @@ def fit(
         total, count, out_of_time = 0.0, 0, False
         epoch_start = time.perf_counter()
         for idx in _batches(lengths, config.batch_size, rng):
-            width = int(lengths[idx].max())
+            idx = torch.from_numpy(idx).to(device)
+            width = int(lengths[idx.cpu().numpy()].max())
             sl = slice(config.max_len - width, config.max_len)
             batch = {
                 "item_seq": x[idx, sl], "kind_seq": k[idx, sl],  # [B, W]
@@ -164,7 +168,7 @@ def fit(
             if sampled:
                 batch["negatives"] = torch.randint(
                     1, split.n_items + 1, (config.n_negatives,), generator=gen
-                )
+                ).to(device)
             lr = config.lr * (config.lr_decay ** (epoch - 1))
             if step < warmup_steps:
                 lr *= (step + 1) / warmup_steps
@@ -223,6 +227,6 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    model.eval()
+    model.to("cpu").eval()
     result.train_seconds = time.perf_counter() - t0
     return result

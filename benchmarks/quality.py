@@ -1,0 +1,235 @@
+"""Offline quality benchmark on a public ``user item`` file (default: Amazon Beauty).
+
+Leave-one-out protocol (SASRec): for each shopper the last item is the test target and
+the second-to-last the validation target. Every model is fitted on the training part only;
+hyper-parameters and early stopping use validation, never test. For the test, a model
+reads the shopper's history up to (and including) the validation item.
+
+The baselines have no early stopping to protect, so after their hyper-parameters are
+chosen on validation they are refitted on all test-time inputs (training + validation
+events), as is usual for them. That favours the baselines, not the nets.
+
+    python benchmarks/quality.py --seed 0 --max-train-minutes 20 \\
+        --models popularity,itemknn,als,cnn,cnn_dnn
+
+Prints one table and writes it to benchmarks/results/quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit asks for this; torch unaffected
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recommender.ml import baselines, data, metrics, nets, train  # noqa: E402
+
+DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "Beauty.txt"
+ALL_MODELS = ("popularity", "itemknn", "als", "cnn", "cnn_dnn")
+LABELS = {"popularity": "popularity", "itemknn": "item-kNN", "als": "implicit ALS",
+          "cnn": "CNN", "cnn_dnn": "CNN+DNN"}
+
+# Chosen on validation (see benchmarks/results/quality-notes.md).
+NET_CONFIG = {
+    "cnn": dict(dim=64, max_len=50, encoder="caser", window=8, dropout=0.3, emb_dropout=0.3),
+    "cnn_dnn": dict(dim=64, max_len=50, encoder="caser", window=8, dropout=0.3,
+                    emb_dropout=0.3, tower_hidden=256),
+}
+# Full-softmax CE; validation on a seeded 10,000-shopper subset (as Klenitskiy & Vasilev).
+TRAIN_CONFIG = dict(batch_size=128, lr=3e-3, weight_decay=0.0, patience=4, max_len=50,
+                    val_max_users=10_000)
+VAL_USERS = 10_000  # grids are compared on the same seeded validation subset
+ITEMKNN_GRID = [dict(k=k, shrink=s) for k in (50, 200) for s in (0.0, 10.0)]
+ALS_GRID = [dict(factors=f, regularization=r, alpha=a)
+            for f in (64, 128) for r in (0.01, 0.1) for a in (1.0, 10.0)]
+
+
+class ALSScorer:
+    """implicit's ALS behind the shared scoring interface.
+
+    A shopper's factors are recomputed from the history it is given (the exact ALS user
+    step, ``recalculate_user``), so ALS reads the same inputs as every other model.
+    """
+
+    max_len = 10_000
+
+    def __init__(self, model, n_items: int):
+        self.model, self.n_items = model, n_items
+        self.items = torch.from_numpy(np.asarray(model.item_factors))  # [N+1, f]
+
+    def full_sort_predict(self, item_seq, kind_seq=None):
+        from scipy.sparse import csr_matrix
+
+        seq = item_seq.numpy()
+        rows, cols = np.nonzero(seq)
+        user_items = csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, seq[rows, cols])),
+            shape=(len(seq), self.n_items + 1),
+        )
+        user_items.sum_duplicates()
+        user_items.data[:] = 1.0
+        users = self.model.recalculate_user(np.arange(len(seq)), user_items)  # [B, f]
+        return torch.from_numpy(np.asarray(users)) @ self.items.T  # [B, N+1]
+
+
+def _fit_als(params, items, n_items, seed, threads):
+    from implicit.als import AlternatingLeastSquares
+    from scipy.sparse import csr_matrix
+
+    rows = np.repeat(np.arange(len(items)), [len(s) for s in items])
+    cols = np.concatenate(items)
+    mat = csr_matrix((np.ones(len(rows), np.float32), (rows, cols)),
+                     shape=(len(items), n_items + 1))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0
+    model = AlternatingLeastSquares(**params, iterations=15, random_state=seed,
+                                    num_threads=threads, use_gpu=False)
+    model.fit(mat, show_progress=False)
+    return ALSScorer(model, n_items)
+
+
+def test_time_inputs(split):
+    """Every shopper's history at test time: training part + validation item."""
+    in_test = set(split.test.shopper_index.tolist())
+    rest = [s for i, s in enumerate(split.train_items) if i not in in_test]
+    return list(split.test.items) + rest
+
+
+def run_baseline(name, split, args, log):
+    """Grid on validation (fit on training part), then refit on test-time inputs."""
+    refit_on = test_time_inputs(split)
+    t0 = time.perf_counter()
+    if name == "popularity":
+        grid, make = [{}], lambda p, seqs: baselines.Popularity(split.n_items).fit_sequences(seqs)
+    elif name == "itemknn":
+        grid = ITEMKNN_GRID
+        make = lambda p, seqs: baselines.ItemKNN(split.n_items, max_len=10_000, **p).fit_sequences(seqs)  # noqa: E731,E501
+    else:
+        grid = ALS_GRID
+        make = lambda p, seqs: _fit_als(p, seqs, split.n_items, args.seed, args.threads)  # noqa: E731
+    best, best_ndcg = None, -1.0
+    for params in tqdm(grid, desc=f"{LABELS[name]} grid", leave=False, disable=len(grid) == 1):
+        if len(grid) == 1:
+            best = params
+            break
+        model = make(params, split.train_items)
+        val = metrics.evaluate(model, split.validation, 10, "full", n_items=split.n_items,
+                               max_len=10_000, max_users=VAL_USERS, seed=args.seed)
+        log(f"  {name} {json.dumps(params)} val NDCG@10 {val['ndcg@10']:.4f} HR@10 {val['hr@10']:.4f}")
+        if val["ndcg@10"] > best_ndcg:
+            best, best_ndcg = params, val["ndcg@10"]
+    model = make(best, refit_on)
+    seconds = time.perf_counter() - t0
+    return model, seconds, "-", {"params": best, "val_ndcg10": best_ndcg}
+
+
+def run_net(name, split, args, log):
+    torch.manual_seed(args.seed)
+    config = dict(NET_CONFIG[name])
+    config.update(json.loads(args.net_config or "{}"))
+    tconf = dict(TRAIN_CONFIG)
+    tconf.update(json.loads(args.train_config or "{}"))
+    model = nets.build_model(name, split.n_items, split.n_kinds, **config)
+    tcfg = train.TrainConfig(seed=args.seed, max_seconds=args.max_train_minutes * 60,
+                             num_threads=args.threads, **tconf)
+    bar = tqdm(total=tcfg.epochs, desc=f"{LABELS[name]} epochs", leave=False)
+
+    def progress(p):
+        bar.update(1)
+        bar.set_postfix(loss=f"{p['loss']:.3f}", val_ndcg10=f"{p['val_ndcg10']:.4f}",
+                        elapsed=f"{p['elapsed'] / 60:.1f}m")
+        log(f"  {name} epoch {p['epoch']} loss {p['loss']:.4f} val NDCG@10 "
+            f"{p['val_ndcg10']:.4f} HR@10 {p['val_hr10']:.4f} ({p['elapsed']:.0f}s)")
+
+    result = train.fit(model, split, tcfg, progress=progress)
+    bar.close()
+    info = {"config": config, "train": tconf, "best_epoch": result.best_epoch,
+            "stopped": result.stopped, **result.best_metrics}
+    return result.model, result.train_seconds, str(len(result.curve)), info
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train-minutes", type=float, default=15.0,
+                    help="wall-clock training budget per neural model")
+    ap.add_argument("--models", default=",".join(ALL_MODELS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--net-config", default=None, help="JSON overrides for the nets")
+    ap.add_argument("--train-config", default=None, help="JSON overrides for TrainConfig")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = set(names) - set(ALL_MODELS)
+    if unknown:
+        ap.error(f"unknown models: {sorted(unknown)}")
+
+    details = []
+
+    def log(line):
+        details.append(line)
+        tqdm.write(line)
+
+    seqs = data.read_user_item_file(args.data)
+    split = data.leave_one_out(seqs)
+    log(f"data {args.data}: {len(seqs)} shoppers, {seqs.n_items} items, {seqs.n_events} events")
+
+    rows = []
+    for name in tqdm(names, desc="models"):
+        runner = run_net if name in nets.NET_NAMES else run_baseline
+        model, seconds, epochs, info = runner(name, split, args, log)
+        full = metrics.evaluate(model, split.test, 10, "full", n_items=split.n_items,
+                                seed=args.seed)
+        sampled = metrics.evaluate(model, split.test, 10, "sampled", n_items=split.n_items,
+                                   seed=args.seed)
+        rows.append((LABELS[name], full["hr@10"], full["ndcg@10"], sampled["hr@10"],
+                     sampled["ndcg@10"], full["coverage@10"], seconds, epochs))
+        log(f"{LABELS[name]}: test full NDCG@10 {full['ndcg@10']:.4f} {json.dumps(info)}")
+
+    header = ("| model | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 "
+              "| coverage@10 | train time | epochs |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
+    for label, fh, fn, sh, sn, cov, sec, ep in rows:
+        lines.append(f"| {label} | {fh:.4f} | {fn:.4f} | {sh:.4f} | {sn:.4f} | {cov:.4f} "
+                     f"| {sec / 60:.1f} min | {ep} |")
+    table = "\n".join(lines)
+    print(table)
+
+    cmd = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "# Offline quality benchmark\n\n"
+        f"Command: `{cmd.strip()}`  \n"
+        f"Data: `{Path(args.data).name}` ({len(seqs)} shoppers, {seqs.n_items} items, "
+        f"{seqs.n_events} events), leave-one-out; full ranking excludes the shopper's "
+        "already-seen items; sampled = target among 100 seeded random unseen items.  \n"
+        f"Machine: {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, {args.threads} threads, seed {args.seed}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        f"{table}\n\n"
+        "Train time includes hyper-parameter grids (baselines) and per-epoch validation "
+        "(nets).\n\n<details><summary>log</summary>\n\n```\n" + "\n".join(details)
+        + "\n```\n</details>\n"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
