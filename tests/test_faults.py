@@ -1,0 +1,234 @@
+"""Failing services: the store keeps serving pages, loses no events, never serves a broken model.
+
+Every fault is real and injected into a service of the test's own: a private
+``redis-server`` killed (SIGKILL) or hung (SIGSTOP) and restarted, a real Celery worker
+killed in the middle of training, the PostgreSQL connections of the test database
+terminated under a gunicorn server (what clients see when the server restarts). The
+machine's shared PostgreSQL and Redis are never stopped.
+"""
+
+import json
+import logging
+import re
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+from django.core.cache import caches
+from django.test import Client
+
+from recommender import serving
+from recommender.models import Event
+from shop_demo.catalog.models import Category, Product
+
+from .faults.services import PrivateRedis
+from .serving_fixtures import install_version
+
+CAROUSEL = re.compile(r'<section class="rec-carousel"[^>]*data-rec-placement="(?P<placement>[^"]*)"[^>]*'
+                      r'data-rec-source="(?P<source>[^"]*)"(?: data-rec-version="(?P<version>\d+)")?')
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    serving.active_model.reset()
+    yield
+    serving.active_model.reset()
+
+
+@pytest.fixture
+def shelf(db):
+    """24 sellable products in 3 categories and an active (untrained) model over them."""
+    cats = [Category.objects.create(name=f"Dept {i}", slug=f"dept-{i}") for i in range(3)]
+    products = [
+        Product.objects.create(category=cats[i % 3], name=f"Thing {i}", slug=f"thing-{i}",
+                               price=Decimal("3.00"), stock=9)
+        for i in range(24)
+    ]
+    version = install_version(products, seed=3)
+    return products, version
+
+
+def carousels(response):
+    return [m.groupdict() for m in CAROUSEL.finditer(response.content.decode())]
+
+
+# --------------------------------------------------------------------------- Redis down
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def resilient_cache(private_redis, settings, request):
+    """The demo's cache backend on a Redis this test may kill (breaker period 1 s by default)."""
+    options = {"RETRY_SECONDS": 1, **getattr(request, "param", {})}
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "recommender.cache.ResilientRedisCache",
+            "LOCATION": private_redis.url,
+            "KEY_PREFIX": "faults",
+            "OPTIONS": options,
+        }
+    }
+    yield caches["default"]
+
+
+class Shopper:
+    """A browser on the demo store: pages, tracker batches and API calls, timed."""
+
+    def __init__(self, products):
+        self.client = Client()
+        self.products = products
+        self.sent = set()
+        self.durations = []
+
+    def _timed(self, call, *args, **kwargs):
+        started = time.monotonic()
+        response = call(*args, **kwargs)
+        self.durations.append(time.monotonic() - started)
+        return response
+
+    @property
+    def slowest(self):
+        return max(self.durations, default=0.0)
+
+    def page(self, path):
+        response = self._timed(self.client.get, path)
+        assert response.status_code == 200, (path, response.status_code)
+        return response
+
+    def view(self, *products):
+        events = [{"kind": "view", "item": p.pk, "event_id": str(uuid.uuid4())} for p in products]
+        response = self._timed(self.client.post, "/api/recommender/events/", {"events": events},
+                               content_type="application/json")
+        assert response.status_code == 201, response.content
+        self.sent |= {e["event_id"] for e in events}
+        return response.json()
+
+    def recommendations(self):
+        response = self._timed(self.client.get, "/api/recommender/recommendations/?limit=6")
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    def visit_everything(self):
+        """Home (personal carousel), a product page (similar + bought together), API, a batch."""
+        home = carousels(self.page("/"))
+        product = carousels(self.page(f"/p/{self.products[5].slug}/"))
+        self.view(self.products[5])
+        return home, product, self.recommendations()
+
+
+def stored(event_ids):
+    return Event.objects.filter(event_id__in=list(event_ids)).count()
+
+
+def test_a_killed_redis_costs_no_page_event_or_api_answer_and_caching_resumes(
+    shelf, private_redis, resilient_cache, caplog
+):
+    products, version = shelf
+    shopper = Shopper(products)
+    shopper.view(*products[:3])
+    home, product, recs = shopper.visit_everything()
+    assert home == [{"placement": "home", "source": "model", "version": str(version.pk)}]
+    assert {c["placement"] for c in product} == {"product-similar"}  # nobody bought anything yet
+    assert recs["source"] == "model"
+    redis = private_redis.client()
+    assert any(k.startswith(b"faults:1:recommender:") for k in redis.keys()), "nothing was cached"
+    assert any(b"sessions" in k for k in redis.keys()), "the session was not cached"
+
+    caplog.set_level(logging.WARNING, logger="recommender.cache")
+    private_redis.kill()
+    started = time.monotonic()
+    for round_ in range(5):
+        home, product, recs = shopper.visit_everything()
+        assert home == [{"placement": "home", "source": "model", "version": str(version.pk)}]
+        assert "product-similar" in {c["placement"] for c in product}
+        assert recs["source"] == "model" and recs["items"]
+        shopper.view(products[10 + round_])
+    outage_seconds = time.monotonic() - started
+    assert stored(shopper.sent) == len(shopper.sent) == 14
+    # Logged once, not once per request.
+    warnings = [r for r in caplog.records if r.name == "recommender.cache"]
+    assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
+    assert not resilient_cache.available
+
+    private_redis.start()  # an empty Redis on the same port
+    time.sleep(1.1)  # the breaker's period: the next call probes
+    shopper.visit_everything()
+    assert resilient_cache.available
+    assert any(k.startswith(b"faults:1:recommender:") for k in redis.keys()), "caching did not resume"
+    assert any(b"sessions" in k for k in redis.keys())
+    assert "reachable again" in caplog.text
+    assert stored(shopper.sent) == len(shopper.sent)
+    print(f"\n30 requests with Redis dead took {outage_seconds:.2f} s; slowest request {shopper.slowest * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize("resilient_cache", [{"RETRY_SECONDS": 2, "socket_timeout": 0.5}], indirect=True)
+def test_a_hung_redis_costs_one_timeout_per_period_and_missed_invalidations_are_replayed(
+    shelf, private_redis, resilient_cache, caplog
+):
+    """SIGSTOP: connects succeed but nothing answers; the data survives the pause."""
+    caplog.set_level(logging.WARNING, logger="recommender.cache")
+    products, _ = shelf
+    shopper = Shopper(products)
+    shopper.view(*products[:3])
+    before = shopper.recommendations()
+    assert shopper.recommendations()["recommendation_id"] == before["recommendation_id"]  # cached
+    shown = [item["id"] for item in before["items"]]
+
+    private_redis.pause()
+    try:
+        shopper.durations = []
+        started = time.monotonic()
+        first = shopper.recommendations()  # pays the 0.5 s read timeout, then the breaker opens
+        # The shopper views what they were shown: that must drop their cached list.
+        shopper.view(*[p for p in products if p.pk in shown[:2]])
+        for _ in range(10):
+            during = shopper.recommendations()
+            shopper.page("/")
+        outage_seconds = time.monotonic() - started
+    finally:
+        private_redis.resume()
+    assert first["items"]
+    slow = [d for d in shopper.durations if d >= 0.4]
+    # One timeout when Redis hung, then at most one probe per 2 s period: not one per request.
+    assert len(slow) <= 1 + outage_seconds // 2, (len(shopper.durations), shopper.durations)
+    assert shopper.slowest < 1.5
+    assert not set(shown[:2]) & {item["id"] for item in during["items"]}
+
+    time.sleep(2.1)
+    after = shopper.recommendations()
+    assert resilient_cache.available
+    # Without the replayed delete, Redis (which kept its data) would serve the stale list.
+    assert after["recommendation_id"] != before["recommendation_id"]
+    assert not set(shown[:2]) & {item["id"] for item in after["items"]}
+    assert "1 missed invalidation(s) replayed" in caplog.text
+    assert stored(shopper.sent) == len(shopper.sent)
+
+
+def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(private_redis, resilient_cache):
+    cache = resilient_cache
+    cache.set("a", 1)
+    assert cache.get("a") == 1 and cache.incr("a") == 2
+    private_redis.kill()
+    assert cache.get("a", "default") == "default"
+    assert cache.get_many(["a", "b"]) == {}
+    assert cache.has_key("a") is False and ("a" in cache) is False
+    assert cache.add("n", 1) is True  # stored, then "evicted"
+    with pytest.raises(ValueError):
+        cache.incr("n")  # like a missing key: a fixed-window throttle starts a window (fails open)
+    assert cache.set_many({"x": 1, "y": 2}) == ["x", "y"]
+    assert cache.get_or_set("z", 5) == 5
+    assert cache.delete("a") is False
+    cache.set("b", 2)
+    cache.clear()
+    private_redis.start()
+    time.sleep(1.1)
+    assert cache.get("a") is None  # the restarted Redis is empty (no persistence)
+    cache.set("c", json.dumps([1]))
+    assert cache.get("c") == "[1]"
