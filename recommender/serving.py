@@ -165,7 +165,6 @@ def load_version(version_id, artifact_name):
     import torch
     from django.core.files.storage import storages
 
-    from .ml.artifact import load_artifact
     from .ml.inference import Predictor
 
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)

@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import timedelta
 
+import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -176,25 +177,13 @@ def _settings_for(version):
 
 
 def _train(version, progress):
-    from .ml import artifact, data, metrics, nets, train
+    from .ml import artifact, metrics, nets, train
 
     cfg = _settings_for(version)
-    cleaning = data.CleaningConfig.from_dict(cfg["CLEANING"])
     train_config = train.TrainConfig.from_dict(cfg["TRAINING"])
 
     progress.stage("export")
-    rows = list(export_interactions())
-    if len(rows) < cfg["MIN_TRAINING_EVENTS"]:
-        raise TrainingError(f"Only {len(rows)} events; at least {cfg['MIN_TRAINING_EVENTS']} are needed to train.")
-    progress.stage("clean", events=len(rows))
-    sequences = data.build_sequences(rows, cleaning)
-    del rows
-    split = data.time_split(sequences, cfg["HOLDOUT_DAYS"] * 86400, seed=train_config.seed)
-    if len(split.validation) == 0 or len(split.test) == 0:
-        raise TrainingError(
-            f"No shopper has events both before and in the last {cfg['HOLDOUT_DAYS']} days; "
-            "there is nothing to validate on (lower HOLDOUT_DAYS or wait for more events)."
-        )
+    sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
     stats = {
         "shoppers": len(sequences), "items": sequences.n_items, "events": sequences.n_events,
         "train_events": int(sum(len(s) for s in split.train_items)),
@@ -272,6 +261,75 @@ def save_ann_index(storage, artifact_name, item_vectors):
     with torch.no_grad():
         IVFIndex.build(item_vectors.detach()).save(buffer)
     storage.save(ann_index_name(artifact_name), ContentFile(buffer.getvalue()))
+
+
+def store_split(cfg, seed, on_stage=None):
+    """The store's events as cleaned sequences and a time split (last HOLDOUT_DAYS held out)."""
+    from .ml import data
+
+    rows = list(export_interactions())
+    if len(rows) < cfg["MIN_TRAINING_EVENTS"]:
+        raise TrainingError(f"Only {len(rows)} events; at least {cfg['MIN_TRAINING_EVENTS']} are needed to train.")
+    if on_stage:
+        on_stage("clean", events=len(rows))
+    sequences = data.build_sequences(rows, data.CleaningConfig.from_dict(cfg["CLEANING"]))
+    del rows
+    split = data.time_split(sequences, cfg["HOLDOUT_DAYS"] * 86400, seed=seed)
+    if len(split.validation) == 0 or len(split.test) == 0:
+        raise TrainingError(
+            f"No shopper has events both before and in the last {cfg['HOLDOUT_DAYS']} days; "
+            "there is nothing to validate on (lower HOLDOUT_DAYS or wait for more events)."
+        )
+    return sequences, split
+
+
+def evaluate_version(version, *, on_stage=None):
+    """Measure a stored version on today's held-out events, beside freshly fitted baselines.
+
+    The version's item vocabulary is the one it was trained with: histories and targets
+    are mapped to it by store id, and targets it has never seen count as misses.
+    """
+    from django.core.files.storage import storages
+
+    from .ml import data, metrics, nets, train
+    from .ml.inference import Predictor
+
+    cfg = _settings_for(version)
+    train_config = train.TrainConfig.from_dict(cfg["TRAINING"])
+    storage = storages[recommender_settings.ARTIFACT_STORAGE]
+    with storage.open(version.artifact, "rb") as stored:
+        predictor = Predictor.from_artifact(stored)
+    _, split = store_split(cfg, train_config.seed, on_stage=on_stage)
+    if on_stage:
+        on_stage("evaluate")
+    results = {}
+    for part_name in ("valid", "test"):
+        part = split.validation if part_name == "valid" else split.test
+        mapped = _remap(part, split, predictor, data)
+        results[part_name] = _evaluate(predictor.model, mapped, predictor, train_config, metrics)
+    results["baselines"] = {}
+    for name in BASELINES:
+        baseline = train.fit(nets.build_model(name, split.n_items, split.n_kinds), split, train_config).model
+        results["baselines"][name] = {
+            "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
+            "test": _evaluate(baseline, split.test, split, train_config, metrics),
+        }
+    return _jsonable(results)
+
+
+def _remap(part, split, predictor, data):
+    """A split part re-indexed into the predictor's item and kind vocabularies."""
+    kind_index = {name: i for i, name in enumerate(predictor.kind_names)}
+    items, kinds = [], []
+    for seq, kind_seq in zip(part.items, part.kinds, strict=True):
+        store_items = [predictor.item_map.index(split.item_map.id(int(i)), 0) for i in seq]
+        store_kinds = [kind_index.get(split.kind_names[int(k)], 1) for k in kind_seq]
+        keep = [j for j, i in enumerate(store_items) if i]
+        items.append(np.asarray([store_items[j] for j in keep], dtype=np.int64))
+        kinds.append(np.asarray([store_kinds[j] for j in keep], dtype=np.int64))
+    # A target the version never saw maps to index 0, which no model can rank: a miss.
+    targets = np.asarray([predictor.item_map.index(split.item_map.id(int(t)), 0) for t in part.targets], dtype=np.int64)
+    return data.SplitPart(part.shopper_index, items, kinds, targets, part.target_kinds)
 
 
 def _evaluate(model, part, split, train_config, metrics):

@@ -142,3 +142,23 @@ def test_large_catalogues_get_their_approximate_index_at_promotion(history):
     with override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10}):
         version = train_now()
     assert default_storage.exists(training.ann_index_name(version.artifact))
+
+
+def test_the_evaluate_command_measures_the_active_version_on_todays_events(history, capsys):
+    version = train_now()
+    call_command("recommender_evaluate", verbosity=0)
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith(f"v{version.pk} "))
+    val_hr, val_ndcg = (float(x) for x in line.split()[2:4])
+    # Same data and protocol as at training time: the same validation figures.
+    assert val_ndcg == pytest.approx(version.metric("ndcg@10"), abs=1e-4)
+    assert val_hr == pytest.approx(version.metric("hr@10"), abs=1e-4)
+    assert "popularity" in out and "itemknn" in out
+
+
+def test_the_evaluate_command_needs_a_ready_version(db):
+    with pytest.raises(CommandError, match="No version is active"):
+        call_command("recommender_evaluate", verbosity=0)
+    failed = ModelVersion.objects.create(status="failed")
+    with pytest.raises(CommandError, match="only a trained"):
+        call_command("recommender_evaluate", "--model-version", str(failed.pk), verbosity=0)
