@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import io
 import logging
+import threading
 import time
 from datetime import timedelta
 
@@ -35,6 +36,10 @@ class TrainingError(Exception):
 
 class TrainingInProgress(TrainingError):
     pass
+
+
+class TrainingAbandoned(TrainingError):
+    """The run is no longer ``running`` (the stale-run sweeper failed it): stop, promote nothing."""
 
 
 # --------------------------------------------------------------------------- queueing
@@ -68,7 +73,13 @@ def _send(task, version_id):
 
 
 def fail_stale_runs():
-    """Mark runs whose worker stopped sending heartbeats (killed, lost) as failed."""
+    """Mark runs whose worker stopped sending heartbeats (killed, lost) as failed.
+
+    A live run beats from a thread of its own every few seconds (``_Heartbeat``), however
+    long an epoch or an evaluation takes, so only a dead or unreachable worker goes stale.
+    Failing the run frees the training lock; if its worker was merely cut off and comes
+    back, it finds the run no longer ``running`` and stops without promoting anything.
+    """
     limit = timezone.now() - timedelta(seconds=recommender_settings.TRAINING_HEARTBEAT_TIMEOUT)
     stale = ModelVersion.objects.filter(status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit)
     return stale.update(
@@ -108,8 +119,68 @@ def export_interactions(since=None, chunk_size=None):
 # --------------------------------------------------------------------------- running
 
 
+def heartbeat_interval():
+    """Seconds between heartbeats: a fifth of the timeout, between 0.2 s and 30 s."""
+    return max(0.2, min(30.0, recommender_settings.TRAINING_HEARTBEAT_TIMEOUT / 5))
+
+
+class _Heartbeat:
+    """Refreshes ``heartbeat_at`` from a daemon thread while the run is alive.
+
+    Progress reports come once per epoch, and an epoch, the evaluation or the export can
+    take longer than TRAINING_HEARTBEAT_TIMEOUT on a large store: the thread keeps a live
+    run from looking dead. It dies with the worker process, which is what makes a killed
+    run go stale. It stops by itself when the row is no longer ``running``, and never runs
+    inside a caller's transaction (its own connection could not see, or would wait on, the
+    claimed row).
+    """
+
+    def __init__(self, version_id):
+        self.version_id = version_id
+        self.interval = heartbeat_interval()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def start(self):
+        from django.db import connection
+
+        if connection.in_atomic_block:
+            return self
+        self._thread = threading.Thread(target=self._run, name=f"recommender-heartbeat-v{self.version_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self):
+        from django.db import connection
+
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    alive = ModelVersion.objects.filter(
+                        pk=self.version_id, status=ModelVersion.Status.RUNNING
+                    ).update(heartbeat_at=timezone.now())
+                except Exception:  # noqa: BLE001 - a database hiccup: beat again next time
+                    logger.warning("Heartbeat of training v%s failed; retrying", self.version_id, exc_info=True)
+                    connection.close()
+                    continue
+                if not alive:
+                    return
+        finally:
+            connection.close()
+
+
 class _Progress:
-    """Writes the run's live progress and heartbeat to its row, at most once a second."""
+    """Writes the run's live progress and heartbeat to its row, at most once a second.
+
+    Raises TrainingAbandoned when the row is no longer ``running``, which stops a run
+    that the stale-run sweeper has already failed at its next progress report.
+    """
 
     def __init__(self, version, echo=None):
         self.version = version
@@ -124,9 +195,11 @@ class _Progress:
         now = time.monotonic()
         if force or now - self.last >= 1.0:
             self.last = now
-            ModelVersion.objects.filter(pk=self.version.pk).update(
+            alive = ModelVersion.objects.filter(pk=self.version.pk, status=ModelVersion.Status.RUNNING).update(
                 progress=_jsonable(info), heartbeat_at=timezone.now()
             )
+            if not alive:
+                raise TrainingAbandoned(f"Training v{self.version.pk} is no longer running (failed as stale?).")
 
     def stage(self, name, **extra):
         self({"stage": name, **extra}, force=True)
@@ -155,16 +228,22 @@ def run_training(version_id, *, echo=None):
         return ModelVersion.objects.get(pk=version_id)
     version = ModelVersion.objects.get(pk=version_id)
     progress = _Progress(version, echo)
+    heartbeat = _Heartbeat(version_id).start()
     try:
         _train(version, progress)
+    except TrainingAbandoned:
+        logger.warning("Training v%s was abandoned (marked failed while it ran); nothing promoted.", version_id)
+        raise
     except Exception as exc:
         logger.exception("Training v%s failed", version_id)
-        ModelVersion.objects.filter(pk=version_id).update(
+        ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.RUNNING).update(
             status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
             error=f"{type(exc).__name__}: {exc}"[:5000],
             progress={**ModelVersion.objects.get(pk=version_id).progress, "stage": "failed"},
         )
         raise
+    finally:
+        heartbeat.stop()
     return ModelVersion.objects.get(pk=version_id)
 
 
@@ -237,12 +316,14 @@ def _train(version, progress):
         save_ann_index(storage, name, verified.item_embeddings())
 
     finished = timezone.now()
-    ModelVersion.objects.filter(pk=version.pk).update(
+    ready = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.RUNNING).update(
         status=ModelVersion.Status.READY, metrics=_jsonable(results), artifact=name,
         artifact_sha256=digest, finished_at=finished, heartbeat_at=finished,
         progress={"stage": "done", "epoch": fitted.epochs_run, "epochs": train_config.epochs,
                   "elapsed": round(time.monotonic() - progress.started, 1)},
     )
+    if not ready:  # failed as stale while it ran: the lock may be another run's by now
+        raise TrainingAbandoned(f"Training v{version.pk} was marked failed before it finished; not promoted.")
     version.refresh_from_db()
     promote_if_better(version)
 

@@ -18,12 +18,16 @@ import pytest
 from django.core.cache import caches
 from django.test import Client
 
-from recommender import serving
-from recommender.models import Event
+from recommender import serving, tasks, training
+from recommender.ml import artifact
+from recommender.models import Event, ModelVersion
 from shop_demo.catalog.models import Category, Product
+from shop_demo.celery import app as celery_app
 
+from .faults.processes import Worker
 from .faults.services import PrivateRedis
 from .serving_fixtures import install_version
+from .store_data import FAST_CONFIG, make_catalogue, make_history
 
 CAROUSEL = re.compile(r'<section class="rec-carousel"[^>]*data-rec-placement="(?P<placement>[^"]*)"[^>]*'
                       r'data-rec-source="(?P<source>[^"]*)"(?: data-rec-version="(?P<version>\d+)")?')
@@ -232,3 +236,150 @@ def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(priva
     assert cache.get("a") is None  # the restarted Redis is empty (no persistence)
     cache.set("c", json.dumps([1]))
     assert cache.get("c") == "[1]"
+
+
+# --------------------------------------------------------------------------- worker killed
+
+
+LONG_TRAINING = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 500, "patience": 500,
+                                             "max_seconds": 120}}
+QUICK_TRAINING = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 2, "patience": 2}}
+HEARTBEAT_TIMEOUT = 3
+
+
+def wait_until(condition, timeout, what, poll=0.1):
+    started = time.monotonic()
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            print(f"[{time.strftime('%H:%M:%S')}] {what.splitlines()[0]}: {time.monotonic() - started:.1f} s")
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_training_fails_the_run_frees_the_lock_and_the_next_run_succeeds(
+    private_redis, settings
+):
+    """SIGKILL the Celery worker (solo pool) in the middle of an epoch, over a real Redis broker.
+
+    The task is acks_late, so the broker still holds the message; a new worker gets it
+    again and run_training's claim makes it a no-op. The beat task fails the stale run.
+    """
+    queue = f"faults-training-{uuid.uuid4().hex[:8]}"
+    overrides = {"TRAINING_HEARTBEAT_TIMEOUT": HEARTBEAT_TIMEOUT, "TRAINING_QUEUE": queue}
+    settings.RECOMMENDER = {**settings.RECOMMENDER, **overrides}
+    make_history(make_catalogue())
+    serving_version = install_version(list(Product.objects.order_by("pk")), seed=5)
+    ModelVersion.objects.filter(pk=serving_version.pk).update(metrics={"valid": {"ndcg@10": 0.0}})
+    broker = private_redis.client()
+
+    def send(task, *args):
+        with celery_app.connection_for_write(private_redis.url) as conn:
+            return task.apply_async(args=list(args), queue=queue, connection=conn).id
+
+    first = Worker(private_redis.url, [queue], overrides).wait_ready()
+    try:
+        doomed = training.request_training(config=LONG_TRAINING, enqueue=False)
+        task_id = send(tasks.train, doomed.pk)
+        wait_until(lambda: ModelVersion.objects.filter(pk=doomed.pk, progress__stage="train",
+                                                       progress__epoch__gte=1).exists(),
+                   90, "the run to be an epoch in")
+        # The heartbeat thread keeps a live run fresh even past the (3 s) timeout.
+        time.sleep(HEARTBEAT_TIMEOUT + 1)
+        assert training.fail_stale_runs() == 0
+        first.kill()
+    finally:
+        first.stop()
+    killed_at = time.monotonic()
+    doomed.refresh_from_db()
+    assert doomed.status == "running" and ModelVersion.objects.running().get() == doomed  # the lock is held
+    assert broker.hlen("unacked") == 1, "acks_late: the broker keeps the unacknowledged message"
+
+    second = Worker(private_redis.url, [queue], overrides).wait_ready()
+    try:
+        wait_until(lambda: time.monotonic() - killed_at > HEARTBEAT_TIMEOUT + 0.5, 10, "the heartbeat to expire")
+        send(tasks.fail_stale_runs)  # what beat sends every 5 minutes
+        wait_until(lambda: ModelVersion.objects.get(pk=doomed.pk).status == "failed", 30, "the sweeper")
+        # The redelivered message reaches the new worker and finds nothing to claim.
+        wait_until(lambda: f"Task recommender.train[{task_id}] succeeded" in second.output(), 30,
+                   f"the redelivered task:\n{second.output()}")
+        assert f"Training v{doomed.pk} was already claimed; nothing to do." in second.output()
+        doomed.refresh_from_db()
+        assert doomed.status == "failed" and "stopped reporting" in doomed.error
+        assert not doomed.is_active and ModelVersion.objects.active() == serving_version
+        assert not ModelVersion.objects.running().exists()  # the lock is free
+
+        following = training.request_training(config=QUICK_TRAINING, enqueue=False)
+        send(tasks.train, following.pk)
+        following = wait_until(  # ready and decided (promotion is its own transaction), or failed
+            lambda: ModelVersion.objects.filter(pk=following.pk).exclude(status="ready", decision="")
+            .exclude(status__in=["queued", "running"]).first(), 120, "the next run")
+        assert following.status == "ready", following.error
+        assert following.is_active and ModelVersion.objects.active() == following
+        wait_until(lambda: broker.hlen("unacked") == 0 and broker.llen(queue) == 0, 10, "the broker to drain")
+        doomed.refresh_from_db()
+        assert doomed.status == "failed"
+    finally:
+        second.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_live_run_keeps_beating_through_a_long_silent_stage(settings, monkeypatch):
+    """Progress comes once per epoch; an epoch longer than the timeout must not look dead."""
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING_HEARTBEAT_TIMEOUT": 1}
+    swept = []
+
+    def long_silent_epoch(version, progress):
+        time.sleep(2.5)  # no progress report for 2.5 timeouts
+        swept.append(training.fail_stale_runs())
+        raise training.TrainingError("stop here")
+
+    monkeypatch.setattr(training, "_train", long_silent_epoch)
+    version = training.request_training(enqueue=False)
+    with pytest.raises(training.TrainingError, match="stop here"):
+        training.run_training(version.pk)
+    assert swept == [0]
+    version.refresh_from_db()
+    assert version.status == "failed" and version.error == "TrainingError: stop here"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_failed_as_stale_while_it_ran_stops_and_promotes_nothing(settings, monkeypatch):
+    """A worker cut off (not killed) comes back after the sweeper failed its run."""
+    make_history(make_catalogue(20), n_shoppers=60, with_users=False)
+    sweep = {"stage": "train"}
+
+    def sweeper_runs_now():
+        ModelVersion.objects.filter(status="running").update(status="failed", error="swept")
+
+    def echo(info):
+        if info.get("stage") == sweep["stage"]:
+            sweeper_runs_now()
+
+    # At a progress report: the run stops there.
+    version = training.request_training(config=QUICK_TRAINING, enqueue=False)
+    with pytest.raises(training.TrainingAbandoned):
+        training.run_training(version.pk, echo=echo)
+    version.refresh_from_db()
+    assert (version.status, version.error, version.is_active) == ("failed", "swept", False)
+
+    # Between the last report and READY (while the artifact is verified): nothing promoted.
+    sweep["stage"] = None
+    verify = artifact.load_artifact
+
+    def verify_while_swept(*args, **kwargs):
+        sweeper_runs_now()
+        return verify(*args, **kwargs)
+
+    monkeypatch.setattr(artifact, "load_artifact", verify_while_swept)
+    version = training.request_training(config=QUICK_TRAINING, enqueue=False)
+    with pytest.raises(training.TrainingAbandoned):
+        training.run_training(version.pk, echo=echo)
+    version.refresh_from_db()
+    assert (version.status, version.error, version.is_active) == ("failed", "swept", False)
+    assert ModelVersion.objects.active() is None
