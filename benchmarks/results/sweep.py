@@ -20,10 +20,19 @@ from recommender.ml import data, metrics, nets, train  # noqa: E402
 
 
 def main():
-    out, name, cfg, tcfg = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    out, name, cfg, tcfg = (
+        sys.argv[1],
+        sys.argv[2],
+        json.loads(sys.argv[3]),
+        json.loads(sys.argv[4]),
+    )
     threads = tcfg.pop("threads", 2)
     torch.set_num_threads(threads)
-    path = sys.argv[5] if len(sys.argv) > 5 else str(ROOT / ".." / "shared" / "datasets" / "Beauty.txt")
+    path = (
+        sys.argv[5]
+        if len(sys.argv) > 5
+        else str(ROOT / ".." / "shared" / "datasets" / "Beauty.txt")
+    )
     split = data.leave_one_out(data.read_user_item_file(path))
     torch.manual_seed(0)
     model = nets.build_model(name, split.n_items, split.n_kinds, **cfg)
@@ -36,9 +45,17 @@ def main():
     res = train.fit(model, split, train.TrainConfig(**tcfg), progress=progress)
     t = time.perf_counter()
     test = metrics.evaluate(model, split.test, 10, "full")
-    result = {"name": name, "config": cfg, "train": tcfg, "curve": curve,
-              "best_epoch": res.best_epoch, "best": res.best_metrics, "test": test,
-              "train_seconds": res.train_seconds, "test_eval_seconds": time.perf_counter() - t}
+    result = {
+        "name": name,
+        "config": cfg,
+        "train": tcfg,
+        "curve": curve,
+        "best_epoch": res.best_epoch,
+        "best": res.best_metrics,
+        "test": test,
+        "train_seconds": res.train_seconds,
+        "test_eval_seconds": time.perf_counter() - t,
+    }
     Path(out).write_text(json.dumps(result, indent=1))
     print("DONE", out, res.best_metrics, test, flush=True)
 

@@ -16,7 +16,9 @@ import time
 import torch
 
 
-def _kmeans(x: torch.Tensor, n_lists: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+def _kmeans(
+    x: torch.Tensor, n_lists: int, iterations: int, generator: torch.Generator
+) -> torch.Tensor:
     """Lloyd's k-means on the rows of x [n, d] -> centroids [n_lists, d]."""
     centroids = x[torch.randperm(len(x), generator=generator)[:n_lists]].clone()
     for _ in range(iterations):
@@ -53,9 +55,18 @@ class IVFIndex:
         self.build_info = build_info or {}
 
     @classmethod
-    def build(cls, item_vectors: torch.Tensor, *, n_lists: int | None = None, iterations: int = 6,
-              sample: int = 100_000, target_recall: float = 0.97, k: int = 10, seed: int = 0,
-              tune_queries: int = 200) -> IVFIndex:
+    def build(
+        cls,
+        item_vectors: torch.Tensor,
+        *,
+        n_lists: int | None = None,
+        iterations: int = 6,
+        sample: int = 100_000,
+        target_recall: float = 0.97,
+        k: int = 10,
+        seed: int = 0,
+        tune_queries: int = 200,
+    ) -> IVFIndex:
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -71,8 +82,12 @@ class IVFIndex:
             offsets[1:] = torch.cumsum(counts, 0)
             index = cls(centroids, vectors[order].contiguous(), order + 1, offsets, nprobe=1)
             index.nprobe = index._tune(vectors, target_recall, k, tune_queries, gen)
-        index.build_info = {"items": n, "lists": n_lists, "nprobe": index.nprobe,
-                            "build_seconds": round(time.perf_counter() - t0, 2)}
+        index.build_info = {
+            "items": n,
+            "lists": n_lists,
+            "nprobe": index.nprobe,
+            "build_seconds": round(time.perf_counter() - t0, 2),
+        }
         return index
 
     def _tune(self, vectors, target_recall, k, n_queries, gen):
@@ -85,7 +100,10 @@ class IVFIndex:
         nprobe, n_lists = 1, len(self.centroids)
         while True:
             self.nprobe = nprobe
-            hits = sum(len(set(self.search(q, k)[0]) & truth) for q, truth in zip(queries, exact_sets, strict=True))
+            hits = sum(
+                len(set(self.search(q, k)[0]) & truth)
+                for q, truth in zip(queries, exact_sets, strict=True)
+            )
             if hits / (k * n_queries) >= target_recall or nprobe >= n_lists:
                 return nprobe
             nprobe = min(n_lists, nprobe * 2 if nprobe < 8 else int(nprobe * 1.5))
@@ -93,7 +111,9 @@ class IVFIndex:
     def search(self, query: torch.Tensor, k: int) -> tuple[list[int], list[float]]:
         """Top-k (item indices, scores) for one query vector [d], approximately."""
         with torch.no_grad():
-            probe = torch.topk(self.centroids @ query, min(self.nprobe, len(self.centroids))).indices.tolist()
+            probe = torch.topk(
+                self.centroids @ query, min(self.nprobe, len(self.centroids))
+            ).indices.tolist()
             scores, ids = [], []
             for cluster in probe:
                 a, b = int(self.offsets[cluster]), int(self.offsets[cluster + 1])
@@ -110,12 +130,29 @@ class IVFIndex:
 
     def save(self, fileobj) -> None:
         """Tensors and plain numbers only, so ``load`` can use ``weights_only=True``."""
-        torch.save({"format": self.FORMAT, "centroids": self.centroids, "vectors": self.vectors, "ids": self.ids,
-                    "offsets": self.offsets, "nprobe": self.nprobe, "build_info": self.build_info}, fileobj)
+        torch.save(
+            {
+                "format": self.FORMAT,
+                "centroids": self.centroids,
+                "vectors": self.vectors,
+                "ids": self.ids,
+                "offsets": self.offsets,
+                "nprobe": self.nprobe,
+                "build_info": self.build_info,
+            },
+            fileobj,
+        )
 
     @classmethod
     def load(cls, fileobj) -> IVFIndex:
         raw = torch.load(fileobj, map_location="cpu", weights_only=True)
         if not isinstance(raw, dict) or raw.get("format") != cls.FORMAT:
             raise ValueError("not a recommender IVF index")
-        return cls(raw["centroids"], raw["vectors"], raw["ids"], raw["offsets"], raw["nprobe"], raw["build_info"])
+        return cls(
+            raw["centroids"],
+            raw["vectors"],
+            raw["ids"],
+            raw["offsets"],
+            raw["nprobe"],
+            raw["build_info"],
+        )

@@ -60,7 +60,9 @@ class Artifact:
             model = build_model(self.model_name, self.n_items, self.n_kinds, **self.model_config)
             model.load_state_dict(self.state_dict, strict=True)
         except (TypeError, ValueError, RuntimeError) as exc:
-            raise ArtifactError(f"artifact does not match model {self.model_name!r}: {exc}") from exc
+            raise ArtifactError(
+                f"artifact does not match model {self.model_name!r}: {exc}"
+            ) from exc
         return model.eval()
 
 
@@ -92,8 +94,12 @@ def save_artifact(
     except TypeError as exc:
         raise ArtifactError(f"artifact metadata is not JSON-serialisable: {exc}") from exc
     torch.save(
-        {"magic": MAGIC, "format_version": FORMAT_VERSION, "metadata": meta_json,
-         "state_dict": tensors},
+        {
+            "magic": MAGIC,
+            "format_version": FORMAT_VERSION,
+            "metadata": meta_json,
+            "state_dict": tensors,
+        },
         fileobj,
     )
 

@@ -67,8 +67,15 @@ class ItemKNN(nn.Module):
 
     name = "itemknn"
 
-    def __init__(self, n_items: int, n_kinds: int = 2, *, k: int = 100, max_len: int = 50,
-                 shrink: float = 0.0):
+    def __init__(
+        self,
+        n_items: int,
+        n_kinds: int = 2,
+        *,
+        k: int = 100,
+        max_len: int = 50,
+        shrink: float = 0.0,
+    ):
         super().__init__()
         self.n_items, self.n_kinds, self.max_len = int(n_items), int(n_kinds), int(max_len)
         self.k, self.shrink = int(k), float(shrink)

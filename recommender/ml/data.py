@@ -456,9 +456,7 @@ def _sequences_from_columns(
     return Sequences(shopper_ids, it_l, k_l, w_l, t_l, item_map, kind_names, report)
 
 
-def build_sequences(
-    rows: Iterable[Interaction], config: CleaningConfig | None = None
-) -> Sequences:
+def build_sequences(rows: Iterable[Interaction], config: CleaningConfig | None = None) -> Sequences:
     """Clean (idempotent, so pre-cleaned rows are fine) and group into sequences."""
     config = config or CleaningConfig()
     cols, rep = _clean_columns(_to_columns(rows), config)
@@ -541,7 +539,10 @@ def _part(rows: list[tuple]) -> SplitPart:
         return _empty_part()
     idx, items, kinds, tgt, tk = zip(*rows, strict=True)
     return SplitPart(
-        np.asarray(idx, np.int64), list(items), list(kinds), np.asarray(tgt, np.int64),
+        np.asarray(idx, np.int64),
+        list(items),
+        list(kinds),
+        np.asarray(tgt, np.int64),
         np.asarray(tk, np.int64),
     )
 

@@ -120,7 +120,9 @@ class Predictor:
         bad = [b for b in bad if b]
         if hasattr(self.model, "neighbours"):  # ItemKNN
             ids, sims = self.model.similar(idx, k + len(bad))
-            pairs = [(int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) not in bad]
+            pairs = [
+                (int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) not in bad
+            ]
             return [(self.item_map.id(i), s) for i, s in pairs[:k]]
         if not hasattr(self, "_items"):
             return []

@@ -113,10 +113,13 @@ def evaluate(
     negatives = None
     if mode == "sampled":
         if n_items is None:
-            n_items = int(getattr(model, "n_items"))
+            n_items = int(model.n_items)
         sub = SplitPart(
-            part.shopper_index[users], [part.items[u] for u in users],
-            [part.kinds[u] for u in users], part.targets[users], part.target_kinds[users],
+            part.shopper_index[users],
+            [part.items[u] for u in users],
+            [part.kinds[u] for u in users],
+            part.targets[users],
+            part.target_kinds[users],
         )
         negatives = torch.from_numpy(sample_negatives(sub, n_items, n_negatives, seed))
 
@@ -140,7 +143,10 @@ def evaluate(
                 # The full history, not only the max_len window the model read.
                 rows = np.repeat(np.arange(len(batch)), [len(s) for s in items])
                 cols = np.concatenate(items).astype(np.int64)
-                scores[torch.from_numpy(rows).to(scores.device), torch.from_numpy(cols).to(scores.device)] = -math.inf
+                scores[
+                    torch.from_numpy(rows).to(scores.device),
+                    torch.from_numpy(cols).to(scores.device),
+                ] = -math.inf
                 target_seen = torch.tensor(
                     [bool((s == t).any()) for s, t in zip(items, part.targets[batch], strict=True)],
                     device=scores.device,
@@ -151,7 +157,9 @@ def evaluate(
             tied = torch.nonzero(ties > 0).flatten()
             if len(tied):  # only rows with ties pay for the index-aware count
                 idx = torch.arange(n_scored, device=scores.device)[None, :]
-                ties[tied] = ((scores[tied] == t_score[tied]) & (idx < target[tied, None])).sum(1, dtype=torch.int32)
+                ties[tied] = ((scores[tied] == t_score[tied]) & (idx < target[tied, None])).sum(
+                    1, dtype=torch.int32
+                )
             r = (greater + ties).double()
             r[target_seen] = math.inf  # excluded target: a miss
             ranks[start : start + len(batch)] = r.cpu().numpy()

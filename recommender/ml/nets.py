@@ -203,9 +203,18 @@ class SequenceNet(nn.Module):
         super().__init__()
         self.n_items, self.n_kinds, self.max_len = int(n_items), int(n_kinds), int(max_len)
         self._config = dict(
-            dim=dim, max_len=max_len, encoder=encoder, kernel_size=kernel_size,
-            dilations=list(dilations), window=window, n_h=n_h, n_v=n_v, dropout=dropout,
-            emb_dropout=emb_dropout, tower_hidden=tower_hidden, init_std=init_std,
+            dim=dim,
+            max_len=max_len,
+            encoder=encoder,
+            kernel_size=kernel_size,
+            dilations=list(dilations),
+            window=window,
+            n_h=n_h,
+            n_v=n_v,
+            dropout=dropout,
+            emb_dropout=emb_dropout,
+            tower_hidden=tower_hidden,
+            init_std=init_std,
         )
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.kind_emb = nn.Embedding(max(n_kinds, 2), dim, padding_idx=0)

@@ -73,7 +73,7 @@ def training_windows(items, kinds, weights, max_len: int):
     Returns numpy arrays [E, max_len] (left-padded): inputs, kinds, targets, target weights.
     """
     rows = []
-    for s, (it, kd, w) in enumerate(zip(items, kinds, weights, strict=True)):
+    for s, it in enumerate(items):
         end = len(it) - 1
         while end >= 1:
             start = max(0, end - max_len)
@@ -107,17 +107,32 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
 def _fit_baseline(model, split: Split, config: TrainConfig, progress) -> FitResult:
     t0 = time.perf_counter()
     model.fit_sequences(split.train_items, split.train_kinds, split.train_weights)
-    val = evaluate(model, split.validation, 10, "full", n_items=split.n_items,
-                   max_users=config.val_max_users, seed=config.seed,
-                   batch_size=config.eval_batch_size)
+    val = evaluate(
+        model,
+        split.validation,
+        10,
+        "full",
+        n_items=split.n_items,
+        max_users=config.val_max_users,
+        seed=config.seed,
+        batch_size=config.eval_batch_size,
+    )
     elapsed = time.perf_counter() - t0
-    row = {"stage": "fitted", "epoch": 1, "epochs": 1, "loss": None,
-           "val_ndcg10": val["ndcg@10"], "val_hr10": val["hr@10"], "elapsed": elapsed,
-           "eta": 0.0}
+    row = {
+        "stage": "fitted",
+        "epoch": 1,
+        "epochs": 1,
+        "loss": None,
+        "val_ndcg10": val["ndcg@10"],
+        "val_hr10": val["hr@10"],
+        "elapsed": elapsed,
+        "eta": 0.0,
+    }
     if progress:
         progress(dict(row))
-    return FitResult(model, [row], 1, {"val_ndcg10": val["ndcg@10"], "val_hr10": val["hr@10"]},
-                     "fitted", elapsed)
+    return FitResult(
+        model, [row], 1, {"val_ndcg10": val["ndcg@10"], "val_hr10": val["hr@10"]}, "fitted", elapsed
+    )
 
 
 def fit(
@@ -162,8 +177,10 @@ def fit(
             width = int(lengths[idx.cpu().numpy()].max())
             sl = slice(config.max_len - width, config.max_len)
             batch = {
-                "item_seq": x[idx, sl], "kind_seq": k[idx, sl],  # [B, W]
-                "target": y[idx, sl], "target_weight": tw[idx, sl],  # [B, W]
+                "item_seq": x[idx, sl],
+                "kind_seq": k[idx, sl],  # [B, W]
+                "target": y[idx, sl],
+                "target_weight": tw[idx, sl],  # [B, W]
             }
             if sampled:
                 batch["negatives"] = torch.randint(
@@ -191,9 +208,17 @@ def fit(
         train_epoch_seconds = time.perf_counter() - epoch_start
 
         e0 = time.perf_counter()
-        val = evaluate(model, split.validation, 10, "full", n_items=split.n_items,
-                       max_users=config.val_max_users, seed=config.seed,
-                       batch_size=config.eval_batch_size, max_len=config.max_len)
+        val = evaluate(
+            model,
+            split.validation,
+            10,
+            "full",
+            n_items=split.n_items,
+            max_users=config.val_max_users,
+            seed=config.seed,
+            batch_size=config.eval_batch_size,
+            max_len=config.max_len,
+        )
         eval_seconds = time.perf_counter() - e0
         elapsed = time.perf_counter() - t0
         per_epoch = train_epoch_seconds + eval_seconds
@@ -201,17 +226,25 @@ def fit(
         if config.max_seconds is not None:
             eta = min(eta, max(config.max_seconds - elapsed, 0.0))
         row = {
-            "stage": "train", "epoch": epoch, "epochs": config.epochs,
-            "loss": total / max(count, 1), "val_ndcg10": val["ndcg@10"],
-            "val_hr10": val["hr@10"], "elapsed": elapsed, "eta": eta,
+            "stage": "train",
+            "epoch": epoch,
+            "epochs": config.epochs,
+            "loss": total / max(count, 1),
+            "val_ndcg10": val["ndcg@10"],
+            "val_hr10": val["hr@10"],
+            "elapsed": elapsed,
+            "eta": eta,
         }
         result.curve.append(row)
         if val["ndcg@10"] > best_ndcg:
             best_ndcg, bad_epochs = val["ndcg@10"], 0
             best_state = copy.deepcopy(model.state_dict())
             result.best_epoch = epoch
-            result.best_metrics = {"val_ndcg10": val["ndcg@10"], "val_hr10": val["hr@10"],
-                                   "val_mrr": val["mrr"]}
+            result.best_metrics = {
+                "val_ndcg10": val["ndcg@10"],
+                "val_hr10": val["hr@10"],
+                "val_mrr": val["mrr"],
+            }
         else:
             bad_epochs += 1
         if progress:

@@ -17,7 +17,9 @@ def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> da
             kind = "purchase" if t % 4 == 3 else "view"
             rows.append((f"u{u}", item, kind, None, 1000.0 * u + 100.0 * t))
     cfg = data.CleaningConfig(
-        burst_window_seconds=None, max_events_per_minute=None, min_item_count=None,
+        burst_window_seconds=None,
+        max_events_per_minute=None,
+        min_item_count=None,
         min_shopper_count=None,
     )
     return data.build_sequences(rows, cfg)

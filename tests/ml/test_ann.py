@@ -19,7 +19,9 @@ def test_recall_against_exact_search_reaches_the_tuned_target():
     index = IVFIndex.build(vectors, target_recall=0.95, tune_queries=100)
     assert 1 <= index.nprobe < index.build_info["lists"]
     g = torch.Generator().manual_seed(1)
-    queries = vectors[torch.randint(1, len(vectors), (100,), generator=g)] + 0.2 * torch.randn(100, 16, generator=g)
+    queries = vectors[torch.randint(1, len(vectors), (100,), generator=g)] + 0.2 * torch.randn(
+        100, 16, generator=g
+    )
     hits = 0
     for q in queries:
         scores = vectors @ q

@@ -11,9 +11,15 @@ from recommender.ml import artifact, nets
 def saved(**overrides):
     torch.manual_seed(0)
     model = nets.build_model("cnn_dnn", 5, 3, dim=8, max_len=6, tower_hidden=16)
-    kw = dict(model_name="cnn_dnn", model_config=model.config, state_dict=model.state_dict(),
-              item_ids=["a", "b", 3, "d", "e"], kind_names=["<pad>", "view", "purchase"],
-              metrics={"val_ndcg10": 0.5}, extra={"cleaning": {"min_item_count": 2}})
+    kw = dict(
+        model_name="cnn_dnn",
+        model_config=model.config,
+        state_dict=model.state_dict(),
+        item_ids=["a", "b", 3, "d", "e"],
+        kind_names=["<pad>", "view", "purchase"],
+        metrics={"val_ndcg10": 0.5},
+        extra={"cleaning": {"min_item_count": 2}},
+    )
     kw.update(overrides)
     buf = io.BytesIO()
     artifact.save_artifact(buf, **kw)
@@ -52,8 +58,9 @@ def test_truncated_and_corrupt_files_are_refused():
 
 def test_unknown_version_and_foreign_files_are_refused():
     buf = io.BytesIO()
-    torch.save({"magic": artifact.MAGIC, "format_version": 99, "metadata": "{}",
-                "state_dict": {}}, buf)
+    torch.save(
+        {"magic": artifact.MAGIC, "format_version": 99, "metadata": "{}", "state_dict": {}}, buf
+    )
     with pytest.raises(artifact.ArtifactError, match="version 99"):
         artifact.load_artifact(io.BytesIO(buf.getvalue()))
     buf = io.BytesIO()

@@ -3,8 +3,13 @@ import pytest
 
 from recommender.ml import data
 
-OFF = dict(burst_window_seconds=None, max_events_per_minute=None, min_item_count=None,
-           min_shopper_count=None, max_seq_len=None)
+OFF = dict(
+    burst_window_seconds=None,
+    max_events_per_minute=None,
+    min_item_count=None,
+    min_shopper_count=None,
+    max_seq_len=None,
+)
 
 
 def cfg(**kw):
@@ -22,8 +27,11 @@ def test_idmap_reserves_zero_and_roundtrips_as_list():
 
 
 def test_rows_from_a_generator_in_any_order_become_chronological():
-    rows = [("s", "b", "view", None, 20.0), ("s", "a", "view", None, 10.0),
-            ("s", "c", "purchase", 9.5, 30.0)]
+    rows = [
+        ("s", "b", "view", None, 20.0),
+        ("s", "a", "view", None, 10.0),
+        ("s", "c", "purchase", 9.5, 30.0),
+    ]
     seqs = data.build_sequences((r for r in reversed(rows)), cfg())
     assert seqs.item_map.ids(seqs.items[0].tolist()) == ["a", "b", "c"]
     assert [seqs.kind_names[k] for k in seqs.kinds[0]] == ["view", "view", "purchase"]
@@ -33,8 +41,11 @@ def test_rows_from_a_generator_in_any_order_become_chronological():
 
 
 def test_zero_weight_kind_is_dropped_and_counted():
-    rows = [("s", "a", "view", None, 1.0), ("s", "a", "add_to_cart", None, 2.0),
-            ("s", "a", "remove_from_cart", None, 3.0)]
+    rows = [
+        ("s", "a", "view", None, 1.0),
+        ("s", "a", "add_to_cart", None, 2.0),
+        ("s", "a", "remove_from_cart", None, 3.0),
+    ]
     out, rep = data.clean(rows, cfg())
     assert [r[2] for r in out] == ["view", "add_to_cart"]
     assert rep.dropped_kind == 1 and rep.output_events == 2
@@ -108,8 +119,11 @@ def test_leave_one_out_protocol():
 
 def test_time_split_never_leaks_future_events_into_training():
     rng = np.random.default_rng(1)
-    rows = [(f"u{u}", f"i{int(rng.integers(0, 15))}", "view", None, float(rng.uniform(0, 1000)))
-            for u in range(40) for _ in range(8)]
+    rows = [
+        (f"u{u}", f"i{int(rng.integers(0, 15))}", "view", None, float(rng.uniform(0, 1000)))
+        for u in range(40)
+        for _ in range(8)
+    ]
     seqs = data.build_sequences(rows, cfg())
     split = data.time_split(seqs, holdout_seconds=200, seed=3)
     cut = split.cut_ts

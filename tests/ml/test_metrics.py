@@ -46,8 +46,9 @@ def test_full_ranking_excludes_seen_items_hand_computed():
 
 
 def test_full_ranking_without_exclusion():
-    out = metrics.evaluate(FixedScorer(SCORES), part([[1]], [3]), k=10, mode="full",
-                           exclude_seen=False)
+    out = metrics.evaluate(
+        FixedScorer(SCORES), part([[1]], [3]), k=10, mode="full", exclude_seen=False
+    )
     assert out["ndcg@10"] == pytest.approx(1.0 / math.log2(3))  # item 1 ranks above
 
 

@@ -4,8 +4,12 @@ import torch
 from recommender.ml import nets
 
 N_ITEMS, N_KINDS = 40, 4
-CONFIGS = [("cnn", {"encoder": "dilated"}), ("cnn", {"encoder": "caser", "window": 4}),
-           ("cnn_dnn", {"encoder": "dilated"}), ("cnn_dnn", {"encoder": "caser", "window": 4})]
+CONFIGS = [
+    ("cnn", {"encoder": "dilated"}),
+    ("cnn", {"encoder": "caser", "window": 4}),
+    ("cnn_dnn", {"encoder": "dilated"}),
+    ("cnn_dnn", {"encoder": "caser", "window": 4}),
+]
 
 
 def make(name, **cfg):
@@ -55,8 +59,9 @@ def test_left_padding_does_not_change_the_shopper_vector(name):
     items[0, 0], kinds[0, 0] = 0, 0
     padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), items], dim=1)
     padded_k = torch.cat([torch.zeros(1, 4, dtype=torch.long), kinds], dim=1)
-    assert torch.allclose(model.shopper_vector(items, kinds),
-                          model.shopper_vector(padded, padded_k), atol=1e-5)
+    assert torch.allclose(
+        model.shopper_vector(items, kinds), model.shopper_vector(padded, padded_k), atol=1e-5
+    )
 
 
 def test_fused_full_softmax_matches_autograd_cross_entropy():

@@ -9,7 +9,7 @@ EMB = torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [-1.0, 0.0],
 def test_similar_items_by_cosine_excludes_self_padding_and_excluded():
     ids, sims = similarity.similar_items(EMB, 1, k=3)
     assert ids.tolist() == [2, 5, 3]
-    assert sims[1].item() == pytest.approx(2 ** -0.5)
+    assert sims[1].item() == pytest.approx(2**-0.5)
     ids, _ = similarity.similar_items(EMB, 1, k=10, exclude=[2])
     assert ids.tolist() == [5, 3, 4]  # padding, self and excluded never returned
 

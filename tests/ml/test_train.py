@@ -6,22 +6,31 @@ from recommender.ml import baselines, metrics, nets, train
 
 
 def small_config(**kw):
-    base = dict(epochs=25, batch_size=32, lr=5e-3, patience=25, max_seconds=60, seed=0,
-                max_len=8)
+    base = dict(epochs=8, batch_size=32, lr=2e-2, patience=8, max_seconds=60, seed=0, max_len=8)
     return train.TrainConfig(**{**base, **kw})
 
 
 def make(split, name="cnn_dnn"):
     torch.manual_seed(0)
-    return nets.build_model(name, split.n_items, split.n_kinds, dim=16, max_len=8,
-                            tower_hidden=32, dropout=0.1, emb_dropout=0.1)
+    return nets.build_model(
+        name,
+        split.n_items,
+        split.n_kinds,
+        dim=16,
+        max_len=8,
+        tower_hidden=32,
+        dropout=0.1,
+        emb_dropout=0.1,
+    )
 
 
 def test_fit_learns_a_predictable_sequence_and_reports_progress(chain_split):
     seen = []
     result = train.fit(make(chain_split), chain_split, small_config(), progress=seen.append)
-    assert seen and all({"stage", "epoch", "epochs", "loss", "val_ndcg10", "val_hr10",
-                         "elapsed", "eta"} <= set(p) for p in seen)
+    assert seen and all(
+        {"stage", "epoch", "epochs", "loss", "val_ndcg10", "val_hr10", "elapsed", "eta"} <= set(p)
+        for p in seen
+    )
     assert len(result.curve) == len(seen) and 1 <= result.best_epoch <= len(result.curve)
     assert result.best_metrics["val_ndcg10"] == max(r["val_ndcg10"] for r in result.curve)
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
@@ -41,25 +50,37 @@ def test_model_holds_best_weights_and_training_is_deterministic(chain_split):
 
 def test_max_seconds_stops_cleanly(chain_split):
     t0 = time.perf_counter()
-    result = train.fit(make(chain_split), chain_split,
-                       small_config(epochs=10_000, patience=10_000, max_seconds=1.0))
+    result = train.fit(
+        make(chain_split),
+        chain_split,
+        small_config(epochs=10_000, patience=10_000, max_seconds=1.0),
+    )
     assert result.stopped == "max_seconds"
     assert time.perf_counter() - t0 < 10
     assert result.best_epoch >= 1
 
 
 def test_sampled_softmax_path_and_caser_encoder_train(chain_split):
-    model = nets.build_model("cnn", chain_split.n_items, chain_split.n_kinds, dim=16, max_len=8,
-                             encoder="caser", window=4)
-    result = train.fit(model, chain_split,
-                       small_config(epochs=3, sampled_softmax_above=5, n_negatives=10))
+    model = nets.build_model(
+        "cnn",
+        chain_split.n_items,
+        chain_split.n_kinds,
+        dim=16,
+        max_len=8,
+        encoder="caser",
+        window=4,
+    )
+    result = train.fit(
+        model, chain_split, small_config(epochs=3, sampled_softmax_above=5, n_negatives=10)
+    )
     assert len(result.curve) == 3 and all(r["loss"] > 0 for r in result.curve)
 
 
 def test_baselines_fit_through_the_same_entry_point(chain_split):
     seen = []
-    result = train.fit(baselines.ItemKNN(chain_split.n_items, k=10), chain_split,
-                       progress=seen.append)
+    result = train.fit(
+        baselines.ItemKNN(chain_split.n_items, k=10), chain_split, progress=seen.append
+    )
     assert result.stopped == "fitted" and seen[0]["stage"] == "fitted"
     assert result.best_metrics["val_hr10"] > 0.5
 
