@@ -9,8 +9,7 @@ event's ``event_id`` makes a retried submission a no-op.
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -71,10 +70,11 @@ def record_many(events, *, user=None, session_key=""):
         if problems:
             errors[index] = problems
         else:
-            rows.append(row)
+            rows.append({**row, "index": index})
     if errors:
-        raise EventValidationError(errors)
-    rows = _unique(rows)
+        if rows:  # unavailable items too, so that one answer names every bad event
+            errors.update(_check_items(rows))
+        raise EventValidationError(dict(sorted(errors.items())))
     if connection.vendor == "postgresql":
         stored = _store_postgresql(rows, user=user, session_key=session_key)
     else:
@@ -90,6 +90,8 @@ def _validate_shopper(user, session_key):
     session_key = session_key or ""
     if not isinstance(session_key, str) or len(session_key) > 40:
         raise EventValidationError({0: {"session_key": "must be a string of at most 40 characters."}})
+    if _text_problem(session_key):
+        raise EventValidationError({0: {"session_key": _text_problem(session_key)}})
     if user is None and not session_key:
         raise EventValidationError({0: {"shopper": "An event needs a user or an anonymous session key."}})
     return user, session_key
@@ -101,6 +103,7 @@ class _BatchValidator:
     def __init__(self):
         self.item_model = get_item_model()
         self.to_pk = self.item_model._meta.pk.to_python
+        self.pk_range = _integer_range(self.item_model._meta.pk)
         self.kinds = frozenset(recommender_settings.EVENT_KINDS)
         self.max_value = recommender_settings.MAX_EVENT_VALUE
         self.max_placement = recommender_settings.MAX_PLACEMENT_LENGTH
@@ -116,11 +119,13 @@ class _BatchValidator:
             return None, {"event": "must be an object."}
         errors = {}
         if not data.keys() <= EVENT_FIELDS:
-            unknown = ", ".join(sorted(map(str, set(data) - EVENT_FIELDS)))
-            errors["event"] = f"unknown field(s): {unknown}."
+            unknown = sorted(set(data) - EVENT_FIELDS, key=_shown)
+            shown = ", ".join(_shown(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            errors["event"] = f"unknown field(s): {shown}."
         kind = data.get("kind")
-        if kind not in self.kinds:
-            errors["kind"] = f"unknown kind {str(kind)[:40]!r}; expected one of: {', '.join(recommender_settings.EVENT_KINDS)}."
+        # An unhashable kind (a list, an object) is a bad kind, not a crash of the set lookup.
+        if not isinstance(kind, str) or kind not in self.kinds:
+            errors["kind"] = f"unknown kind {_shown(kind)}; expected one of: {', '.join(recommender_settings.EVENT_KINDS)}."
         item_pk, problem = self.item(data.get("item"))
         if problem:
             errors["item"] = problem
@@ -153,10 +158,19 @@ class _BatchValidator:
         try:
             pk = self.to_pk(item)
         except Exception:  # noqa: BLE001 - any conversion failure is the client's bad id
-            return None, f"{str(item)[:40]!r} is not a valid item id."
+            return None, f"{_shown(item)} is not a valid item id."
         if pk is None or pk == "":
             return None, "an item id is required."
+        if isinstance(pk, str) and _text_problem(pk):
+            return None, f"{_shown(item)} is not a valid item id."
+        if isinstance(pk, int) and not self._pk_in_range(pk):
+            # No stored item can have it, and the database would refuse it as a parameter.
+            return None, f"unknown or unavailable item {_shown(item)}."
         return pk, None
+
+    def _pk_in_range(self, pk):
+        low, high = self.pk_range
+        return (low is None or pk >= low) and (high is None or pk <= high)
 
     def value(self, value):
         if value is None:
@@ -197,7 +211,7 @@ def _parse_time(value):
         if not math.isfinite(value):
             raise ValueError("must be an ISO 8601 time or milliseconds since the epoch.")
         try:
-            when = datetime.fromtimestamp(value / 1000.0, tz=dt_timezone.utc)
+            when = datetime.fromtimestamp(value / 1000.0, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise ValueError("is out of range.") from None
     elif isinstance(value, str):
@@ -234,13 +248,51 @@ def _clean_text(value, limit):
         raise ValueError("must be a string.")
     if len(value) > limit:
         raise ValueError(f"must be at most {limit} characters.")
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters.")
+    problem = _text_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
+def _text_problem(value):
+    """Why a string cannot be stored as text (PostgreSQL refuses NUL; UTF-8 refuses lone surrogates)."""
+    if "\x00" in value:
+        return "must not contain NUL characters."
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)."
+    return None
+
+
+def _shown(value, limit=40):
+    """A short, printable quotation of a client's value for an error message.
+
+    Strings are quoted with ``repr`` (NUL, lone surrogates and bidi controls come out
+    escaped); containers are named, not printed (a deeply nested one would exhaust recursion).
+    """
+    if isinstance(value, str):
+        text = repr(value)
+    elif isinstance(value, (list, tuple, dict, set, frozenset)):
+        return f"(a {type(value).__name__})"
+    else:
+        try:
+            text = repr(str(value))
+        except ValueError:  # an int too long to print
+            return "(a very long number)"
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _integer_range(field):
+    """(lowest, highest) value the database stores in an integer primary key, else (None, None)."""
+    try:
+        return connection.ops.integer_field_range(field.get_internal_type())
+    except KeyError:
+        return None, None
+
+
 def _unique(rows):
-    """Rows with a repeated event_id within the batch are kept once."""
+    """Rows with a repeated event_id within the batch are kept once (the first)."""
     seen, unique = set(), []
     for row in rows:
         if row["event_id"] not in seen:
@@ -256,20 +308,28 @@ def _recordable_items(pks):
 
 
 def _check_items(rows):
-    """Reject events about items that do not exist or that the store does not allow."""
+    """Reject events about items that do not exist or that the store does not allow.
+
+    Errors are keyed by each event's index in the batch the caller sent.
+    """
     found = set(_recordable_items({row["item_pk"] for row in rows}).values_list("pk", flat=True))
     return {
-        index: {"item": f"unknown or unavailable item {str(row['item_pk'])[:40]!r}."}
-        for index, row in enumerate(rows)
+        row.get("index", position): {"item": f"unknown or unavailable item {_shown(row['item_pk'])}."}
+        for position, row in enumerate(rows)
         if row["item_pk"] not in found
     }
 
 
 def _store_orm(rows, *, user, session_key):
-    """Any database: check items, skip stored event ids, insert; returns rows stored."""
+    """Any database: check items, skip stored event ids, insert; returns rows stored.
+
+    ``rows`` are the batch's validated events, repeats included: every event's item must be
+    recordable, even one that repeats an earlier event id and is not stored.
+    """
     errors = _check_items(rows)
     if errors:
         raise EventValidationError(errors)
+    rows = _unique(rows)
     with transaction.atomic():
         existing = set(
             Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list("event_id", flat=True)
@@ -293,9 +353,11 @@ def _store_postgresql(rows, *, user, session_key):
 
     The insert only happens if all the batch's items are recordable (counted by the
     store's own queryset), and ``ON CONFLICT DO NOTHING RETURNING`` says exactly which
-    event ids were new. When nothing was inserted, the slower checks tell why.
+    event ids were new. When nothing was inserted, the slower checks tell why. Like
+    ``_store_orm``, it checks the items of all ``rows`` and inserts each event id once.
     """
     item_pks = {row["item_pk"] for row in rows}
+    checked, rows = rows, _unique(rows)
     allowed_sql, allowed_params = _recordable_items(item_pks).values("pk").query.sql_with_params()
     meta = Event._meta
     item_type = meta.get_field("item").target_field.rel_db_type(connection)
@@ -320,7 +382,7 @@ def _store_postgresql(rows, *, user, session_key):
         cursor.execute(sql, params)
         stored = len(cursor.fetchall())
     if stored == 0:
-        errors = _check_items(rows)
+        errors = _check_items(checked)
         if errors:
             raise EventValidationError(errors)
     return stored

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.test import Client, override_settings
 
 from recommender import events, serving
@@ -80,7 +81,11 @@ def test_only_staff_read_another_users_recommendations(client, shelf, ann):
     assert client.get(url).status_code == 403
     client.force_login(ann)
     assert client.get(url).status_code == 403
-    client.force_login(get_user_model().objects.create_user("staff", is_staff=True))
+    staff = get_user_model().objects.create_user("staff", is_staff=True)
+    client.force_login(staff)
+    assert client.get(url).status_code == 403  # staff, but may not read shoppers' events
+    staff.user_permissions.add(Permission.objects.get(codename="view_event", content_type__app_label="recommender"))
+    client.force_login(get_user_model().objects.get(pk=staff.pk))
     assert client.get(url).status_code == 200 and client.get(url).json()["source"] == "model"
     assert client.get(f"{API}/users/999999/recommendations/").status_code == 404
 

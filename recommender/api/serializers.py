@@ -4,6 +4,7 @@ Event validation itself lives in ``recommender.events`` (the one write path); th
 serializers only describe the payloads.
 """
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -19,7 +20,8 @@ class EventInSerializer(serializers.Serializer):
 
 
 class EventBatchInSerializer(serializers.Serializer):
-    events = EventInSerializer(many=True)
+    events = EventInSerializer(many=True, help_text="At most MAX_BATCH_SIZE (default 100) events.")
+    csrf_token = serializers.CharField(required=False, help_text="For navigator.sendBeacon, which cannot set X-CSRFToken.")
 
 
 class EventsStoredSerializer(serializers.Serializer):
@@ -32,8 +34,13 @@ class ErrorSerializer(serializers.Serializer):
     errors = serializers.DictField(required=False, help_text="Per event index: {field: reason}.")
 
 
+@extend_schema_field({"oneOf": [{"type": "integer"}, {"type": "string"}]})
+class ItemIdField(serializers.Field):
+    """The store's primary key as it is: an integer or a string."""
+
+
 class RecommendedItemSerializer(serializers.Serializer):
-    id = serializers.CharField()
+    id = ItemIdField()
     name = serializers.CharField()
     url = serializers.CharField(required=False)
     score = serializers.FloatField()
@@ -45,6 +52,10 @@ class RecommendationListSerializer(serializers.Serializer):
     source = serializers.ChoiceField(choices=["model", "similar", "bought_together", "popular"])
     placement = serializers.CharField()
     items = RecommendedItemSerializer(many=True)
+
+
+class ImpressionsCountedSerializer(serializers.Serializer):
+    counted = serializers.IntegerField(help_text="Lists whose impressions were counted (unknown ids are skipped).")
 
 
 class ImpressionsInSerializer(serializers.Serializer):

@@ -7,6 +7,7 @@ and rewrites a list of timestamps, two round trips and a pickle on every request
 import time
 
 from django.core.cache import caches
+from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from ..conf import recommender_settings
@@ -42,9 +43,24 @@ class ShopperRateThrottle(BaseThrottle):
         return max(0.0, self.window_ends - time.time())
 
     def ident(self, request):
+        """The user, else the anonymous key the session already holds, else the address.
+
+        Never a key minted for this request: a client that drops its cookies would get a new
+        key, and a new allowance, on every request.
+        """
         if request.user and request.user.is_authenticated:
             return f"u{request.user.pk}"
-        return anonymous_key(request) or self.get_ident(request)
+        return anonymous_key(request, create=False) or self.get_ident(request)
+
+    def get_ident(self, request):
+        """The client address; X-Forwarded-For only when NUM_PROXIES says how many to trust.
+
+        DRF's default (NUM_PROXIES None) takes X-Forwarded-For as sent, so a client could name
+        a new address on every request and never be throttled.
+        """
+        if api_settings.NUM_PROXIES is None:
+            return request.META.get("REMOTE_ADDR") or ""
+        return super().get_ident(request)
 
 
 class EventsRateThrottle(ShopperRateThrottle):

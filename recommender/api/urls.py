@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
@@ -15,4 +15,8 @@ urlpatterns = [
     path("popular/", views.PopularItemsView.as_view(), name="popular"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="recommender:schema"), name="docs"),
+    # Any other path under the API (an item id with a slash, a negative user id) gets the
+    # API's JSON 404, not the site's HTML page. Only paths ending in "/": APPEND_SLASH still
+    # redirects "events" to "events/".
+    re_path(r"^.*/$", views.not_found, name="not-found"),
 ]

@@ -2,20 +2,18 @@
 
 import json
 
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.http import Http404, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
-from drf_spectacular.utils import OpenApiExample, extend_schema
+from drf_spectacular.authentication import SessionScheme
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import ParseError, PermissionDenied
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
-
-from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
-from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter
-from rest_framework.permissions import IsAdminUser
 
 from .. import events, serving
 from ..conf import get_item_model, recommender_settings
@@ -24,6 +22,7 @@ from .serializers import (
     ErrorSerializer,
     EventBatchInSerializer,
     EventsStoredSerializer,
+    ImpressionsCountedSerializer,
     ImpressionsInSerializer,
     RecommendationListSerializer,
     recommendation_list_as_json,
@@ -32,6 +31,10 @@ from .throttles import EventsRateThrottle, ShopperRateThrottle
 
 # Largest request body the events endpoint reads (a full batch is far below this).
 MAX_EVENTS_BODY_BYTES = 256 * 1024
+
+# Answers every write / read endpoint may give besides its own (for the OpenAPI schema).
+WRITE_ERRORS = {400: ErrorSerializer, 403: ErrorSerializer, 429: ErrorSerializer}
+READ_ERRORS = {400: ErrorSerializer, 429: ErrorSerializer}
 
 
 class _CsrfCheck(CsrfViewMiddleware):
@@ -44,6 +47,17 @@ class DeferredCsrfSessionAuthentication(SessionAuthentication):
 
     def enforce_csrf(self, request):
         return None
+
+
+class DeferredCsrfSessionScheme(SessionScheme):
+    """The OpenAPI schema describes it as the session cookie it is (writes also need CSRF)."""
+
+    target_class = DeferredCsrfSessionAuthentication
+    name = "sessionCookieWithCsrf"
+
+    def get_security_definition(self, auto_schema):
+        return {**super().get_security_definition(auto_schema),
+                "description": "The session cookie; writes also send the CSRF token (X-CSRFToken, or csrf_token in the body)."}
 
 
 def _enforce_csrf(request):
@@ -104,6 +118,9 @@ class SessionWriteMixin:
             return json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ParseError(f"Malformed JSON: {exc}") from None
+        except RecursionError:
+            # json.loads recurses per nesting level: "[[[[...]]]]" within the size limit would crash it.
+            raise ParseError("Malformed JSON: nested too deeply.") from None
 
 
 class EventIngestView(SessionWriteMixin, APIView):
@@ -112,8 +129,8 @@ class EventIngestView(SessionWriteMixin, APIView):
     throttle_classes = [EventsRateThrottle]
 
     @extend_schema(
-        request=EventBatchInSerializer,
-        responses={201: EventsStoredSerializer, 400: ErrorSerializer, 403: ErrorSerializer, 429: ErrorSerializer},
+        request={"application/json": EventBatchInSerializer},
+        responses={201: EventsStoredSerializer, **WRITE_ERRORS},
         examples=[OpenApiExample("A view", value={"events": [{"kind": "view", "item": "42"}]}, request_only=True)],
         summary="Record shopper events",
         description=(
@@ -160,7 +177,8 @@ class ImpressionsView(SessionWriteMixin, APIView):
 
     throttle_classes = [EventsRateThrottle]
 
-    @extend_schema(request=ImpressionsInSerializer, responses={200: None, 400: ErrorSerializer},
+    @extend_schema(request={"application/json": ImpressionsInSerializer},
+                   responses={200: ImpressionsCountedSerializer, **WRITE_ERRORS},
                    summary="Count impressions of recommendation lists")
     def post(self, request):
         payload = self._read_json(request)
@@ -189,7 +207,12 @@ class ServingView(APIView):
         query = request.query_params
         unknown = set(query) - set(names) - {"format"}
         if unknown:
-            raise serving.BadRequest(f"Unknown parameter(s): {', '.join(sorted(unknown))}.")
+            shown = ", ".join(repr(name)[:40] for name in sorted(unknown)[:5])
+            raise serving.BadRequest(f"Unknown parameter(s): {shown}.")
+        for name in names:
+            # Placement is stored with the list it names, and PostgreSQL refuses NUL in text.
+            if "\x00" in query.get(name, ""):
+                raise serving.BadRequest(f"{name} must not contain NUL characters.")
         values = {"limit": query.get("limit", 10), "placement": query.get("placement", "")}
         if "category" in names and query.get("category") not in (None, ""):
             values["category"] = query["category"]
@@ -220,18 +243,31 @@ class ServingView(APIView):
 class MyRecommendationsView(ServingView):
     """The current shopper's recommendations (logged-in user, or anonymous session)."""
 
-    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, 400: ErrorSerializer})
+    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, **READ_ERRORS})
     def get(self, request):
         return self.answer(lambda: serving.recommend(
             **shopper_of(request._request, create=False), **self.params(request, "limit", "placement", "category")))
 
 
+class CanViewShopperData(BasePermission):
+    """Staff who may read shoppers' events in the admin (``recommender.view_event``).
+
+    A user's recommendations are computed from their events, so they show as much of what
+    the user did: being staff (say, a catalogue editor) is not enough to read them.
+    """
+
+    def has_permission(self, request, view):
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_staff and user.has_perm("recommender.view_event"))
+
+
 class UserRecommendationsView(ServingView):
-    """Staff only: any user's recommendations, as that user would see them."""
+    """Staff with ``recommender.view_event``: any user's recommendations, as that user sees them."""
 
-    permission_classes = [IsAdminUser]
+    permission_classes = [CanViewShopperData]
 
-    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, 400: ErrorSerializer})
+    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY],
+                   responses={200: RecommendationListSerializer, **READ_ERRORS, 403: ErrorSerializer, 404: ErrorSerializer})
     def get(self, request, user_id):
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
@@ -240,14 +276,14 @@ class UserRecommendationsView(ServingView):
 
 
 class SimilarItemsView(ServingView):
-    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, 404: ErrorSerializer})
+    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer})
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(lambda: serving.similar(item, **self.params(request, "limit", "placement")))
 
 
 class BoughtTogetherView(ServingView):
-    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, 404: ErrorSerializer})
+    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer})
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(lambda: serving.bought_together(item, **self.params(request, "limit", "placement")))
@@ -256,7 +292,12 @@ class BoughtTogetherView(ServingView):
 class PopularItemsView(ServingView):
     @extend_schema(
         parameters=[LIMIT, PLACEMENT, CATEGORY, OpenApiParameter("window", str, enum=["popular", "trending"])],
-        responses={200: RecommendationListSerializer, 400: ErrorSerializer},
+        responses={200: RecommendationListSerializer, **READ_ERRORS},
     )
     def get(self, request):
         return self.answer(lambda: serving.popular(**self.params(request, "limit", "placement", "category", "window")))
+
+
+def not_found(request, *args, **kwargs):
+    """The API's answer to a path it does not have: JSON, like its other errors."""
+    return JsonResponse({"detail": "Not found."}, status=404)
