@@ -142,26 +142,70 @@ class _ActiveModel:
             self.loaded, self.checked_at, self.refused = None, float("-inf"), set()
 
     def _refresh(self):
-        active = ModelVersion.objects.filter(is_active=True).values_list("pk", "artifact").first()
+        active = ModelVersion.objects.filter(is_active=True).values_list("pk", "artifact", "artifact_sha256").first()
         if active is None:
             self.loaded = None
             return
-        pk, artifact_name = active
+        pk = active[0]
         if self.loaded is not None and self.loaded.version_id == pk:
             return
         if pk in self.refused:
             return
+        if self._load(*active):
+            return
+        if self.loaded is None:
+            self._fall_back(pk)
+
+    def _load(self, pk, artifact_name, sha256):
+        """Load a version in place of the current one; a refused version is logged, recorded, skipped."""
         try:
-            self.loaded = load_version(pk, artifact_name)
-            logger.info("Serving model version v%s", pk)
-        except Exception:
-            logger.exception("Model version v%s could not be loaded; v%s keeps serving", pk,
-                             self.loaded.version_id if self.loaded else None)
+            self.loaded = load_version(pk, artifact_name, sha256=sha256)
+        except Exception as exc:
+            from .ml.artifact import ArtifactError
+
+            serving = self.loaded.version_id if self.loaded else None
+            reason = f"{type(exc).__name__}: {exc}"[:1000].rstrip(". ")
+            logger.error("Model version v%s refused: %s; %s", pk, reason,
+                         f"v{serving} keeps serving." if serving else "looking for the last good version.",
+                         exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)))
             self.refused.add(pk)
+            ModelVersion.objects.filter(pk=pk, error="").update(error=f"Refused by a web process: {reason}")
+            return False
+        logger.info("Serving model version v%s", pk)
+        return True
+
+    def _fall_back(self, refused_pk, attempts=3):
+        """A process that starts while the active version is broken serves the last good one.
+
+        Processes that were running keep the version they had; a new one (a restart, a
+        recycled worker) would otherwise have none and serve popular items only.
+        """
+        candidates = (ModelVersion.objects.filter(status=ModelVersion.Status.READY, activated_at__isnull=False,
+                                                  error="")  # a refused version has its reason recorded
+                      .exclude(pk__in=self.refused | {refused_pk}).exclude(artifact="")
+                      .order_by("-activated_at").values_list("pk", "artifact", "artifact_sha256")[:attempts])
+        for candidate in candidates:
+            if self._load(*candidate):
+                logger.warning("Active version v%s cannot be served; serving v%s, the last good version, instead.",
+                               refused_pk, candidate[0])
+                return
 
 
-def load_version(version_id, artifact_name):
-    """Read a version's artifact from storage into a LoadedModel (imports torch)."""
+class ArtifactRefused(ValueError):
+    """A stored artifact is not the one that was verified when its version was trained."""
+
+
+def load_version(version_id, artifact_name, sha256=""):
+    """Read a version's artifact from storage into a LoadedModel (imports torch).
+
+    The bytes must hash to ``sha256`` (recorded when training verified the artifact), so
+    a file damaged or replaced in storage afterwards is refused before it is unpickled;
+    ``load_artifact`` then refuses anything that is not a well-formed artifact, without
+    running code from it (tensors-only unpickler).
+    """
+    import hashlib
+    import io
+
     import torch
     from django.core.files.storage import storages
 
@@ -170,7 +214,13 @@ def load_version(version_id, artifact_name):
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
     storage = storages[recommender_settings.ARTIFACT_STORAGE]
     with storage.open(artifact_name, "rb") as stored:
-        predictor = Predictor.from_artifact(stored)
+        payload = stored.read()
+    if sha256 and hashlib.sha256(payload).hexdigest() != sha256:
+        raise ArtifactRefused(
+            f"artifact {artifact_name!r} in storage is not the one verified at training "
+            f"(sha256 {hashlib.sha256(payload).hexdigest()[:12]}..., expected {sha256[:12]}...): damaged or replaced"
+        )
+    predictor = Predictor.from_artifact(io.BytesIO(payload))
     if not hasattr(predictor, "_items"):
         raise ValueError(f"Model {type(predictor.model).__name__} has no item embeddings to serve from.")
     categories = None
@@ -201,7 +251,7 @@ def _cache():
 
 
 def shopper_cache_key(user=None, session_key=""):
-    return f"recommender:gen:{'u%s' % user.pk if user is not None else 's' + session_key}"
+    return f"recommender:gen:{f'u{user.pk}' if user is not None else 's' + session_key}"
 
 
 def invalidate_shopper(user=None, session_key="", **kwargs):

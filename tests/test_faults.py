@@ -383,3 +383,94 @@ def test_a_run_failed_as_stale_while_it_ran_stops_and_promotes_nothing(settings,
     version.refresh_from_db()
     assert (version.status, version.error, version.is_active) == ("failed", "swept", False)
     assert ModelVersion.objects.active() is None
+
+
+# --------------------------------------------------------------------------- broken artifacts
+
+
+class _Exploit:
+    """Unpickling this runs ``os.mkdir(marker)``: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def _bad_artifacts(good_bytes, marker):
+    import io
+    import pickle
+
+    import torch
+
+    def torch_saved(obj):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    exploit = {"magic": artifact.MAGIC, "format_version": 1, "evil": _Exploit(marker)}
+    return {
+        "truncated": good_bytes[: len(good_bytes) // 2],
+        "foreign": torch_saved({"weight": torch.zeros(3)}),
+        "malicious pickle": pickle.dumps(exploit),
+        "malicious torch file": torch_saved(exploit),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.django_db
+def test_broken_artifacts_are_refused_with_a_clear_error_and_the_previous_version_keeps_serving(
+    shelf, settings, tmp_path, caplog
+):
+    import hashlib
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "VERSION_CHECK_SECONDS": 0}
+    products, good = shelf
+    shopper = Shopper(products)
+    shopper.view(*products[:3])
+    assert shopper.recommendations()["model_version"] == good.pk
+    marker = tmp_path / "code-ran"
+    good_bytes = default_storage.open(good.artifact).read()
+
+    for label, payload in _bad_artifacts(good_bytes, str(marker)).items():
+        name = default_storage.save(f"recommender/models/bad-{label.replace(' ', '-')}.pt", ContentFile(payload))
+        bad = ModelVersion.objects.create(status="ready", artifact=name, model_name="cnn_dnn")
+        bad.activate()  # an admin promotes (or rolls back to) a version whose file is broken
+        caplog.clear()
+        shopper.view(products[4])  # a fresh answer, not a cached one
+        answer = shopper.recommendations()
+        assert answer["model_version"] == good.pk and answer["source"] == "model", label
+        assert carousels(shopper.page("/"))[0]["version"] == str(good.pk), label
+        refusal = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert refusal and "ArtifactError" in refusal[0] and f"v{good.pk} keeps serving" in refusal[0], label
+        bad.refresh_from_db()
+        assert bad.error.startswith("Refused by a web process: ArtifactError"), label
+        assert not marker.exists(), f"{label}: unpickling ran code"
+
+    # A file replaced in storage after training verified it: refused before unpickling.
+    other = install_version(products, seed=9, activate=False)
+    swapped = ModelVersion.objects.create(status="ready", artifact=other.artifact, model_name="cnn_dnn",
+                                          artifact_sha256=hashlib.sha256(good_bytes).hexdigest())
+    swapped.activate()
+    assert shopper.recommendations()["model_version"] == good.pk
+    swapped.refresh_from_db()
+    assert "not the one verified at training" in swapped.error
+
+    # A process that starts now (restart, recycled worker) serves the last good version too,
+    # not popular items.
+    serving.active_model.reset()
+    caplog.clear()
+    shopper.view(products[6])
+    assert shopper.recommendations()["model_version"] == good.pk
+    assert f"serving v{good.pk}, the last good version" in caplog.text
+    assert not marker.exists()
+    # The next good version is picked up at once.
+    fixed = install_version(products, seed=11)
+    shopper.view(products[7])
+    assert shopper.recommendations()["model_version"] == fixed.pk
