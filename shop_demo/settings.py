@@ -128,6 +128,8 @@ LOGOUT_REDIRECT_URL = "catalog:home"
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # A database that cannot answer (restart, failover) is a 503 + Retry-After, not a 500.
+    "EXCEPTION_HANDLER": "recommender.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "recommender API",

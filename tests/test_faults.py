@@ -7,6 +7,7 @@ terminated under a gunicorn server (what clients see when the server restarts). 
 machine's shared PostgreSQL and Redis are never stopped.
 """
 
+import collections
 import json
 import logging
 import re
@@ -24,8 +25,9 @@ from recommender.models import Event, ModelVersion
 from shop_demo.catalog.models import Category, Product
 from shop_demo.celery import app as celery_app
 
-from .faults.processes import Worker
-from .faults.services import PrivateRedis
+from .faults.processes import Gunicorn, Worker
+from .faults.services import DatabaseFaults, PrivateRedis
+from .faults.tracker_client import TrackerClient
 from .serving_fixtures import install_version
 from .store_data import FAST_CONFIG, make_catalogue, make_history
 
@@ -474,3 +476,83 @@ def test_broken_artifacts_are_refused_with_a_clear_error_and_the_previous_versio
     fixed = install_version(products, seed=11)
     shopper.view(products[7])
     assert shopper.recommendations()["model_version"] == fixed.pk
+
+
+# --------------------------------------------------------------------------- PostgreSQL restarted
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_events_sent_through_a_database_restart_are_stored_exactly_once():
+    """A tracker-like client keeps posting batches while the database connections die.
+
+    gunicorn (2 sync workers) holds persistent connections (CONN_MAX_AGE=60, no health
+    checks). The faults: every backend of the test database terminated three times (what
+    a restart does to open connections), then a restart window in which new connections
+    are refused for 1.5 s. Each batch is retried until stored, with the same event ids.
+    """
+    import threading
+
+    from django.db import connection
+
+    category = Category.objects.create(name="Pantry", slug="pantry")
+    items = [Product.objects.create(category=category, name=f"Jar {i}", slug=f"jar-{i}", price=Decimal(2),
+                                    stock=5).pk for i in range(12)]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        own_pid = cursor.fetchone()[0]
+    server = Gunicorn(workers=2).wait_ready("/")
+    faults = DatabaseFaults(connection.settings_dict)
+    stop = threading.Event()
+    clients = [TrackerClient("127.0.0.1", server.port, items) for _ in range(3)]
+    errors = []
+
+    def post_until_stopped(client):
+        number = 0
+        try:
+            while not stop.is_set():
+                client.send_batch(number)
+                number += 1
+        except Exception as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post_until_stopped, args=(c,)) for c in clients]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        for _ in range(3):
+            assert faults.terminate(keep_pids=[own_pid]) >= 1  # the workers' persistent connections
+            time.sleep(0.7)
+        restart_began = time.monotonic()
+        faults.refuse()  # restarting: new connections fail ...
+        faults.terminate(keep_pids=[own_pid])
+        time.sleep(1.5)
+        faults.refuse(False)  # ... and then the server is back
+        restart_ended = time.monotonic()
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+        faults.close()
+        log = server.output()
+        server.stop()
+    assert not errors, errors
+    sent = set().union(*(c.sent_ids for c in clients))
+    attempts = [a for c in clients for a in c.attempts]
+    failed = [a for a in attempts if a[1] != 201]
+    print(f"\n{len(attempts)} attempts, {len(sent)} events; failed attempts: "
+          f"{sorted(collections.Counter(str(a[1]) for a in failed).items())}; {faults.terminated} backends terminated")
+    assert failed, "the faults never reached a client"
+    # Stored exactly once: every distinct event id is there, and nothing else.
+    assert Event.objects.filter(event_id__in=list(sent)).count() == len(sent) == Event.objects.count()
+    # The client is told to retry (503 + Retry-After), not shown a crash.
+    assert all(a[1] == 503 and a[3] for a in failed), failed
+    # A terminated connection costs one request per worker and is then replaced.
+    before_restart = [a for a in failed if a[4] + a[2] < restart_began]
+    assert 3 <= len(before_restart) <= 3 * server.workers, before_restart
+    after_restart = [a for c in clients for a in c.attempts if a[4] > restart_ended + 0.6]
+    assert after_restart and all(a[1] == 201 for a in after_restart)
+    assert "Internal Server Error" not in log

@@ -88,3 +88,47 @@ class PrivateRedis:
             self.process.kill()
             self.process.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DatabaseFaults:
+    """Breaks the connections to one PostgreSQL database, as a server restart does, and no other.
+
+    ``terminate()`` ends every backend of the database (pg_terminate_backend: SIGTERM to
+    the backend, which is what a fast shutdown or restart sends; clients see "terminating
+    connection due to administrator command" or a closed socket). ``refuse()`` makes new
+    connections to it fail for a while, like a server that is starting up. Runs over its
+    own connection to the ``postgres`` maintenance database of the same server.
+    """
+
+    def __init__(self, settings_dict):
+        import psycopg
+
+        self.name = settings_dict["NAME"]
+        self.conn = psycopg.connect(
+            host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
+            password=settings_dict["PASSWORD"] or None, dbname="postgres", autocommit=True,
+        )
+        self.terminated = 0
+
+    def backends(self):
+        return self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [self.name]).fetchone()[0]
+
+    def terminate(self, keep_pids=()):
+        rows = self.conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND NOT pid = ANY(%s)",
+            [self.name, list(keep_pids)],
+        ).fetchall()
+        self.terminated += len(rows)
+        return len(rows)
+
+    def refuse(self, refuse=True):
+        from psycopg import sql
+
+        self.conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(self.name), sql.SQL("false" if refuse else "true")))
+
+    def close(self):
+        try:
+            self.refuse(False)
+        finally:
+            self.conn.close()
