@@ -1,17 +1,25 @@
 """Forgetting a shopper: one piece of logic behind the admin page and the command.
 
-A shopper's data in the app is their events and their cached recommendations. Model
-artifacts hold only item ids and weights, and training reads events afresh each run, so
-once the events are gone the next trained version knows nothing of the shopper.
+A shopper's data in the app is their events and what is cached from them: their
+recommendation lists (under a per-shopper generation key) and the bought-together lists
+of the items they bought, which may show their purchases to anyone until they expire.
+Model artifacts hold only item ids and weights, and training reads events afresh each run,
+so once the events are gone the next trained version knows nothing of the shopper.
 """
 
+import fnmatch
+import glob
+import re
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from . import serving
+from .conf import recommender_settings
 from .models import Event
 
 
@@ -30,10 +38,13 @@ def shopper_events(*, user=None, session_key=""):
     """The events that belong to a user, or that carry an anonymous session key.
 
     A session key identifies a browser, so every event recorded under it goes, including
-    ones later attached to a user at login.
+    ones later attached to a user at login. A user's own anonymous keys (those their events
+    carry) go with them: an event recorded anonymously under such a key while the user was
+    logging in is theirs too, though login did not attach it.
     """
     if user is not None:
-        return Event.objects.filter(user=user)
+        their_keys = Event.objects.filter(user=user).exclude(session_key="").values("session_key")
+        return Event.objects.filter(Q(user=user) | Q(user__isnull=True, session_key__in=their_keys))
     if session_key:
         return Event.objects.filter(session_key=session_key)
     return Event.objects.none()
@@ -55,16 +66,52 @@ def forget_shopper(*, user=None, session_key=""):
         by_kind = dict(events.values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
         sessions = sorted(set(events.exclude(session_key="").values_list("session_key", flat=True)))
         users = set(events.exclude(user__isnull=True).values_list("user", flat=True))
+        bought = set(events.filter(kind__in=recommender_settings.BOUGHT_TOGETHER_KINDS).values_list("item", flat=True))
         deleted, _ = events.delete()
-    _forget_cached(user, users, sessions)
+    _forget_cached(user, users, sessions, bought)
     return ForgetResult(events=deleted, by_kind=by_kind, sessions=sessions)
 
 
-def _forget_cached(user, user_ids, sessions):
+def _forget_cached(user, user_ids, sessions, bought_items):
+    """Drop the shopper's generation keys, the lists cached under them, and co-purchase lists."""
+    users = list(get_user_model()._default_manager.filter(pk__in=user_ids - ({user.pk} if user else set())))
     if user is not None:
-        serving.invalidate_shopper(user=user)
-    for other in get_user_model()._default_manager.filter(pk__in=user_ids - ({user.pk} if user else set())):
-        serving.invalidate_shopper(user=other)
-    for key in sessions:
-        serving.invalidate_shopper(session_key=key)
+        users.append(user)
+    shoppers = [{"user": u} for u in users] + [{"session_key": key} for key in sessions]
+    cache = serving._cache()
+    generations = cache.get_many([serving.shopper_cache_key(**shopper) for shopper in shoppers]).values()
+    for shopper in shoppers:
+        serving.invalidate_shopper(**shopper)
+    # Key layouts of serving.recommend and serving.bought_together; ``None`` stands for "*".
+    patterns = [("recommender:recs:" + str(generation) + ":", None) for generation in generations]
+    patterns += [("recommender:bought_together:", None, f":{pk}:", None) for pk in bought_items]
+    _delete_matching(cache, patterns)
+
+
+def _delete_matching(cache, patterns):
+    """Delete the cache keys matching ``patterns`` where the backend can list its keys.
+
+    Django's Redis and local-memory caches can (with the default KEY_FUNCTION); elsewhere
+    the lists stay until they expire, unreachable once the shopper's generation key is gone.
+    """
+    if not patterns:
+        return
+    if isinstance(cache, RedisCache):
+        client = cache._cache.get_client(write=True)
+        for pattern in patterns:
+            match = _glob(cache, pattern, lambda text: re.sub(r"([*?\[\]\\])", r"\\\1", text))
+            keys = list(client.scan_iter(match=match, count=1000))
+            if keys:
+                client.delete(*keys)
+    elif isinstance(cache, LocMemCache):
+        globs = [_glob(cache, pattern, glob.escape) for pattern in patterns]
+        with cache._lock:
+            for key in [k for k in cache._cache if any(fnmatch.fnmatchcase(k, g) for g in globs)]:
+                cache._delete(key)
+
+
+def _glob(cache, pattern, escape):
+    """A glob for the backend's made keys: literal pieces escaped, ``None`` pieces as ``*``."""
+    first, *rest = pattern
+    return escape(cache.make_key(first)) + "".join("*" if piece is None else escape(piece) for piece in rest)
 
