@@ -162,6 +162,7 @@ def evaluate(
                 )
             r = (greater + ties).double()
             r[target_seen] = math.inf  # excluded target: a miss
+            r[target <= 0] = math.inf  # an item the model never saw: a miss
             ranks[start : start + len(batch)] = r.cpu().numpy()
             top = torch.topk(scores, min(k, n_scored), dim=1).indices
             recommended.update(top[torch.isfinite(scores.gather(1, top))].tolist())
@@ -171,7 +172,9 @@ def evaluate(
             n_score = scores.gather(1, neg)  # [B, n_neg]
             greater = (n_score > t_score).sum(1)
             ties = ((n_score == t_score) & (neg < target[:, None])).sum(1)
-            ranks[start : start + len(batch)] = (greater + ties).double().cpu().numpy()
+            r = (greater + ties).double()
+            r[target <= 0] = math.inf
+            ranks[start : start + len(batch)] = r.cpu().numpy()
     if was_training:
         model.train()
     out = metrics_from_ranks(ranks, k)

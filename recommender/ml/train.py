@@ -24,7 +24,7 @@ from .metrics import evaluate
 class TrainConfig:
     epochs: int = 200
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3  # measured: same plateau as 1e-3 in about half the epochs
     weight_decay: float = 0.0
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     max_seconds: float | None = 1200.0  # wall-clock budget, validation included
@@ -33,7 +33,7 @@ class TrainConfig:
     sampled_softmax_above: int = 200_000  # full softmax up to this many items
     n_negatives: int = 4096  # shared uniform negatives per batch when sampling
     grad_clip: float | None = 5.0
-    val_max_users: int | None = None  # validate on a seeded subset to save time
+    val_max_users: int | None = 10_000  # seeded validation subset (None: all) to save time
     eval_batch_size: int = 512
     num_threads: int | None = None  # torch threads; None leaves the process default
     warmup_epochs: float = 0.0  # linear lr warm-up

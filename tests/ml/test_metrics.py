@@ -88,3 +88,8 @@ def test_metrics_from_ranks_hand_computed():
 def test_pad_left_right_aligns_latest():
     t = metrics.pad_left([np.array([1, 2, 3]), np.array([4])], max_len=2)
     assert t.tolist() == [[2, 3], [0, 4]]
+
+
+def test_unknown_target_index_zero_is_always_a_miss():
+    out = metrics.evaluate(FixedScorer(SCORES), part([[1]], [0]), k=10, mode="full")
+    assert out["hr@10"] == 0.0 and out["mrr"] == 0.0
