@@ -8,6 +8,7 @@ tests marked ``postgres`` / ``redis``; with RECOMMENDER_REQUIRE_SERVICES=1 (as i
 unreachable service fails the run instead.
 """
 
+import json
 import os
 import socket
 import tempfile
@@ -64,3 +65,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + "/14" if SERVICES["redis"] else "memory://"
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+
+# A Celery worker started by a test may be handed RECOMMENDER settings of its own (JSON,
+# merged over the demo's), e.g. small and fast training for a version the admin queues.
+if os.environ.get("RECOMMENDER_TEST_SETTINGS"):
+    RECOMMENDER = {**RECOMMENDER, **json.loads(os.environ["RECOMMENDER_TEST_SETTINGS"])}  # noqa: F405
