@@ -427,26 +427,60 @@ def _evaluate(model, part, split, train_config, metrics):
     return result
 
 
-def promote_if_better(version):
-    """Activate ``version`` if its validation NDCG@10 >= the active one's - tolerance."""
-    tolerance = recommender_settings.PROMOTION_TOLERANCE
-    with transaction.atomic():
+def promote_if_better(version, attempts=5):
+    """Activate ``version`` if its validation NDCG@10 >= the active one's - tolerance.
+
+    Safe beside concurrent promotions and rollbacks: the comparison is made against the
+    version that is active when the row lock is held (not one that was switched away while
+    waiting for it), and an activation that loses a race to another one (the database's
+    one-active constraint refuses it) is decided again, rather than failing the run.
+    """
+    for attempt in range(attempts):
+        try:
+            with transaction.atomic():
+                return _promote_if_better(version)
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            logger.info("Promotion of v%s raced another activation; deciding again.", version.pk)
+            time.sleep(0.02 * (attempt + 1))
+    return False
+
+
+def _lock_active_version():
+    """The active version, row-locked; None only if none is active once the lock is held."""
+    for _ in range(20):
         active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
-        mine = version.metric("ndcg@10")
-        if active is None:
-            decision = "Promoted: no version was active."
-        else:
-            theirs = active.metric("ndcg@10") or 0.0
-            if mine is None or mine < theirs - tolerance:
-                decision = (f"Kept as a candidate: validation NDCG@10 {mine:.4f} is below the active "
-                            f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g}).")
-                ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
-                version.refresh_from_db()
-                return False
-            decision = (f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
-                        f"{theirs:.4f} (tolerance {tolerance:g}).")
-        ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
-        version.activate()
+        # Waiting for the lock, the row may have been switched off: then look again.
+        if active is not None or not ModelVersion.objects.filter(is_active=True).exists():
+            return active
+    return None
+
+
+def _promote_if_better(version):
+    tolerance = recommender_settings.PROMOTION_TOLERANCE
+    # Row locks in ModelVersion.activate()'s order (this version, then the active one), so a
+    # promotion and an admin's activation of the same version cannot deadlock.
+    list(ModelVersion.objects.select_for_update().filter(pk=version.pk))
+    active = _lock_active_version()
+    mine = version.metric("ndcg@10")
+    if active is None:
+        decision = "Promoted: no version was active."
+    elif active.pk == version.pk:
+        return True
+    else:
+        theirs = active.metric("ndcg@10") or 0.0
+        if mine is None or mine < theirs - tolerance:
+            shown = "none" if mine is None else f"{mine:.4f}"
+            decision = (f"Kept as a candidate: validation NDCG@10 {shown} is below the active "
+                        f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g}).")
+            ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
+            version.refresh_from_db()
+            return False
+        decision = (f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
+                    f"{theirs:.4f} (tolerance {tolerance:g}).")
+    ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
+    version.activate()
     return True
 
 
