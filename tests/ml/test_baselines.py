@@ -20,7 +20,7 @@ def test_popularity_counts_weighted_events():
 
 def test_itemknn_cosine_of_cooccurrence_hand_computed():
     # shoppers: {1,2}, {1,2}, {1,3}
-    knn = baselines.ItemKNN(3, k=2).fit_sequences(seqs([1, 2], [2, 1], [1, 3]))
+    knn = baselines.ItemKNN(3, k=2, shrink=0.0).fit_sequences(seqs([1, 2], [2, 1], [1, 3]))
     ids, sims = knn.similar(1, 2)
     # cos(1,2) = 2 / sqrt(3*2); cos(1,3) = 1 / sqrt(3*1)
     assert ids.tolist() == [2, 3]
