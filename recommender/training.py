@@ -272,6 +272,9 @@ def _train(version, progress):
     ModelVersion.objects.filter(pk=version.pk).update(data_stats=stats, model_name=cfg["MODEL"])
 
     progress.stage("train", epoch=0, epochs=train_config.epochs)
+    import torch
+
+    torch.manual_seed(train_config.seed)  # the initial weights too: a run is reproducible
     model = nets.build_model(cfg["MODEL"], split.n_items, split.n_kinds, **cfg["MODEL_CONFIG"])
     fitted = train.fit(model, split, train_config, progress=progress)
     curve = _jsonable(fitted.curve)

@@ -162,3 +162,10 @@ def test_the_evaluate_command_needs_a_ready_version(db):
     failed = ModelVersion.objects.create(status="failed")
     with pytest.raises(CommandError, match="only a trained"):
         call_command("recommender_evaluate", "--model-version", str(failed.pk), verbosity=0)
+
+
+def test_training_is_reproducible_under_its_seed(history):
+    first, second = train_now(), train_now()
+    learned = [[(e["loss"], e["val_ndcg10"]) for e in v.curve] for v in (first, second)]
+    assert learned[0] == learned[1]
+    assert first.metric("ndcg@10") == second.metric("ndcg@10")
