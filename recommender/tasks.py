@@ -5,15 +5,27 @@ from celery import shared_task
 from . import training
 
 
-@shared_task(name="recommender.train", acks_late=True, reject_on_worker_lost=False, ignore_result=True)
-def train(version_id=None):
-    """Train the queued version ``version_id``; without one (beat), queue and run a new one."""
+@shared_task(bind=True, name="recommender.train", acks_late=True, reject_on_worker_lost=False, ignore_result=True)
+def train(self, version_id=None):
+    """Train the queued version ``version_id``; without one (beat), queue and run a new one.
+
+    acks_late: a message whose worker died is delivered again. With an id, run_training's
+    claim makes that a no-op. Without one, the run that this very message created (found
+    by its task id) is the one to claim, so a redelivered beat message never starts a
+    second training.
+    """
     if version_id is None:
-        try:
-            version = training.request_training(training.ModelVersion.Trigger.SCHEDULE, enqueue=False)
-        except training.TrainingInProgress:
-            return None
-        version_id = version.pk
+        task_id = self.request.id or ""
+        mine = training.ModelVersion.objects.filter(task_id=task_id).first() if task_id else None
+        if mine is not None:
+            version_id = mine.pk
+        else:
+            try:
+                version = training.request_training(training.ModelVersion.Trigger.SCHEDULE, enqueue=False,
+                                                    task_id=task_id)
+            except training.TrainingInProgress:
+                return None
+            version_id = version.pk
     training.run_training(version_id)
     return version_id
 

@@ -45,11 +45,13 @@ class TrainingAbandoned(TrainingError):
 # --------------------------------------------------------------------------- queueing
 
 
-def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True):
+def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True, task_id=""):
     """Create a queued version and send it to the Celery worker after commit.
 
     Refuses while another run is queued or running, so the admin button and beat can
     never start two trainings; the database constraint on running versions backs this.
+    ``task_id`` records the Celery task that creates the run itself (beat's), so that a
+    redelivery of that message finds its run instead of starting another.
     """
     fail_stale_runs()
     with transaction.atomic():
@@ -58,7 +60,7 @@ def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enque
             raise TrainingInProgress(f"Training v{busy.pk} is already {busy.status}.")
         version = ModelVersion.objects.create(
             trigger=trigger, model_name=(config or {}).get("MODEL", recommender_settings.MODEL),
-            config=config or {},
+            config=config or {}, task_id=task_id,
         )
         if enqueue:
             from .tasks import train
@@ -68,24 +70,47 @@ def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enque
 
 
 def _send(task, version_id):
-    result = task.apply_async(args=[version_id], queue=recommender_settings.TRAINING_QUEUE)
+    """Queue the run; if the broker cannot take it, fail the run at once (it would hold the lock)."""
+    try:
+        result = task.apply_async(args=[version_id], queue=recommender_settings.TRAINING_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: say so on the run, free the lock
+        logger.error("Training v%s could not be queued: %s", version_id, exc)
+        ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
+            status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+            error=f"Could not be queued (is the Celery broker reachable?): {type(exc).__name__}: {exc}"[:5000],
+        )
+        return
     ModelVersion.objects.filter(pk=version_id, task_id="").update(task_id=result.id or "")
 
 
 def fail_stale_runs():
-    """Mark runs whose worker stopped sending heartbeats (killed, lost) as failed.
+    """Mark runs that show no sign of life for TRAINING_HEARTBEAT_TIMEOUT as failed.
 
-    A live run beats from a thread of its own every few seconds (``_Heartbeat``), however
-    long an epoch or an evaluation takes, so only a dead or unreachable worker goes stale.
-    Failing the run frees the training lock; if its worker was merely cut off and comes
-    back, it finds the run no longer ``running`` and stops without promoting anything.
+    Running: the worker stopped sending heartbeats (killed, lost). A live run beats from a
+    thread of its own every few seconds (``_Heartbeat``), however long an epoch or an
+    evaluation takes, so only a dead or unreachable worker goes stale. If its worker was
+    merely cut off and comes back, it finds the run no longer ``running`` and stops
+    without promoting anything.
+
+    Queued: no worker claimed the run (its message was lost, e.g. with a Redis broker that
+    restarted without persistence, or no worker serves the training queue). Left alone it
+    would hold the training lock for ever; if the message does arrive later, the claim
+    finds the run failed and does nothing.
+
+    Failing a run frees the lock, so the next one can start.
     """
-    limit = timezone.now() - timedelta(seconds=recommender_settings.TRAINING_HEARTBEAT_TIMEOUT)
-    stale = ModelVersion.objects.filter(status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit)
-    return stale.update(
-        status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+    now = timezone.now()
+    limit = now - timedelta(seconds=recommender_settings.TRAINING_HEARTBEAT_TIMEOUT)
+    dead = ModelVersion.objects.filter(status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit).update(
+        status=ModelVersion.Status.FAILED, finished_at=now,
         error="The worker stopped reporting (killed or lost); the run was abandoned.",
     )
+    lost = ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED, created_at__lt=limit).update(
+        status=ModelVersion.Status.FAILED, finished_at=now,
+        error=(f"No worker started the run within {recommender_settings.TRAINING_HEARTBEAT_TIMEOUT:g} s "
+               "(its message was lost, or no worker serves the training queue); the run was abandoned."),
+    )
+    return dead + lost
 
 
 # --------------------------------------------------------------------------- export

@@ -639,3 +639,56 @@ def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
         ModelVersion.objects.filter(is_active=True).update(is_active=False)
         ModelVersion.objects.filter(pk=failed.pk).update(is_active=True)
     assert list(ModelVersion.objects.filter(is_active=True)) == [active]
+
+
+# --------------------------------------------------------------------------- lost training messages
+
+
+@pytest.mark.django_db
+def test_a_queued_run_whose_message_was_lost_is_failed_and_frees_the_lock(settings):
+    """A Redis broker restarted without persistence loses the queued message: no worker ever claims it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING_HEARTBEAT_TIMEOUT": 60}
+    lost = training.request_training(enqueue=False)  # queued; its message never arrives
+    with pytest.raises(training.TrainingInProgress):
+        training.request_training(enqueue=False)
+    ModelVersion.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(seconds=61))
+    assert tasks.fail_stale_runs.apply().get() == 1  # the beat task
+    lost.refresh_from_db()
+    assert lost.status == "failed" and "No worker started the run" in lost.error
+    following = training.request_training(enqueue=False)  # the lock is free
+    # The lost message turning up after all changes nothing.
+    assert training.run_training(lost.pk).status == "failed"
+    assert ModelVersion.objects.get(pk=following.pk).status == "queued"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_that_cannot_be_queued_fails_at_once_instead_of_holding_the_lock(monkeypatch, caplog):
+    from kombu.exceptions import OperationalError as BrokerDown
+
+    def broker_down(*args, **kwargs):
+        raise BrokerDown("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.train, "apply_async", broker_down)
+    version = training.request_training()  # autocommit: sent at once
+    version.refresh_from_db()
+    assert version.status == "failed" and "Could not be queued" in version.error
+    assert "could not be queued" in caplog.text
+    training.request_training(enqueue=False)  # nothing holds the lock
+
+
+@pytest.mark.django_db
+def test_a_redelivered_beat_message_does_not_start_a_second_training():
+    """Beat's train() has no version id: a redelivery (acks_late) must find the run it created."""
+    first = tasks.train.apply(task_id="beat-message-1")
+    version = ModelVersion.objects.get(task_id="beat-message-1")
+    assert isinstance(first.result, training.TrainingError)  # nothing to train on here ...
+    assert version.trigger == "schedule" and version.status == "failed" and "events" in version.error
+    again = tasks.train.apply(task_id="beat-message-1")  # the same message, delivered again
+    assert again.result == version.pk
+    assert ModelVersion.objects.count() == 1
+    tasks.train.apply(task_id="beat-message-2")  # the next night's message does train again
+    assert ModelVersion.objects.count() == 2
