@@ -443,7 +443,7 @@ def test_event_bursts_get_429_with_retry_after(world, private_cache):
 @pytest.mark.redis
 @recommender(API_THROTTLE_RATE="2/min")
 @pytest.mark.parametrize("path", ["/api/recommender/popular/", "/api/recommender/recommendations/",
-                                  "/api/recommender/items/{product}/similar/"])
+                                  "/api/recommender/items/{product}/similar/", "/api/recommender/schema/"])
 def test_read_bursts_get_429_with_retry_after(world, path, private_cache):
     client = Client()
     path = fill(path, world)

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
+from .throttles import ShopperRateThrottle
 
 app_name = "recommender"
 
@@ -13,7 +14,8 @@ urlpatterns = [
     path("items/<str:item_id>/similar/", views.SimilarItemsView.as_view(), name="similar"),
     path("items/<str:item_id>/bought-together/", views.BoughtTogetherView.as_view(), name="bought-together"),
     path("popular/", views.PopularItemsView.as_view(), name="popular"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    # Generating the schema costs real CPU: throttled like the read endpoints.
+    path("schema/", SpectacularAPIView.as_view(throttle_classes=[ShopperRateThrottle]), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="recommender:schema"), name="docs"),
     # Any other path under the API (an item id with a slash, a negative user id) gets the
     # API's JSON 404, not the site's HTML page. Only paths ending in "/": APPEND_SLASH still
