@@ -344,16 +344,18 @@ def _train(version, progress):
         save_ann_index(storage, name, verified.item_embeddings())
 
     finished = timezone.now()
-    ready = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.RUNNING).update(
-        status=ModelVersion.Status.READY, metrics=_jsonable(results), artifact=name,
-        artifact_sha256=digest, finished_at=finished, heartbeat_at=finished,
-        progress={"stage": "done", "epoch": fitted.epochs_run, "epochs": train_config.epochs,
-                  "elapsed": round(time.monotonic() - progress.started, 1)},
-    )
-    if not ready:  # failed as stale while it ran: the lock may be another run's by now
-        raise TrainingAbandoned(f"Training v{version.pk} was marked failed before it finished; not promoted.")
-    version.refresh_from_db()
-    promote_if_better(version)
+    # Ready and the promotion decision in one transaction: nobody sees a ready run undecided.
+    with transaction.atomic():
+        ready = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.RUNNING).update(
+            status=ModelVersion.Status.READY, metrics=_jsonable(results), artifact=name,
+            artifact_sha256=digest, finished_at=finished, heartbeat_at=finished,
+            progress={"stage": "done", "epoch": fitted.epochs_run, "epochs": train_config.epochs,
+                      "elapsed": round(time.monotonic() - progress.started, 1)},
+        )
+        if not ready:  # failed as stale while it ran: the lock may be another run's by now
+            raise TrainingAbandoned(f"Training v{version.pk} was marked failed before it finished; not promoted.")
+        version.refresh_from_db()
+        promote_if_better(version)
 
 
 def ann_index_name(artifact_name):
