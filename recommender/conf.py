@@ -82,6 +82,9 @@ DEFAULTS = {
     "TRENDING_HOURS": 24,
     # Event kinds that make two items "bought together" for the same shopper.
     "BOUGHT_TOGETHER_KINDS": ["purchase", "add_to_cart"],
+    # A pair of items is shown as bought together only once this many distinct shoppers
+    # bought both: a pair from one shopper would disclose what they bought.
+    "BOUGHT_TOGETHER_MIN_SHOPPERS": 2,
     # Most items one list may hold (API ?limit= and template tags).
     "MAX_LIMIT": 50,
     # Per-placement rules, e.g. {"cart": {"exclude_purchased": False, "diversity": 2}}.

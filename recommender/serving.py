@@ -12,6 +12,7 @@ the shopper records a new event. Popular and trending items are the answer for s
 with no history and while no model is active.
 """
 
+import hashlib
 import logging
 import threading
 import time
@@ -20,7 +21,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.cache import caches
-from django.db.models import Case, Count, FloatField, Q, Sum, Value, When
+from django.db.models import Case, CharField, Count, FloatField, Q, Sum, Value, When
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
 
 from .conf import get_item_model, recommender_settings
@@ -109,15 +111,19 @@ class LoadedModel:
     def _category_mask(self, category):
         import torch
 
-        cache = self.__dict__.setdefault("_masks", {})
-        if category not in cache:
-            mask = torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
-            ids = [i for i, pk in enumerate(self.predictor.item_map.to_list(), start=1)
-                   if self.categories and str(self.categories.get(pk)) == str(category)]
-            if ids:
-                mask[torch.tensor(ids)] = True
-            cache[category] = mask
-        return cache[category]
+        # One mask per category that exists: client-chosen strings cannot grow the cache.
+        masks = self.__dict__.get("_masks")
+        if masks is None:
+            by_category = {}
+            for i, pk in enumerate(self.predictor.item_map.to_list(), start=1):
+                by_category.setdefault(str((self.categories or {}).get(pk)), []).append(i)
+            masks = {}
+            for name, ids in by_category.items():
+                masks[name] = torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
+                masks[name][torch.tensor(ids)] = True
+            self._masks = masks
+        mask = masks.get(str(category))
+        return mask if mask is not None else torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
 
 
 class _ActiveModel:
@@ -254,6 +260,11 @@ def shopper_cache_key(user=None, session_key=""):
     return f"recommender:gen:{f'u{user.pk}' if user is not None else 's' + session_key}"
 
 
+def _key_part(*parts):
+    """Client-chosen text (placement, category) hashed: safe for every cache backend."""
+    return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]
+
+
 def invalidate_shopper(user=None, session_key="", **kwargs):
     """Forget every cached recommendation of this shopper (new event, privacy request)."""
     _cache().delete(shopper_cache_key(user, session_key))
@@ -291,6 +302,8 @@ def clean_placement(placement):
     placement = placement or ""
     if not isinstance(placement, str) or len(placement) > recommender_settings.MAX_PLACEMENT_LENGTH:
         raise BadRequest(f"placement must be at most {recommender_settings.MAX_PLACEMENT_LENGTH} characters.")
+    if "\x00" in placement:
+        raise BadRequest("placement must not contain NUL characters.")
     return placement
 
 
@@ -374,7 +387,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         return popular(limit=limit, category=category, placement=placement, exclude=exclude)
     generation = _shopper_generation(user, session_key)
     key = (f"recommender:recs:{generation}:{model.version_id if model else 0}:"
-           f"{placement}:{category}:{','.join(sorted(map(str, exclude)))}")
+           f"{_key_part(placement, category, sorted(map(str, exclude)))}")
     cached = _cache().get(key)
     if cached is not None:
         return _from_cached(cached, limit, diversity=rules["diversity"], category=category, exclude=exclude)
@@ -413,7 +426,7 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     model = active_model.get()
     version_id = model.version_id if model else None
     pk = getattr(item, "pk", item)
-    key = f"recommender:{source}:{version_id}:{pk}:{placement}"
+    key = f"recommender:{source}:{version_id}:{pk}:{_key_part(placement)}"
     cached = _cache().get(key)
     if cached is None:
         candidates = compute(pk, model)
@@ -447,7 +460,9 @@ def bought_together(item, *, limit=10, placement="", exclude=()):
             Event.objects.filter(Q(user_id__in=users) | Q(user__isnull=True, session_key__in=sessions), kind__in=kinds)
             .exclude(item_id=pk)
             .values("item_id")
-            .annotate(shoppers=Count("id"))
+            .annotate(shoppers=Count(_shopper_identity(), distinct=True))
+            # A pair seen with a single shopper would disclose that shopper's purchases.
+            .filter(shoppers__gte=recommender_settings.BOUGHT_TOGETHER_MIN_SHOPPERS)
             .order_by("-shoppers", "item_id")[: recommender_settings.MAX_LIMIT * OVERFETCH]
         )
         return [(row["item_id"], float(row["shoppers"])) for row in rows]
@@ -456,12 +471,21 @@ def bought_together(item, *, limit=10, placement="", exclude=()):
                       exclude=exclude)
 
 
+def _shopper_identity():
+    """An expression naming the shopper of an event: the user, else the anonymous key."""
+    return Case(
+        When(user__isnull=False, then=Concat(Value("u"), Cast("user_id", CharField()))),
+        default=Concat(Value("s"), "session_key"),
+        output_field=CharField(),
+    )
+
+
 def popular(*, limit=10, category=None, placement="", window="popular", exclude=()):
     """The store's popular (last POPULAR_DAYS) or trending (rising in TRENDING_HOURS) items."""
     limit, placement = clean_limit(limit), clean_placement(placement)
     if window not in ("popular", "trending"):
         raise BadRequest("window must be 'popular' or 'trending'.")
-    key = f"recommender:popular:{window}:{placement}"
+    key = f"recommender:popular:{window}:{_key_part(placement)}"
     cached = _cache().get(key)
     if cached is None:
         candidates = popularity_ranking(trending=window == "trending")

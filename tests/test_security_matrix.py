@@ -543,7 +543,8 @@ APP_TEMPLATES_ONLY = override_settings(TEMPLATES=[{**settings.TEMPLATES[0], "DIR
 def test_every_template_tag_escapes_what_it_renders(evil_shelf, templates):
     evil = evil_shelf[-2:]
     events.record("view", evil_shelf[3], session_key="s1")  # the shopper rendering the page
-    events.record_many([{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]], session_key="s2")
+    for buyer in ("s2", "s3"):  # bought together by two shoppers, so the pair may be shown
+        events.record_many([{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]], session_key=buyer)
     tags = {
         "recommended_products": '{% recommended_products limit=20 placement=placement as items %}',
         "similar_products": "{% similar_products product limit=20 placement=placement as items %}",
