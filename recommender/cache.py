@@ -129,18 +129,23 @@ class ResilientRedisCache(RedisCache):
         breaker = self._breaker
         if not breaker.allows_call():
             return fallback
+        started = time.monotonic()
         try:
             result = operation(*args)
         except UNAVAILABLE as exc:
             self._failed(exc)
             return fallback
         except Exception:  # Redis answered (e.g. incr of a missing key): it is back
-            if breaker.open_until is not None:
-                self._recovered()
+            self._maybe_recovered(started)
             raise
-        if breaker.open_until is not None:
-            self._recovered()
+        self._maybe_recovered(started)
         return result
+
+    def _maybe_recovered(self, started):
+        # Only a call made after the breaker opened proves Redis is back (not one that was
+        # already under way when another thread saw it fail).
+        if self._breaker.open_until is not None and started > self._breaker.opened_at:
+            self._recovered()
 
     def _failed(self, exc):
         breaker = self._breaker
