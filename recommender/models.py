@@ -3,7 +3,7 @@
 import uuid
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -166,17 +166,27 @@ class ModelVersion(models.Model):
     def metric(self, name, split="valid"):
         return (self.metrics.get(split) or {}).get(name)
 
-    def activate(self):
-        """Make this version the one that serves, atomically (promotion and rollback)."""
-        with transaction.atomic():
-            me = ModelVersion.objects.select_for_update().get(pk=self.pk)
-            if me.status != self.Status.READY:
-                raise ValueError(f"Only a ready version can be activated (v{me.pk} is {me.status}).")
-            # Lock the current active row too, so concurrent activations serialise.
-            list(ModelVersion.objects.select_for_update().filter(is_active=True))
-            ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(is_active=False)
-            now = timezone.now()
-            ModelVersion.objects.filter(pk=me.pk).update(is_active=True, activated_at=now)
+    def activate(self, attempts=5):
+        """Make this version the one that serves, atomically (promotion and rollback).
+
+        Concurrent activations serialise on the active row's lock; when three or more
+        overlap, one may still find that another activated a version after its statement
+        began, and the one-active constraint refuses it. It then retries: a new statement
+        sees the other's commit and switches that version off instead.
+        """
+        for attempt in range(attempts):
+            try:
+                with transaction.atomic():
+                    me = ModelVersion.objects.select_for_update().get(pk=self.pk)
+                    if me.status != self.Status.READY:
+                        raise ValueError(f"Only a ready version can be activated (v{me.pk} is {me.status}).")
+                    list(ModelVersion.objects.select_for_update().filter(is_active=True))
+                    ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(is_active=False)
+                    ModelVersion.objects.filter(pk=me.pk).update(is_active=True, activated_at=timezone.now())
+                break
+            except IntegrityError:
+                if attempt == attempts - 1:
+                    raise
         self.refresh_from_db()
         return self
 
