@@ -35,11 +35,31 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(autouse=True)
 def _clear_cache():
+    """Each test starts with an empty cache: this run's keys only, not the shared database's
+    (other test runs on the machine use the same Redis database under their own prefix)."""
     from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
 
     for alias in settings.CACHES:
-        caches[alias].clear()
+        cache = caches[alias]
+        if isinstance(cache, RedisCache) and cache.key_prefix:
+            client = cache._cache.get_client(write=True)
+            keys = list(client.scan_iter(match=f"{cache.key_prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+        else:
+            cache.clear()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_serving_state():
+    """Each test starts as a new web process would: no model version loaded yet."""
+    from recommender import serving
+
+    serving.active_model.reset()
+    yield
+    serving.active_model.reset()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import Client, override_settings
 
-from recommender import events, serving
+from recommender import events
 from recommender.models import Recommendation
 from shop_demo.catalog.models import Category, Product
 
@@ -17,12 +17,6 @@ from .serving_fixtures import install_version
 pytestmark = pytest.mark.django_db
 API = "/api/recommender"
 
-
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    serving.active_model.reset()
-    yield
-    serving.active_model.reset()
 
 
 @pytest.fixture

@@ -35,12 +35,6 @@ CAROUSEL = re.compile(r'<section class="rec-carousel"[^>]*data-rec-placement="(?
                       r'data-rec-source="(?P<source>[^"]*)"(?: data-rec-version="(?P<version>\d+)")?')
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    serving.active_model.reset()
-    yield
-    serving.active_model.reset()
-
 
 @pytest.fixture
 def shelf(db):

@@ -36,12 +36,6 @@ TINY = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 2, "pat
 TEXT_FIELDS = ("CharField", "EmailField", "TextField", "SlugField")
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    serving.active_model.reset()
-    yield
-    serving.active_model.reset()
-
 
 @pytest.fixture
 def store():

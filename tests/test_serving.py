@@ -18,12 +18,6 @@ from .serving_fixtures import install_version
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fresh_process_state():
-    serving.active_model.reset()
-    yield
-    serving.active_model.reset()
-
 
 @pytest.fixture
 def shelf():
