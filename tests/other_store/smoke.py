@@ -15,10 +15,10 @@ django.setup()
 from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
+from shelf.models import Book  # noqa: E402
 
 import recommender  # noqa: E402
 from recommender.models import Event  # noqa: E402
-from shelf.models import Book  # noqa: E402
 
 call_command("makemigrations", "shelf", verbosity=0)
 call_command("migrate", verbosity=0)
