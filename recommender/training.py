@@ -341,7 +341,7 @@ def _train(version, progress):
     verified = artifact.load_artifact(io.BytesIO(stored_bytes)).build_model()
     if split.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(verified, "item_embeddings"):
         progress.stage("index")
-        save_ann_index(storage, name, verified.item_embeddings())
+        save_ann_index(storage, name, verified, split.validation, train_config.max_len)
 
     finished = timezone.now()
     # Ready and the promotion decision in one transaction: nobody sees a ready run undecided.
@@ -362,15 +362,24 @@ def ann_index_name(artifact_name):
     return f"{artifact_name}.ivf"
 
 
-def save_ann_index(storage, artifact_name, item_vectors):
-    """Build the approximate index for a large catalogue once, at promotion time."""
+def save_ann_index(storage, artifact_name, model, part, max_len, n_queries=500):
+    """Build the approximate index for a large catalogue once, at promotion time.
+
+    Its probe count is tuned on real shopper vectors: the validation shoppers' histories
+    through the trained model.
+    """
     import torch
 
     from .ml.ann import IVFIndex
+    from .ml.metrics import pad_left
 
-    buffer = io.BytesIO()
+    rows = list(range(min(n_queries, len(part))))
     with torch.no_grad():
-        IVFIndex.build(item_vectors.detach()).save(buffer)
+        queries = model.shopper_vector(pad_left([part.items[i] for i in rows], max_len),
+                                       pad_left([part.kinds[i] for i in rows], max_len)) if rows else None
+        index = IVFIndex.build(model.item_embeddings().detach(), queries=queries)
+    buffer = io.BytesIO()
+    index.save(buffer)
     storage.save(ann_index_name(artifact_name), ContentFile(buffer.getvalue()))
 
 

@@ -66,7 +66,10 @@ class IVFIndex:
         k: int = 10,
         seed: int = 0,
         tune_queries: int = 200,
+        queries: torch.Tensor | None = None,
     ) -> IVFIndex:
+        """Cluster the items and tune nprobe on ``queries`` [Q, d] (real shopper vectors),
+        or on shopper-like stand-ins when none are given."""
         t0 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -81,7 +84,7 @@ class IVFIndex:
             offsets = torch.zeros(n_lists + 1, dtype=torch.long)
             offsets[1:] = torch.cumsum(counts, 0)
             index = cls(centroids, vectors[order].contiguous(), order + 1, offsets, nprobe=1)
-            index.nprobe = index._tune(vectors, target_recall, k, tune_queries, gen)
+            index.nprobe = index._tune(vectors, target_recall, k, tune_queries, gen, queries)
         index.build_info = {
             "items": n,
             "lists": n_lists,
@@ -90,11 +93,20 @@ class IVFIndex:
         }
         return index
 
-    def _tune(self, vectors, target_recall, k, n_queries, gen):
-        """Smallest nprobe whose recall@k on sample queries reaches the target."""
-        picks = torch.randint(len(vectors), (n_queries,), generator=gen)
-        noise = torch.randn(n_queries, vectors.shape[1], generator=gen) * vectors.std()
-        queries = vectors[picks] + noise  # shopper-like vectors near the items
+    def _tune(self, vectors, target_recall, k, n_queries, gen, queries=None):
+        """Smallest nprobe whose recall@k on sample queries reaches the target.
+
+        The best queries are real shopper vectors (training passes them). Without them,
+        shopper-like stand-ins: a shopper's history mixes a few items, so each stand-in is
+        the mean of one to three random item vectors plus noise.
+        """
+        if queries is None:
+            mixed = torch.randint(len(vectors), (n_queries, 3), generator=gen)
+            weights = (torch.rand(n_queries, 3, generator=gen) < torch.tensor([1.0, 0.6, 0.3])).float()
+            queries = (vectors[mixed] * weights.unsqueeze(2)).sum(1) / weights.sum(1, keepdim=True)
+            queries = queries + torch.randn(n_queries, vectors.shape[1], generator=gen) * vectors.std() * 0.5
+        queries = queries.detach().float()
+        n_queries = len(queries)
         exact = torch.topk(queries @ self.vectors.T, k, dim=1).indices  # rows of self.vectors
         exact_sets = [set(self.ids[row].tolist()) for row in exact]
         nprobe, n_lists = 1, len(self.centroids)
