@@ -104,19 +104,16 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
     return batches
 
 
+def _validate(model, split: Split, config: TrainConfig, **options) -> dict:
+    """Full-ranking metrics@10 on the validation part (never the test part)."""
+    return evaluate(model, split.validation, 10, "full", n_items=split.n_items, max_users=config.val_max_users,
+                    seed=config.seed, batch_size=config.eval_batch_size, **options)
+
+
 def _fit_baseline(model, split: Split, config: TrainConfig, progress) -> FitResult:
     t0 = time.perf_counter()
     model.fit_sequences(split.train_items, split.train_kinds, split.train_weights)
-    val = evaluate(
-        model,
-        split.validation,
-        10,
-        "full",
-        n_items=split.n_items,
-        max_users=config.val_max_users,
-        seed=config.seed,
-        batch_size=config.eval_batch_size,
-    )
+    val = _validate(model, split, config)
     elapsed = time.perf_counter() - t0
     row = {
         "stage": "fitted",
@@ -208,17 +205,7 @@ def fit(
         train_epoch_seconds = time.perf_counter() - epoch_start
 
         e0 = time.perf_counter()
-        val = evaluate(
-            model,
-            split.validation,
-            10,
-            "full",
-            n_items=split.n_items,
-            max_users=config.val_max_users,
-            seed=config.seed,
-            batch_size=config.eval_batch_size,
-            max_len=config.max_len,
-        )
+        val = _validate(model, split, config, max_len=config.max_len)
         eval_seconds = time.perf_counter() - e0
         elapsed = time.perf_counter() - t0
         per_epoch = train_epoch_seconds + eval_seconds
