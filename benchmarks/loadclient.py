@@ -1,9 +1,11 @@
-"""A bounded HTTP load client for the ingest benchmark: standard library only.
+"""A bounded HTTP load client for the benchmarks: standard library only.
 
-Each client process plays anonymous shoppers one after another, like browsers: it GETs a
-store page for the CSRF cookie, then POSTs events with the cookie, the X-CSRFToken header
-and Origin/Referer, keeping the session cookie the server sets. Every job is bounded by a
-request count and a deadline, and only ever talks to the loopback address it is given.
+Ingest jobs (``run_job``): each client process plays anonymous shoppers one after another,
+like browsers: it GETs a store page for the CSRF cookie, then POSTs events with the
+cookie, the X-CSRFToken header and Origin/Referer, keeping the session cookie the server
+sets. Serving jobs (``run_get_job``, ``job["kind"] == "get"``): a planned list of GETs,
+each with the cookie of the shopper who makes it. Every job is bounded by a request count
+and a deadline, and only ever talks to the loopback address it is given.
 """
 
 import http.client
@@ -141,6 +143,75 @@ def run_job(job, progress=None):
     }
 
 
+def run_get_job(job, progress=None):
+    """GET each ``(path, cookie header)`` of ``job["plan"]`` in order; latencies and checks.
+
+    ``job["headers"]``: response headers whose float values are collected per request
+    (server-side timings). ``job["json_field"]``: a top-level field of JSON answers to
+    count the values of (e.g. a recommendation list's ``source``), read after timing.
+    """
+    if job["host"] not in LOOPBACK:
+        raise ValueError("the load client only talks to the loopback interface")
+    conn = http.client.HTTPConnection(job["host"], job["port"], timeout=30)
+    wanted_headers, json_field = job.get("headers", ()), job.get("json_field")
+    latencies, statuses, errors, values, fields = [], {}, [], {h: [] for h in wanted_headers}, {}
+    while time.monotonic() < job["start_at"]:
+        time.sleep(0.001)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    t_start = time.monotonic()
+    deadline = t_start + job["deadline_s"]
+    tick = 0
+    for path, cookie in job["plan"][: job.get("requests", len(job["plan"]))]:
+        if time.monotonic() > deadline:
+            errors.append("deadline reached")
+            break
+        headers = {"Cookie": cookie} if cookie else {}
+        try:
+            t0 = time.perf_counter()
+            conn.request("GET", path, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            latencies.append(time.perf_counter() - t0)
+        except (http.client.HTTPException, OSError) as exc:
+            conn.close()
+            statuses["error"] = statuses.get("error", 0) + 1
+            if len(errors) < 3:
+                errors.append(repr(exc))
+            continue
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        for header in wanted_headers:
+            value = response.getheader(header)
+            values[header].append(float(value) if value is not None else None)
+        if response.status != 200:
+            if len(errors) < 3:
+                errors.append(f"{response.status} {path}: {data[:300]!r}")
+        elif json_field:
+            try:
+                value = str(json.loads(data).get(json_field))
+            except (ValueError, AttributeError):
+                value = "not JSON"
+            fields[value] = fields.get(value, 0) + 1
+        tick += 1
+        if progress is not None and tick == 20:
+            progress.put(tick)
+            tick = 0
+    t_end = time.monotonic()
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    conn.close()
+    if progress is not None and tick:
+        progress.put(tick)
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "errors": errors,
+        "headers": values,
+        "fields": fields,
+        "t_start": t_start,
+        "t_end": t_end,
+        "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+    }
+
+
 def client_main(jobs, results, progress):
     """Process entry point: run jobs from ``jobs`` until a ``None`` arrives."""
     while True:
@@ -148,6 +219,7 @@ def client_main(jobs, results, progress):
         if job is None:
             return
         try:
-            results.put(run_job(job, progress))
+            run = run_get_job if job.get("kind") == "get" else run_job
+            results.put(run(job, progress))
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
             results.put({"fatal": repr(exc)})

@@ -2,7 +2,10 @@
 
 Environment: DATABASE_URL and REDIS_URL as for the demo store, plus
 BENCH_EVENTS_THROTTLE_RATE ("none" disables the events throttle; any DRF rate such as
-"1000000/min" keeps the throttle and its cache round trips but never cuts the benchmark).
+"1000000/min" keeps the throttle and its cache round trips but never cuts the benchmark),
+BENCH_API_THROTTLE_RATE (the same for the read endpoints; default "none"), and
+BENCH_MODEL_TIMING=1 (time in the model and the service per request, in response headers:
+see timing.py).
 """
 
 import os
@@ -14,11 +17,15 @@ DEBUG = False
 ROOT_URLCONF = "benchmarks.bench_site.urls"
 
 _rate = os.environ.get("BENCH_EVENTS_THROTTLE_RATE", "1000000/min")
+_api_rate = os.environ.get("BENCH_API_THROTTLE_RATE", "none")
 RECOMMENDER = {
     **RECOMMENDER,
     "EVENTS_THROTTLE_RATE": None if _rate.lower() == "none" else _rate,
-    "API_THROTTLE_RATE": None,
+    "API_THROTTLE_RATE": None if _api_rate.lower() == "none" else _api_rate,
 }
+
+if os.environ.get("BENCH_MODEL_TIMING") == "1":
+    MIDDLEWARE = ["benchmarks.bench_site.timing.ModelTimingMiddleware", *MIDDLEWARE]  # noqa: F405
 
 if REDIS_URL:
     CACHES = {

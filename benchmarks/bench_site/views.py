@@ -1,4 +1,5 @@
-"""Benchmark-only views: the bare minimum an event insert costs, and a page like a store's."""
+"""Benchmark-only views: the bare minimum an event insert costs, a page like a store's, and the
+serving baseline (10 products through DRF)."""
 
 import json
 import secrets
@@ -6,8 +7,12 @@ import uuid
 
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import ensure_csrf_cookie
+from rest_framework import serializers
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import AllowAny
 
 from recommender.models import Event
+from shop_demo.catalog.models import Product
 
 SHOPPER_FIELD = "recommender_shopper"
 
@@ -39,3 +44,59 @@ def bare_event(request):
         kind=data["kind"],
     )
     return JsonResponse({"stored": 1, "duplicates": 0}, status=201)
+
+
+# ---------------------------------------------------------------- serving benchmark
+
+
+class BenchProductSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Product
+        fields = ["id", "name", "slug", "price", "category"]
+
+
+class ProductListBaseline(ListAPIView):
+    """The serving baseline: 10 products by primary key (``?ids=1,2,...``), serialized by DRF.
+
+    What a store pays for any precomputed list: session authentication, one query, a
+    small ModelSerializer. No throttle, no cache, no model.
+    """
+
+    serializer_class = BenchProductSerializer
+    permission_classes = [AllowAny]
+    throttle_classes = []
+    pagination_class = None
+
+    def get_queryset(self):
+        ids = [int(x) for x in self.request.query_params.get("ids", "").split(",") if x.isdigit()][
+            :10
+        ]
+        products = Product.objects.filter(pk__in=ids) if ids else Product.objects.order_by("pk")
+        return products[:10]
+
+
+def serving_warm(request):
+    """Load the active model in this worker and run each model path once (first-call costs).
+
+    Answers which process it is and what it loaded, so the benchmark can wait until every
+    gunicorn worker has built its index before measuring.
+    """
+    import os
+
+    from recommender import serving
+
+    model = serving.active_model.get()
+    if model is None:
+        return JsonResponse({"pid": os.getpid(), "ready": False})
+    first = model.predictor.item_map.id(1)
+    model.top_candidates([(first, "view")], 30)
+    model.similar(first, 30)
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "ready": True,
+            "version": model.version_id,
+            "items": model.predictor.n_items,
+            "index": model.index.build_info if model.index is not None else None,
+        }
+    )
