@@ -109,9 +109,13 @@ def load_artifact(fileobj) -> Artifact:
     try:
         raw = torch.load(fileobj, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure mode means "not loadable"
+        # torch's own message for a refused pickle advises weights_only=False: exactly what
+        # must never be done with an untrusted file, so it is not passed on to operators.
+        text = str(exc).strip()
+        detail = "refused by the safe loader" if "weights_only" in text else (text.splitlines() or [""])[0][:200]
         raise ArtifactError(
             f"not a readable model artifact (corrupt, truncated, not produced by "
-            f"recommender.ml, or containing code): {type(exc).__name__}: {str(exc)[:200]}"
+            f"recommender.ml, or containing code): {type(exc).__name__}: {detail}"
         ) from exc
     if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
         raise ArtifactError("not a recommender.ml artifact (missing format marker)")
