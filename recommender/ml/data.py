@@ -33,6 +33,15 @@ Interaction = tuple  # (shopper, item, kind: str, value: float | None, ts: float
 # --------------------------------------------------------------------------- config
 
 
+def checked_config(cls, d: dict | None) -> dict:
+    """A copy of a settings dict for dataclass ``cls``; unknown keys are an error (typos must not pass)."""
+    d = dict(d or {})
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return d
+
+
 @dataclass
 class CleaningConfig:
     """What `clean` removes. Every step is disabled by ``None`` or ``0``.
@@ -64,11 +73,7 @@ class CleaningConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> CleaningConfig:
         """Build from a settings dict; unknown keys are an error (typos must not pass)."""
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown CleaningConfig keys: {sorted(unknown)}")
+        d = checked_config(cls, d)
         if "burst_kinds" in d and d["burst_kinds"] is not None:
             d["burst_kinds"] = tuple(d["burst_kinds"])
         return cls(**d)
@@ -391,18 +396,8 @@ def kind_vocabulary(kinds: Iterable[str]) -> list[str]:
     return [PAD_KIND, *known, *rest]
 
 
-@dataclass
-class Sequences:
-    """Per-shopper chronological arrays (item/kind indices, weights, timestamps)."""
-
-    shopper_ids: list
-    items: list[np.ndarray]  # each [n_s] int64, 1..n_items
-    kinds: list[np.ndarray]  # each [n_s] int64, 1..n_kinds-1
-    weights: list[np.ndarray]  # each [n_s] float32
-    times: list[np.ndarray]  # each [n_s] float64
-    item_map: IdMap
-    kind_names: list[str]  # index 0 is padding
-    report: CleaningReport | None = None
+class _Vocabulary:
+    """Sizes derived from ``item_map`` and ``kind_names`` (sequences and splits share them)."""
 
     @property
     def n_items(self) -> int:
@@ -413,6 +408,20 @@ class Sequences:
     def n_kinds(self) -> int:
         """Size of the kind vocabulary including padding."""
         return len(self.kind_names)
+
+
+@dataclass
+class Sequences(_Vocabulary):
+    """Per-shopper chronological arrays (item/kind indices, weights, timestamps)."""
+
+    shopper_ids: list
+    items: list[np.ndarray]  # each [n_s] int64, 1..n_items
+    kinds: list[np.ndarray]  # each [n_s] int64, 1..n_kinds-1
+    weights: list[np.ndarray]  # each [n_s] float32
+    times: list[np.ndarray]  # each [n_s] float64
+    item_map: IdMap
+    kind_names: list[str]  # index 0 is padding
+    report: CleaningReport | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -509,7 +518,7 @@ class SplitPart:
 
 
 @dataclass
-class Split:
+class Split(_Vocabulary):
     """Training sequences plus validation and test parts; shares the item vocabulary."""
 
     train_items: list[np.ndarray]
@@ -520,14 +529,6 @@ class Split:
     item_map: IdMap
     kind_names: list[str]
     cut_ts: float | None = None
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_map)
-
-    @property
-    def n_kinds(self) -> int:
-        return len(self.kind_names)
 
 
 def _empty_part() -> SplitPart:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import Split
+from .data import Split, checked_config
 from .metrics import evaluate
 
 
@@ -42,12 +42,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**checked_config(cls, d))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
