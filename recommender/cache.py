@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import redis.exceptions
 from django.core.cache.backends.base import DEFAULT_TIMEOUT
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,27 @@ def _breaker_for(servers, retry_seconds, max_pending):
         return breaker
 
 
+class _ReusedClientRedisCacheClient(RedisCacheClient):
+    """Keeps one ``redis.Redis`` per connection pool instead of building one per call.
+
+    Django's client builds a new ``redis.Redis`` for every cache call; with redis-py 8 that
+    costs about as much as the round trip itself (~0.2 ms of CPU: it fills its table of
+    response callbacks each time). The object is thread-safe and Django already keeps one
+    cache object per thread, so reusing it changes nothing else.
+    """
+
+    def __init__(self, servers, **options):
+        super().__init__(servers, **options)
+        self._clients = {}
+
+    def get_client(self, key=None, *, write=False):
+        pool = self._get_connection_pool(write)
+        client = self._clients.get(id(pool))
+        if client is None:
+            client = self._clients[id(pool)] = self._client(connection_pool=pool)
+        return client
+
+
 class ResilientRedisCache(RedisCache):
     """``RedisCache`` that degrades to an always-empty cache while Redis is down."""
 
@@ -116,6 +137,7 @@ class ResilientRedisCache(RedisCache):
             options.setdefault(name, value)
         params["OPTIONS"] = options
         super().__init__(server, params)
+        self._class = _ReusedClientRedisCacheClient
         self._breaker = _breaker_for(self._servers, retry_seconds, max_pending)
 
     # ------------------------------------------------------------------ state
@@ -257,3 +279,21 @@ class ResilientRedisCache(RedisCache):
 
     def clear(self):
         return self._call(self._cache.clear, False)
+
+    def incr_with_expiry(self, key, timeout, version=None):
+        """Add one to a counter that expires ``timeout`` seconds after its last hit.
+
+        One round trip (INCR and EXPIRE pipelined) instead of the three that
+        ``add`` + ``incr`` may take (Django's ``incr`` checks EXISTS first): the API
+        throttles call this on every request. Returns the new count, or None while Redis
+        is unavailable (throttles then let the request through).
+        """
+        raw = self.make_and_validate_key(key, version=version)
+
+        def count():
+            pipe = self._cache.get_client(raw, write=True).pipeline(transaction=False)
+            pipe.incr(raw)
+            pipe.expire(raw, int(timeout))
+            return pipe.execute()[0]
+
+        return self._call(count, None)

@@ -234,6 +234,20 @@ def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(priva
     assert cache.get("c") == "[1]"
 
 
+def test_the_throttle_counter_is_one_round_trip_that_expires_and_fails_open(private_redis, resilient_cache):
+    cache = resilient_cache
+    assert [cache.incr_with_expiry("hits", 60) for _ in range(3)] == [1, 2, 3]
+    raw = cache.make_and_validate_key("hits")
+    client = cache._cache.get_client(raw)
+    assert client is cache._cache.get_client(raw)  # one redis.Redis per pool, not one per call
+    assert 0 < client.ttl(raw) <= 60
+    assert cache.incr_with_expiry("brief", 1) == 1
+    time.sleep(2.1)
+    assert cache.get("brief") is None  # a window's counter does not outlive it
+    private_redis.kill()
+    assert cache.incr_with_expiry("hits", 60) is None  # unavailable: the throttle lets requests through
+
+
 # --------------------------------------------------------------------------- worker killed
 
 

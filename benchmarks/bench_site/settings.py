@@ -30,7 +30,7 @@ if os.environ.get("BENCH_MODEL_TIMING") == "1":
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "recommender.cache.ResilientRedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": "recommender-bench",
         }

@@ -1,7 +1,8 @@
 """Throttles for the public endpoints, with rates from RECOMMENDER settings.
 
 A fixed-window counter: one cache increment per request (DRF's SimpleRateThrottle reads
-and rewrites a list of timestamps, two round trips and a pickle on every request).
+and rewrites a list of timestamps, two round trips and a pickle on every request). With
+``ResilientRedisCache`` the increment and its expiry are one pipelined round trip.
 """
 
 import time
@@ -30,6 +31,9 @@ class ShopperRateThrottle(BaseThrottle):
         self.window_ends = (window_index + 1) * self.window
         key = f"throttle:{self.scope}:{self.ident(request)}:{window_index}"
         cache = caches[recommender_settings.CACHE_ALIAS]
+        if hasattr(cache, "incr_with_expiry"):  # ResilientRedisCache: one round trip
+            count = cache.incr_with_expiry(key, self.window + 1)
+            return count is None or count <= self.limit
         try:
             count = cache.incr(key)
         except ValueError:  # first request of this window
