@@ -50,9 +50,10 @@ class Event(models.Model):
         unique=True, default=uuid.uuid4, editable=False,
         help_text="Client-supplied id: a retried submission with the same id is stored once.",
     )
+    # No index of its own: rec_event_user_latest starts with user_id and serves its lookups.
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-        related_name="recommender_events",
+        related_name="recommender_events", db_index=False,
     )
     session_key = models.CharField(max_length=40, blank=True, default="")
     item = models.ForeignKey(ITEM_MODEL, on_delete=models.CASCADE, related_name="recommender_events")
@@ -75,7 +76,9 @@ class Event(models.Model):
             models.Index(fields=["user", "-occurred_at"], name="rec_event_user_latest"),
             models.Index(fields=["session_key", "-occurred_at"], name="rec_event_session_latest"),
             models.Index(fields=["occurred_at", "id"], name="rec_event_time_order"),
-            models.Index(fields=["recommendation_id"], name="rec_event_recommendation"),
+            # Only events that came from a recommendation list (a small share) are indexed.
+            models.Index(fields=["recommendation_id"], name="rec_event_recommendation",
+                         condition=Q(recommendation_id__isnull=False)),
         ]
         constraints = [
             models.CheckConstraint(
