@@ -60,8 +60,8 @@ class DeferredCsrfSessionScheme(SessionScheme):
                 "description": "The session cookie; writes also send the CSRF token (X-CSRFToken, or csrf_token in the body)."}
 
 
-def _enforce_csrf(request):
-    """CSRF for cookie-identified shoppers, anonymous ones included.
+def _enforce_csrf(request, body_token=None):
+    """CSRF for cookie-identified shoppers, anonymous ones included (``request`` is Django's).
 
     DRF only checks CSRF for authenticated session users; an anonymous shopper is also
     identified by the session cookie, so a forged cross-site post could write events into
@@ -69,6 +69,8 @@ def _enforce_csrf(request):
     the token in the body as ``csrf_token`` instead of the X-CSRFToken header.
     """
 
+    if body_token and "HTTP_X_CSRFTOKEN" not in request.META:
+        request.META["HTTP_X_CSRFTOKEN"] = body_token
     check = _CsrfCheck(lambda _request: None)
     check.process_request(request)
     reason = check.process_view(request, None, (), {})
@@ -91,9 +93,7 @@ class SessionWriteMixin:
 
     def check_csrf(self, request, body_token=None):
         if not self._token_authenticated(request):
-            if body_token and "HTTP_X_CSRFTOKEN" not in request.META:
-                request.META["HTTP_X_CSRFTOKEN"] = body_token
-            _enforce_csrf(request._request)
+            _enforce_csrf(request._request, body_token)
 
     @staticmethod
     def _token_authenticated(request):
@@ -102,7 +102,8 @@ class SessionWriteMixin:
 
     @staticmethod
     def _read_json(request):
-        content_type = request.content_type.split(";")[0].strip().lower()
+        """The JSON body of Django's ``request``, within the size limit."""
+        content_type = (request.content_type or "").split(";")[0].strip().lower()
         if content_type not in ("application/json", "text/plain", ""):
             raise ParseError(f"Send JSON (application/json), not {content_type!r}.")
         try:
@@ -111,7 +112,7 @@ class SessionWriteMixin:
             raise ParseError("Invalid Content-Length.") from None
         if length > MAX_EVENTS_BODY_BYTES:
             raise ParseError(f"Request body too large: at most {MAX_EVENTS_BODY_BYTES} bytes.")
-        body = request._request.read(MAX_EVENTS_BODY_BYTES + 1)
+        body = request.read(MAX_EVENTS_BODY_BYTES + 1)
         if len(body) > MAX_EVENTS_BODY_BYTES:
             raise ParseError(f"Request body too large: at most {MAX_EVENTS_BODY_BYTES} bytes.")
         try:
@@ -124,9 +125,37 @@ class SessionWriteMixin:
 
 
 class EventIngestView(SessionWriteMixin, APIView):
-    """Record one event, or a batch, for the current shopper."""
+    """Record one event, or a batch, for the current shopper.
+
+    The tracker's posts (identified by the session cookie, no Authorization header) are
+    answered by ``_ingest`` straight from Django's request: the same throttle, CSRF check,
+    limits, errors and exception handler as the DRF path, without DRF's request wrapping,
+    authenticator loop, content negotiation and renderer, which cost about as much CPU as
+    storing the event. Other clients (token or other authentication) go through DRF.
+    """
 
     throttle_classes = [EventsRateThrottle]
+
+    def dispatch(self, request, *args, **kwargs):
+        if request.method != "POST" or not self._cookie_shopper(request):
+            return super().dispatch(request, *args, **kwargs)
+        self.args, self.kwargs, self.request, self.headers = args, kwargs, request, {}
+        try:
+            for throttle in self.get_throttles():
+                if not throttle.allow_request(request, self):
+                    self.throttled(request, throttle.wait())
+            data, status_code = self._ingest(request)
+        except Exception as exc:  # noqa: BLE001 - the API's exception handler decides, as in DRF
+            response = self.get_exception_handler()(exc, self.get_exception_handler_context())
+            if response is None:
+                raise
+            headers = {name: value for name, value in response.items() if name.lower() != "content-type"}
+            return JsonResponse(response.data, status=response.status_code, headers=headers)
+        return JsonResponse(data, status=status_code)
+
+    def _cookie_shopper(self, request):
+        return "HTTP_AUTHORIZATION" not in request.META and any(
+            issubclass(auth, SessionAuthentication) for auth in self.authentication_classes)
 
     @extend_schema(
         request={"application/json": EventBatchInSerializer},
@@ -139,17 +168,20 @@ class EventIngestView(SessionWriteMixin, APIView):
         ),
     )
     def post(self, request):
+        data, status_code = self._ingest(request._request, token_authenticated=self._token_authenticated(request))
+        return Response(data, status=status_code)
+
+    def _ingest(self, request, token_authenticated=False):
+        """Parse, check CSRF, record: (response data, status). ``request`` is Django's."""
         payload = self._read_json(request)
         items, token = self._unwrap(payload)
-        self.check_csrf(request, token)
+        if not token_authenticated:
+            _enforce_csrf(request, token)
         try:
-            result = events.record_many(items, **shopper_of(request._request))
+            result = events.record_many(items, **shopper_of(request))
         except events.EventValidationError as exc:
-            return Response(
-                {"detail": str(exc), "errors": {str(k): v for k, v in exc.errors.items()}},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
-        return Response({"stored": result.stored, "duplicates": result.duplicates}, status=status.HTTP_201_CREATED)
+            return {"detail": str(exc), "errors": {str(k): v for k, v in exc.errors.items()}}, status.HTTP_400_BAD_REQUEST
+        return {"stored": result.stored, "duplicates": result.duplicates}, status.HTTP_201_CREATED
 
     @staticmethod
     def _unwrap(payload):
@@ -181,7 +213,7 @@ class ImpressionsView(SessionWriteMixin, APIView):
                    responses={200: ImpressionsCountedSerializer, **WRITE_ERRORS},
                    summary="Count impressions of recommendation lists")
     def post(self, request):
-        payload = self._read_json(request)
+        payload = self._read_json(request._request)
         if not isinstance(payload, dict):
             raise ParseError("Send {\"recommendations\": [ids]}.")
         serializer = ImpressionsInSerializer(data=payload)
