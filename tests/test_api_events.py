@@ -1,5 +1,6 @@
 """POST /api/recommender/events/: the tracker's and the store's HTTP way in."""
 
+import base64
 import json
 import uuid
 
@@ -175,6 +176,48 @@ def test_bursts_are_throttled(catalog):
     codes = [post(client, {"kind": "view", "item": catalog[0].pk}, token).status_code for _ in range(6)]
     # The first request, made before the session holds a shopper key, counts against the address.
     assert codes == [201, 201, 201, 201, 429, 429]
+
+
+@override_settings(RECOMMENDER={"EVENTS_THROTTLE_RATE": "3/min"})
+def test_throttled_answers_say_when_to_retry(catalog):
+    client, token = browser()
+    responses = [post(client, {"kind": "view", "item": catalog[0].pk}, token) for _ in range(6)]
+    last = responses[-1]
+    assert last.status_code == 429 and last["Content-Type"] == "application/json"
+    assert "throttled" in last.json()["detail"] and int(last["Retry-After"]) >= 0
+
+
+@pytest.fixture
+def basic_auth_api(monkeypatch):
+    """A store whose API also takes HTTP Basic authentication (an app, not the tracker)."""
+    from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+
+    from recommender.api.views import EventIngestView
+
+    monkeypatch.setattr(EventIngestView, "authentication_classes", [SessionAuthentication, BasicAuthentication])
+    get_user_model().objects.create_user("app", password="s3cret-pass")
+    return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"app:s3cret-pass").decode()}
+
+
+def test_a_client_with_an_authorization_header_goes_through_drf_without_csrf(catalog, basic_auth_api):
+    client = Client(enforce_csrf_checks=True)
+    response = post(client, {"kind": "view", "item": catalog[0].pk}, **basic_auth_api)
+    assert response.status_code == 201, response.content
+    assert Event.objects.get().user.username == "app"
+    wrong = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"app:wrong").decode()}
+    assert post(client, {"kind": "view", "item": catalog[0].pk}, **wrong).status_code in (401, 403)
+    assert Event.objects.count() == 1
+
+
+def test_both_ways_in_give_the_same_answers_to_bad_input(catalog, basic_auth_api):
+    cookie_client, token = browser()
+    app_client = Client(enforce_csrf_checks=True)
+    for payload in ({"kind": "stare", "item": catalog[0].pk}, "{not json", [{}] * 101):
+        by_cookie = post(cookie_client, payload, token)
+        by_app = post(app_client, payload, **basic_auth_api)
+        assert by_cookie.status_code == by_app.status_code == 400
+        assert by_cookie.json() == by_app.json()
+    assert Event.objects.count() == 0
 
 
 def test_only_post_is_allowed(catalog):
