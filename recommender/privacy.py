@@ -79,11 +79,10 @@ def _forget_cached(user, user_ids, sessions, bought_items):
         users.append(user)
     shoppers = [{"user": u} for u in users] + [{"session_key": key} for key in sessions]
     cache = serving._cache()
-    generations = cache.get_many([serving.shopper_cache_key(**shopper) for shopper in shoppers]).values()
     for shopper in shoppers:
         serving.invalidate_shopper(**shopper)
     # Key layouts of serving.recommend and serving.bought_together; ``None`` stands for "*".
-    patterns = [("recommender:recs:" + str(generation) + ":", None) for generation in generations]
+    patterns = [(serving.shopper_lists_prefix(**shopper), None) for shopper in shoppers]
     patterns += [("recommender:bought_together:", None, f":{pk}:", None) for pk in bought_items]
     _delete_matching(cache, patterns)
 

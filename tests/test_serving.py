@@ -87,6 +87,24 @@ def test_purchases_are_excluded_unless_the_placement_allows_rebuying(shelf):
     assert cart & bought
 
 
+@override_settings(RECOMMENDER={"HISTORY_LENGTH": 3})
+def test_one_query_reads_the_latest_events_in_order_and_every_purchase(shelf, django_assert_num_queries):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    start = timezone.now() - timedelta(hours=1)
+    done = [("purchase", 0), ("view", 1), ("view", 2), ("add_to_cart", 3), ("view", 4), ("purchase", 5)]
+    events.record_many([{"kind": kind, "item": shelf[i].pk, "occurred_at": start + timedelta(minutes=i)}
+                        for kind, i in reversed(done)], session_key="s1")
+    with django_assert_num_queries(1):
+        history, purchased = serving.shopper_activity(session_key="s1")
+    assert history == [(shelf[3].pk, "add_to_cart"), (shelf[4].pk, "view"), (shelf[5].pk, "purchase")]
+    assert purchased == {shelf[0].pk, shelf[5].pk}  # the first purchase is older than the history
+    assert serving.shopper_history(session_key="s1") == history
+    assert serving.shopper_activity(session_key="nobody-yet") == ([], set())
+
+
 def test_category_filter_and_diversity(shelf):
     install_version(shelf)
     views("s1", shelf[:3])
