@@ -205,8 +205,8 @@ def main(argv=None):
     ap.add_argument(
         "--max-train-minutes",
         type=float,
-        default=15.0,
-        help="wall-clock training budget per neural model",
+        default=20.0,
+        help="wall-clock training budget per neural model (default 20: the whole run ~43 min on 2 cores)",
     )
     ap.add_argument("--models", default=",".join(ALL_MODELS))
     ap.add_argument("--threads", type=int, default=2)
