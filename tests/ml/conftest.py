@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from recommender.ml import data
+from recommender.ml import data, nets
 
 
 def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> data.Sequences:
@@ -29,3 +29,10 @@ def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> da
 def chain_split():
     torch.manual_seed(0)
     return data.leave_one_out(chain_sequences())
+
+
+def small_net(split, name="cnn_dnn"):
+    """A seeded net small enough to train on ``chain_split`` in a second."""
+    torch.manual_seed(0)
+    return nets.build_model(name, split.n_items, split.n_kinds, dim=16, max_len=8, tower_hidden=32,
+                            dropout=0.1, emb_dropout=0.1)

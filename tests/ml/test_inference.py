@@ -1,22 +1,12 @@
 import io
 
-import torch
+from recommender.ml import artifact, baselines, data, inference, train
 
-from recommender.ml import artifact, baselines, data, inference, nets, train
+from .conftest import small_net
 
 
 def test_predictor_from_artifact_recommends_store_ids(chain_split):
-    torch.manual_seed(0)
-    model = nets.build_model(
-        "cnn_dnn",
-        chain_split.n_items,
-        chain_split.n_kinds,
-        dim=16,
-        max_len=8,
-        tower_hidden=32,
-        dropout=0.1,
-        emb_dropout=0.1,
-    )
+    model = small_net(chain_split)
     cfg = train.TrainConfig(epochs=8, batch_size=32, lr=2e-2, patience=8, max_len=8)
     train.fit(model, chain_split, cfg)
     buf = io.BytesIO()

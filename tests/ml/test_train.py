@@ -1,8 +1,8 @@
 import time
 
-import torch
-
 from recommender.ml import baselines, metrics, nets, train
+
+from .conftest import small_net
 
 
 def small_config(**kw):
@@ -10,23 +10,9 @@ def small_config(**kw):
     return train.TrainConfig(**{**base, **kw})
 
 
-def make(split, name="cnn_dnn"):
-    torch.manual_seed(0)
-    return nets.build_model(
-        name,
-        split.n_items,
-        split.n_kinds,
-        dim=16,
-        max_len=8,
-        tower_hidden=32,
-        dropout=0.1,
-        emb_dropout=0.1,
-    )
-
-
 def test_fit_learns_a_predictable_sequence_and_reports_progress(chain_split):
     seen = []
-    result = train.fit(make(chain_split), chain_split, small_config(), progress=seen.append)
+    result = train.fit(small_net(chain_split), chain_split, small_config(), progress=seen.append)
     assert seen and all(
         {"stage", "epoch", "epochs", "loss", "val_ndcg10", "val_hr10", "elapsed", "eta"} <= set(p)
         for p in seen
@@ -41,8 +27,8 @@ def test_fit_learns_a_predictable_sequence_and_reports_progress(chain_split):
 
 
 def test_model_holds_best_weights_and_training_is_deterministic(chain_split):
-    a = train.fit(make(chain_split), chain_split, small_config(epochs=4, patience=1))
-    b = train.fit(make(chain_split), chain_split, small_config(epochs=4, patience=1))
+    a = train.fit(small_net(chain_split), chain_split, small_config(epochs=4, patience=1))
+    b = train.fit(small_net(chain_split), chain_split, small_config(epochs=4, patience=1))
     assert [r["loss"] for r in a.curve] == [r["loss"] for r in b.curve]
     val = metrics.evaluate(a.model, chain_split.validation, 10, max_len=8)
     assert val["ndcg@10"] == a.best_metrics["val_ndcg10"]
@@ -51,7 +37,7 @@ def test_model_holds_best_weights_and_training_is_deterministic(chain_split):
 def test_max_seconds_stops_cleanly(chain_split):
     t0 = time.perf_counter()
     result = train.fit(
-        make(chain_split),
+        small_net(chain_split),
         chain_split,
         small_config(epochs=10_000, patience=10_000, max_seconds=1.0),
     )
