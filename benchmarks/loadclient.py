@@ -77,6 +77,26 @@ class Shopper:
         self.conn.close()
 
 
+class _JobClock:
+    """Waits for the job's common start time, then tracks its deadline and this process's CPU."""
+
+    def __init__(self, job):
+        while time.monotonic() < job["start_at"]:
+            time.sleep(0.001)
+        self.usage0 = resource.getrusage(resource.RUSAGE_SELF)
+        self.t_start = time.monotonic()
+        self.deadline = self.t_start + job["deadline_s"]
+
+    def expired(self):
+        return time.monotonic() > self.deadline
+
+    def times(self, t_end):
+        """t_start, t_end and the CPU seconds spent since the start, read now."""
+        usage0, usage1 = self.usage0, resource.getrusage(resource.RUSAGE_SELF)
+        return {"t_start": self.t_start, "t_end": t_end,
+                "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
+
+
 def run_job(job, progress=None):
     """Run one bounded job; returns latencies (seconds), status counts and timings."""
     if job["host"] not in LOOPBACK:
@@ -86,14 +106,10 @@ def run_job(job, progress=None):
     latencies, statuses, errors = [], {}, []
     sent_events = 0
     shopper, left = None, 0
-    while time.monotonic() < job["start_at"]:
-        time.sleep(0.001)
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_start = time.monotonic()
-    deadline = t_start + job["deadline_s"]
+    clock = _JobClock(job)
     tick = 0
     for _ in range(job["requests"]):
-        if time.monotonic() > deadline:
+        if clock.expired():
             errors.append("deadline reached")
             break
         try:
@@ -126,8 +142,7 @@ def run_job(job, progress=None):
         if progress is not None and tick == 20:
             progress.put(tick)
             tick = 0
-    t_end = time.monotonic()
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    timing = clock.times(time.monotonic())
     if progress is not None and tick:
         progress.put(tick)
     if shopper is not None:
@@ -137,9 +152,7 @@ def run_job(job, progress=None):
         "statuses": statuses,
         "errors": errors,
         "events": sent_events,
-        "t_start": t_start,
-        "t_end": t_end,
-        "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+        **timing,
     }
 
 
@@ -155,14 +168,10 @@ def run_get_job(job, progress=None):
     conn = http.client.HTTPConnection(job["host"], job["port"], timeout=30)
     wanted_headers, json_field = job.get("headers", ()), job.get("json_field")
     latencies, statuses, errors, values, fields = [], {}, [], {h: [] for h in wanted_headers}, {}
-    while time.monotonic() < job["start_at"]:
-        time.sleep(0.001)
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    t_start = time.monotonic()
-    deadline = t_start + job["deadline_s"]
+    clock = _JobClock(job)
     tick = 0
     for path, cookie in job["plan"][: job.get("requests", len(job["plan"]))]:
-        if time.monotonic() > deadline:
+        if clock.expired():
             errors.append("deadline reached")
             break
         headers = {"Cookie": cookie} if cookie else {}
@@ -195,8 +204,7 @@ def run_get_job(job, progress=None):
         if progress is not None and tick == 20:
             progress.put(tick)
             tick = 0
-    t_end = time.monotonic()
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    timing = clock.times(time.monotonic())
     conn.close()
     if progress is not None and tick:
         progress.put(tick)
@@ -206,9 +214,7 @@ def run_get_job(job, progress=None):
         "errors": errors,
         "headers": values,
         "fields": fields,
-        "t_start": t_start,
-        "t_end": t_end,
-        "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+        **timing,
     }
 
 
