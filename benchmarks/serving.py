@@ -600,8 +600,8 @@ def model_share(args, model, data, bar):
     predictor = model.predictor
     cases = []
     for key, _ in data.shoppers[: args.model_queries]:
-        history = serving.shopper_history(session_key=key)
-        banned = serving.purchased_items(session_key=key) | {pk for pk, _ in history}
+        history, purchased = serving.shopper_activity(session_key=key)
+        banned = purchased | {pk for pk, _ in history}
         cases.append((history, banned))
     wanted = max(LIMIT * serving.OVERFETCH, LIMIT + 20)
     exact = serving.LoadedModel(model.version_id, predictor, model.categories, index=None)

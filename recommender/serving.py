@@ -375,13 +375,6 @@ def shopper_history(user=None, session_key="", length=None):
     return shopper_activity(user, session_key, length=length, with_purchases=False)[0]
 
 
-def purchased_items(user=None, session_key=""):
-    return set(
-        Event.objects.for_shopper(user=user, session_key=session_key)
-        .filter(kind=Event.Kind.PURCHASE).values_list("item_id", flat=True).distinct()
-    )
-
-
 def shopper_activity(user=None, session_key="", length=None, with_purchases=True):
     """(latest (item pk, kind) events oldest first, set of purchased item pks), in one query.
 
