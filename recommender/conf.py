@@ -93,8 +93,8 @@ DEFAULTS = {
     "PLACEMENTS": {},
     # Catalogues with more items than this are served from an approximate
     # nearest-neighbour index built at promotion (exact scoring below it). Exact scoring
-    # is memory-bound: ~1.8 ms per request at 54k items on one core of the benchmark
-    # machine, against ~0.3 ms for the index at recall@10 >= 0.95 (benchmarks/serving.py).
+    # is memory-bound: 2.2 ms per request at 54,542 items on one core of the benchmark
+    # machine, against 0.5 ms for the index at recall@10 0.97 (benchmarks/serving.py).
     "ANN_MIN_ITEMS": 50_000,
     # A running training whose heartbeat is older than this is marked failed.
     "TRAINING_HEARTBEAT_TIMEOUT": 600,

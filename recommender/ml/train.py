@@ -31,9 +31,9 @@ class TrainConfig:
     seed: int = 0
     max_len: int = 50  # events per training window (longer histories give several)
     # Full softmax up to this many items, then shared uniform negatives. On 2 CPU threads
-    # at 54,542 items a training position costs 720 us with the full softmax, 225 us with
-    # 4096 negatives (3.2x the epochs in a wall-clock budget; on a GPU, where epochs are
-    # cheap, the full softmax converged slightly higher: quality-notes.md).
+    # at 54,542 items a training position costs ~740 us with the full softmax, ~230 us with
+    # 4096 negatives (benchmarks/train_step.py): 3x the epochs in a wall-clock budget. On a
+    # GPU, where epochs are cheap, the full softmax converged slightly higher (quality-notes.md).
     sampled_softmax_above: int = 50_000
     n_negatives: int = 4096
     grad_clip: float | None = 5.0
