@@ -12,6 +12,7 @@ the shopper records a new event. Popular and trending items are the answer for s
 with no history and while no model is active.
 """
 
+import functools
 import gc
 import hashlib
 import logging
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.cache import caches
-from django.db.models import Case, FloatField, IntegerField, Sum, Value, When
+from django.db import connection
+from django.db.models import Case, FloatField, Sum, Value, When
 from django.utils import timezone
 
 from .conf import get_item_model, recommender_settings
@@ -382,18 +384,48 @@ def shopper_activity(user=None, session_key="", length=None, with_purchases=True
     shopper's index): one round trip less on every cache miss.
     """
     length = length or recommender_settings.HISTORY_LENGTH
-    events = Event.objects.for_shopper(user=user, session_key=session_key)
-    fields = ("part", "item_id", "kind", "occurred_at", "id")
-    latest = (events.order_by("-occurred_at", "-id").annotate(part=Value(0, output_field=IntegerField()))
-              .values_list(*fields)[:length])
-    if not with_purchases:
-        return [(pk, kind) for _, pk, kind, _, _ in reversed(list(latest))], set()
-    bought = (events.filter(kind=Event.Kind.PURCHASE).order_by()
-              .annotate(part=Value(1, output_field=IntegerField())).values_list(*fields))
-    rows = list(latest.union(bought, all=True))
+    by_user = user is not None and user.is_authenticated
+    if not by_user and not session_key:
+        return [], set()
+    shopper = user.pk if by_user else session_key
+    sql = _activity_sql(by_user, with_purchases, connection.vendor)
+    params = [shopper, length] + ([shopper, Event.Kind.PURCHASE] if with_purchases else [])
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    to_pk = _item_pk_from_db()
     # UNION ALL promises no order: the latest events are put back in time order here.
     recent = sorted((row for row in rows if row[0] == 0), key=lambda row: (row[3], row[4]))
-    return [(pk, kind) for _, pk, kind, _, _ in recent], {row[1] for row in rows if row[0] == 1}
+    return [(to_pk(pk), kind) for _, pk, kind, _, _ in recent], {to_pk(row[1]) for row in rows if row[0] == 1}
+
+
+@functools.cache
+def _activity_sql(by_user, with_purchases, vendor):
+    """shopper_activity's SQL, written once per shape.
+
+    The same query built through the ORM took longer to compile (about 0.5 ms of CPU per
+    request) than the database took to run it. Params: shopper, length[, shopper, kind].
+    """
+    quote = connection.ops.quote_name
+    meta = Event._meta
+    table = quote(meta.db_table)
+    column = {name: quote(meta.get_field(name).column) for name in ("id", "user", "session_key", "item", "kind",
+                                                                    "occurred_at")}
+    who = f"{column['user']} = %s" if by_user else f"{column['session_key']} = %s AND {column['user']} IS NULL"
+    fields = f"{column['item']}, {column['kind']}, {column['occurred_at']}, {column['id']}"
+    sql = (f"SELECT * FROM (SELECT 0 AS part, {fields} FROM {table} WHERE {who} "
+           f"ORDER BY {column['occurred_at']} DESC, {column['id']} DESC LIMIT %s) AS latest")
+    if with_purchases:
+        sql += f" UNION ALL SELECT 1, {fields} FROM {table} WHERE {who} AND {column['kind']} = %s"
+    return sql
+
+
+@functools.cache
+def _item_pk_from_db():
+    """Item keys as the ORM returns them (a UUID key comes back from SQLite as text)."""
+    target = Event._meta.get_field("item").target_field
+    to_python = target.to_python
+    return lambda value: value if isinstance(value, int) else to_python(value)
 
 
 def recommend(*, user=None, session_key="", limit=10, category=None, placement="", exclude=()):

@@ -105,6 +105,16 @@ def test_one_query_reads_the_latest_events_in_order_and_every_purchase(shelf, dj
     assert serving.shopper_activity(session_key="nobody-yet") == ([], set())
 
 
+def test_a_users_activity_is_theirs_and_not_their_anonymous_sessions(shelf):
+    ann = get_user_model().objects.create_user("ann")
+    events.record_many([{"kind": "view", "item": shelf[1].pk}, {"kind": "purchase", "item": shelf[2].pk}], user=ann)
+    events.record_many([{"kind": "purchase", "item": shelf[3].pk}], session_key="s-ann")
+    history, purchased = serving.shopper_activity(user=ann, session_key="s-ann")
+    assert sorted(history) == sorted([(shelf[1].pk, "view"), (shelf[2].pk, "purchase")]) and purchased == {shelf[2].pk}
+    assert serving.shopper_activity(session_key="s-ann") == ([(shelf[3].pk, "purchase")], {shelf[3].pk})
+    assert serving.shopper_history(user=ann, length=1) == [history[-1]]
+
+
 def test_category_filter_and_diversity(shelf):
     install_version(shelf)
     views("s1", shelf[:3])
