@@ -117,6 +117,48 @@ def _fit_als(params, items, n_items, seed, threads):
     return ALSScorer(model, n_items)
 
 
+class BlendScorer:
+    """A net's scores plus ``alpha`` times item-kNN's, each standardised per shopper.
+
+    Benchmark only: it measures how much of item-kNN's signal the net is missing. The
+    served models score by one dot product, which a blend would not be.
+    """
+
+    max_len = 10_000  # the net clips its input to its own max_len; kNN reads it all
+
+    def __init__(self, net, knn, alpha: float):
+        self.net, self.knn, self.alpha = net.eval(), knn, float(alpha)
+
+    @staticmethod
+    def _standardised(scores):
+        real = scores[:, 1:]
+        return (scores - real.mean(1, keepdim=True)) / real.std(1, keepdim=True).clamp_min(1e-9)
+
+    @torch.no_grad()
+    def full_sort_predict(self, item_seq, kind_seq=None):
+        net = self._standardised(self.net.full_sort_predict(item_seq, kind_seq))
+        if self.alpha == 0.0:
+            return net
+        knn = self._standardised(self.knn.full_sort_predict(item_seq, kind_seq))
+        return net + self.alpha * knn
+
+
+BLEND_ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def run_blend(net_name, net, knn, split, args, log):
+    """Pick alpha on validation (same shoppers as the grids), nothing else is trained."""
+    t0 = time.perf_counter()
+    best, best_ndcg = 0.0, -1.0
+    for alpha in tqdm(BLEND_ALPHAS, desc=f"{LABELS[net_name]} + item-kNN alpha", leave=False):
+        val = metrics.evaluate(BlendScorer(net, knn, alpha), split.validation, 10, "full",
+                               n_items=split.n_items, max_users=VAL_USERS, seed=args.seed)
+        log(f"  blend {net_name} + itemknn alpha {alpha} val NDCG@10 {val['ndcg@10']:.4f}")
+        if val["ndcg@10"] > best_ndcg:
+            best, best_ndcg = alpha, val["ndcg@10"]
+    return BlendScorer(net, knn, best), time.perf_counter() - t0, "-", {"alpha": best, "val_ndcg10": best_ndcg}
+
+
 def test_time_inputs(split):
     """Every shopper's history at test time: training part + validation item."""
     in_test = set(split.test.shopper_index.tolist())
@@ -215,6 +257,11 @@ def main(argv=None):
         action="store_true",
         help="refit baselines on training + validation events for the test",
     )
+    ap.add_argument(
+        "--blend",
+        action="store_true",
+        help="also score each net blended with item-kNN (weight chosen on validation)",
+    )
     ap.add_argument("--net-config", default=None, help="JSON overrides for the nets")
     ap.add_argument("--train-config", default=None, help="JSON overrides for TrainConfig")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
@@ -237,10 +284,21 @@ def main(argv=None):
     split = data.leave_one_out(seqs)
     log(f"data {args.data}: {len(seqs)} shoppers, {seqs.n_items} items, {seqs.n_events} events")
 
-    rows = []
-    for name in tqdm(names, desc="models"):
-        runner = run_net if name in nets.NET_NAMES else run_baseline
-        model, seconds, epochs, info = runner(name, split, args, log)
+    rows, trained = [], {}
+    jobs = list(names)
+    if args.blend:
+        if "itemknn" not in names or not set(names) & set(nets.NET_NAMES):
+            ap.error("--blend needs itemknn and a net in --models")
+        jobs += [f"{name}+itemknn" for name in names if name in nets.NET_NAMES]
+    for name in tqdm(jobs, desc="models"):
+        if name.endswith("+itemknn"):
+            net_name = name.removesuffix("+itemknn")
+            model, seconds, epochs, info = run_blend(net_name, trained[net_name], trained["itemknn"], split, args, log)
+            LABELS[name] = f"{LABELS[net_name]} + α·item-kNN (benchmark only)"
+        else:
+            runner = run_net if name in nets.NET_NAMES else run_baseline
+            model, seconds, epochs, info = runner(name, split, args, log)
+            trained[name] = model
         full = metrics.evaluate(
             model, split.test, 10, "full", n_items=split.n_items, seed=args.seed
         )
