@@ -275,3 +275,18 @@ def test_admin_edits_stock_in_the_list(client, shop):
     assert client.post(url, data).status_code == 302
     product.refresh_from_db()
     assert product.stock == 77
+
+
+@pytest.mark.parametrize("prefix", ["/", "/shop/"])
+def test_the_api_view_of_a_product_links_where_reverse_does(product, prefix):
+    from django.urls import set_script_prefix
+
+    from shop_demo.catalog.rules import product_as_json
+
+    set_script_prefix(prefix)
+    try:
+        data = product_as_json(product)
+        assert data["url"] == product.get_absolute_url() == f"{prefix}p/{product.slug}/"
+        assert data["image"] == reverse("catalog:product_image", args=[product.slug])
+    finally:
+        set_script_prefix("/")
