@@ -58,6 +58,7 @@ NET_CONFIG = {
         dropout=0.3,
         emb_dropout=0.3,
         tower_hidden=256,
+        summary="attention",
     ),
 }
 # Full-softmax CE; validation on a seeded 10,000-shopper subset (as Klenitskiy & Vasilev).

@@ -33,6 +33,11 @@ def _checksum(state_dict: dict) -> str:
     return h.hexdigest()
 
 
+# Model options added after artifacts were written: an artifact without one was trained
+# with the value here (the behaviour before the option existed), whatever the default now.
+FORMER_DEFAULTS = {"cnn_dnn": {"summary": "mean"}}
+
+
 @dataclass
 class Artifact:
     model_name: str
@@ -56,8 +61,9 @@ class Artifact:
         """The model with its trained weights, in eval mode."""
         from .nets import build_model
 
+        config = {**FORMER_DEFAULTS.get(self.model_name, {}), **self.model_config}
         try:
-            model = build_model(self.model_name, self.n_items, self.n_kinds, **self.model_config)
+            model = build_model(self.model_name, self.n_items, self.n_kinds, **config)
             model.load_state_dict(self.state_dict, strict=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(

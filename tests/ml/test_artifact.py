@@ -39,6 +39,17 @@ def test_roundtrip_rebuilds_an_identical_model():
     assert torch.equal(rebuilt.full_sort_predict(x, k), model.full_sort_predict(x, k))
 
 
+def test_an_artifact_from_before_the_attention_summary_loads_as_the_mean_it_was_trained_with():
+    torch.manual_seed(0)
+    old = nets.build_model("cnn_dnn", 5, 3, dim=8, max_len=6, tower_hidden=16, summary="mean")
+    config = {k: v for k, v in old.config.items() if k != "summary"}  # as written before
+    model, raw = saved(model_config=config, state_dict=old.state_dict())
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    assert rebuilt.summary_kind == "mean" and nets.build_model("cnn_dnn", 5, 3).summary_kind == "attention"
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), old.eval().full_sort_predict(x, k))
+
+
 def test_truncated_and_corrupt_files_are_refused():
     _, raw = saved()
     with pytest.raises(artifact.ArtifactError):
