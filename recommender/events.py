@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -77,7 +77,7 @@ def record_many(events, *, user=None, session_key=""):
         if rows:  # unavailable items too, so that one answer names every bad event
             errors.update(_check_items(rows))
         raise EventValidationError(dict(sorted(errors.items())))
-    if connection.vendor == "postgresql":
+    if _events_database().vendor == "postgresql":
         stored = _store_postgresql(rows, user=user, session_key=session_key)
     else:
         stored = _store_orm(rows, user=user, session_key=session_key)
@@ -288,7 +288,7 @@ def _shown(value, limit=40):
 def _integer_range(field):
     """(lowest, highest) value the database stores in an integer primary key, else (None, None)."""
     try:
-        return connection.ops.integer_field_range(field.get_internal_type())
+        return connections[router.db_for_read(field.model)].ops.integer_field_range(field.get_internal_type())
     except KeyError:
         return None, None
 
@@ -301,6 +301,11 @@ def _unique(rows):
             seen.add(row["event_id"])
             unique.append(row)
     return unique
+
+
+def _events_database():
+    """The connection events are written to (the database router's choice for Event)."""
+    return connections[router.db_for_write(Event)]
 
 
 def _recordable_items(pks=None):
@@ -335,7 +340,7 @@ def _store_orm(rows, *, user, session_key):
     if errors:
         raise EventValidationError(errors)
     rows = _unique(rows)
-    with transaction.atomic():
+    with transaction.atomic(using=_events_database().alias):
         existing = set(
             Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list("event_id", flat=True)
         )
@@ -375,8 +380,10 @@ def _store_postgresql(rows, *, user, session_key):
     """
     item_pks = {row["item_pk"] for row in rows}
     checked, rows = rows, _unique(rows)
-    allowed_sql, allowed_params = _recordable_items().order_by().values("pk").query.sql_with_params()
-    item_type, user_type = _column_types()
+    database = _events_database()
+    allowed = _recordable_items().order_by().values("pk").query
+    allowed_sql, allowed_params = allowed.get_compiler(using=database.alias).as_sql()
+    item_type, user_type = _column_types(database.alias)
     types = ("uuid", item_type, "varchar", "double precision", "timestamptz", "varchar", "varchar", "uuid")
     columns = ", ".join(f"{name} {type_}" for name, type_ in zip(ROW_COLUMNS, types, strict=True))
     # Text was validated (no NUL, no lone surrogate), numbers are finite: all valid JSON
@@ -395,7 +402,7 @@ def _store_postgresql(rows, *, user, session_key):
     """
     params = [user.pk if user is not None else None, session_key, document, *allowed_params,
               list(item_pks), len(item_pks)]
-    with connection.cursor() as cursor:
+    with database.cursor() as cursor:
         cursor.execute(sql, params)
         stored = len(cursor.fetchall())
     if stored == 0:
@@ -406,11 +413,11 @@ def _store_postgresql(rows, *, user, session_key):
 
 
 @functools.cache
-def _column_types():
+def _column_types(alias):
     """The database types of the item and user keys (fixed for the life of the process)."""
-    meta = Event._meta
-    return (meta.get_field("item").target_field.rel_db_type(connection),
-            meta.get_field("user").target_field.rel_db_type(connection))
+    meta, database = Event._meta, connections[alias]
+    return (meta.get_field("item").target_field.rel_db_type(database),
+            meta.get_field("user").target_field.rel_db_type(database))
 
 
 def _notify_recorded(*, user, session_key):
