@@ -315,11 +315,12 @@ class CNNDNN(SequenceNet):
     name = "cnn_dnn"
 
     def _build_head(self, dim, hidden, dropout):
-        self.kind_logit = nn.Parameter(torch.zeros(max(self.n_kinds, 2)))
         if self.summary_kind == "attention":
             self.query = nn.Linear(dim, dim)
             self.key = nn.Linear(dim, dim)
             self.distance_bias = nn.Parameter(torch.zeros(self.max_len))
+        else:
+            self.kind_logit = nn.Parameter(torch.zeros(max(self.n_kinds, 2)))
         self.tower = nn.Sequential(
             nn.Linear(3 * dim, hidden),
             nn.GELU(),
