@@ -93,8 +93,11 @@ class _JobClock:
     def times(self, t_end):
         """t_start, t_end and the CPU seconds spent since the start, read now."""
         usage0, usage1 = self.usage0, resource.getrusage(resource.RUSAGE_SELF)
-        return {"t_start": self.t_start, "t_end": t_end,
-                "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime)}
+        return {
+            "t_start": self.t_start,
+            "t_end": t_end,
+            "cpu_s": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
+        }
 
 
 def run_job(job, progress=None):

@@ -152,12 +152,24 @@ def run_blend(net_name, net, knn, split, args, log):
     t0 = time.perf_counter()
     best, best_ndcg = 0.0, -1.0
     for alpha in tqdm(BLEND_ALPHAS, desc=f"{LABELS[net_name]} + item-kNN alpha", leave=False):
-        val = metrics.evaluate(BlendScorer(net, knn, alpha), split.validation, 10, "full",
-                               n_items=split.n_items, max_users=VAL_USERS, seed=args.seed)
+        val = metrics.evaluate(
+            BlendScorer(net, knn, alpha),
+            split.validation,
+            10,
+            "full",
+            n_items=split.n_items,
+            max_users=VAL_USERS,
+            seed=args.seed,
+        )
         log(f"  blend {net_name} + itemknn alpha {alpha} val NDCG@10 {val['ndcg@10']:.4f}")
         if val["ndcg@10"] > best_ndcg:
             best, best_ndcg = alpha, val["ndcg@10"]
-    return BlendScorer(net, knn, best), time.perf_counter() - t0, "-", {"alpha": best, "val_ndcg10": best_ndcg}
+    return (
+        BlendScorer(net, knn, best),
+        time.perf_counter() - t0,
+        "-",
+        {"alpha": best, "val_ndcg10": best_ndcg},
+    )
 
 
 def test_time_inputs(split):
@@ -294,7 +306,9 @@ def main(argv=None):
     for name in tqdm(jobs, desc="models"):
         if name.endswith("+itemknn"):
             net_name = name.removesuffix("+itemknn")
-            model, seconds, epochs, info = run_blend(net_name, trained[net_name], trained["itemknn"], split, args, log)
+            model, seconds, epochs, info = run_blend(
+                net_name, trained[net_name], trained["itemknn"], split, args, log
+            )
             LABELS[name] = f"{LABELS[net_name]} + α·item-kNN (benchmark only)"
         else:
             runner = run_net if name in nets.NET_NAMES else run_baseline

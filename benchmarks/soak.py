@@ -59,20 +59,47 @@ WEAK = {"TRAINING": {"epochs": 1, "lr": 0.0, "max_seconds": 60, "num_threads": 1
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="length of the run (default 10)")
-    parser.add_argument("--rate", type=float, default=20.0, help="requests per second, all clients (default 20)")
+    parser.add_argument(
+        "--minutes", type=float, default=10.0, help="length of the run (default 10)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=20.0, help="requests per second, all clients (default 20)"
+    )
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (default 2)")
-    parser.add_argument("--train-at", type=float, default=0.3, help="when the retrain is queued, as a share of the run")
-    parser.add_argument("--train-seconds", type=float, default=None,
-                        help="the retrain's epoch budget (default: 15 %% of the run, so it is promoted about halfway)")
-    parser.add_argument("--train-threads", type=int, default=1, help="torch threads of the retrain (default 1)")
-    parser.add_argument("--database-url",
-                        default=os.environ.get("SOAK_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender_soak"))
-    parser.add_argument("--redis-url", default=os.environ.get("SOAK_REDIS_URL", ""),
-                        help="use this Redis instead of starting a private redis-server")
-    parser.add_argument("--var-dir", default=os.environ.get("SOAK_VAR_DIR", str(Path(tempfile.gettempdir()) / "recommender-soak")),
-                        help="media (model artifacts) of the benchmark store")
+    parser.add_argument(
+        "--train-at",
+        type=float,
+        default=0.3,
+        help="when the retrain is queued, as a share of the run",
+    )
+    parser.add_argument(
+        "--train-seconds",
+        type=float,
+        default=None,
+        help="the retrain's epoch budget (default: 15 %% of the run, so it is promoted about halfway)",
+    )
+    parser.add_argument(
+        "--train-threads", type=int, default=1, help="torch threads of the retrain (default 1)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "SOAK_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender_soak"
+        ),
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("SOAK_REDIS_URL", ""),
+        help="use this Redis instead of starting a private redis-server",
+    )
+    parser.add_argument(
+        "--var-dir",
+        default=os.environ.get(
+            "SOAK_VAR_DIR", str(Path(tempfile.gettempdir()) / "recommender-soak")
+        ),
+        help="media (model artifacts) of the benchmark store",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.rate <= 0 or args.clients < 1:
@@ -107,9 +134,13 @@ def _timed(recorder, kind, call, *args):
     try:
         status, data = call(*args)
     except (http.client.HTTPException, OSError) as exc:
-        recorder.record(started, kind, type(exc).__name__, time.perf_counter() - t0, detail=repr(exc))
+        recorder.record(
+            started, kind, type(exc).__name__, time.perf_counter() - t0, detail=repr(exc)
+        )
         return None, None
-    recorder.record(started, kind, status, time.perf_counter() - t0, detail=data[:200] if status >= 300 else "")
+    recorder.record(
+        started, kind, status, time.perf_counter() - t0, detail=data[:200] if status >= 300 else ""
+    )
     return status, data
 
 
@@ -165,9 +196,17 @@ def client_main(job, results):
                     shopper.close()
                 started, t0 = time.time(), time.perf_counter()
                 try:
-                    shopper = Shopper(job["host"], job["port"], "/")  # the home page, for the CSRF cookie
+                    shopper = Shopper(
+                        job["host"], job["port"], "/"
+                    )  # the home page, for the CSRF cookie
                 except (http.client.HTTPException, OSError, RuntimeError) as exc:
-                    recorder.record(started, "page", type(exc).__name__, time.perf_counter() - t0, detail=repr(exc))
+                    recorder.record(
+                        started,
+                        "page",
+                        type(exc).__name__,
+                        time.perf_counter() - t0,
+                        detail=repr(exc),
+                    )
                     shopper = None
                     continue
                 recorder.record(started, "page", 200, time.perf_counter() - t0)
@@ -180,8 +219,19 @@ def client_main(job, results):
             _page(recorder, shopper, f"/p/{a[1]}/", "page")
             if not pace():
                 break
-            _send_events(recorder, shopper, [{"kind": "view", "item": a[0], "event_id": str(uuid.uuid4()),
-                                              "occurred_at": now_ms, "page": f"/p/{a[1]}/"}])
+            _send_events(
+                recorder,
+                shopper,
+                [
+                    {
+                        "kind": "view",
+                        "item": a[0],
+                        "event_id": str(uuid.uuid4()),
+                        "occurred_at": now_ms,
+                        "page": f"/p/{a[1]}/",
+                    }
+                ],
+            )
             if not pace():
                 break
             status, data = _timed(recorder, "api", shopper.request, "GET", RECS_PATH)
@@ -192,10 +242,20 @@ def client_main(job, results):
                 if shown and rng.random() < 0.5:
                     if not pace():
                         break
-                    _send_events(recorder, shopper, [{
-                        "kind": "click", "item": rng.choice(shown), "event_id": str(uuid.uuid4()),
-                        "placement": "home", "recommendation_id": answer.get("recommendation_id"),
-                        "occurred_at": int(time.time() * 1000)}])
+                    _send_events(
+                        recorder,
+                        shopper,
+                        [
+                            {
+                                "kind": "click",
+                                "item": rng.choice(shown),
+                                "event_id": str(uuid.uuid4()),
+                                "placement": "home",
+                                "recommendation_id": answer.get("recommendation_id"),
+                                "occurred_at": int(time.time() * 1000),
+                            }
+                        ],
+                    )
             if not pace():
                 break
             _page(recorder, shopper, "/", "page")
@@ -205,11 +265,16 @@ def client_main(job, results):
     finally:
         if shopper is not None:
             shopper.close()
-    results.put({
-        "requests": recorder.requests, "errors": recorder.errors, "sent": sorted(recorder.sent_ids),
-        "accepted": sorted(recorder.accepted_ids), "pages": recorder.pages,
-        "pages_with_carousel": recorder.pages_with_carousel,
-    })
+    results.put(
+        {
+            "requests": recorder.requests,
+            "errors": recorder.errors,
+            "sent": sorted(recorder.sent_ids),
+            "accepted": sorted(recorder.accepted_ids),
+            "pages": recorder.pages,
+            "pages_with_carousel": recorder.pages_with_carousel,
+        }
+    )
 
 
 # ---------------------------------------------------------------- services
@@ -222,8 +287,14 @@ class Service:
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.log"
         self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def tail(self, lines=30):
         try:
@@ -284,8 +355,19 @@ def load_average():
 
 
 def setup_django(args, env):
-    os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL", "REDIS_URL", "DJANGO_DEBUG",
-                                           "SHOP_VAR_DIR", "RECOMMENDER_LOG_LEVEL")})
+    os.environ.update(
+        {
+            k: env[k]
+            for k in (
+                "DJANGO_SETTINGS_MODULE",
+                "DATABASE_URL",
+                "REDIS_URL",
+                "DJANGO_DEBUG",
+                "SHOP_VAR_DIR",
+                "RECOMMENDER_LOG_LEVEL",
+            )
+        }
+    )
     import django
     from django.core.management import call_command
 
@@ -310,7 +392,9 @@ def weak_baseline():
     from recommender.models import ModelVersion
 
     # A benchmark-only database: runs left queued or running by an interrupted soak are over.
-    ModelVersion.objects.running().update(status="failed", error="Abandoned by an interrupted soak run.")
+    ModelVersion.objects.running().update(
+        status="failed", error="Abandoned by an interrupted soak run."
+    )
     version = training.request_training(config=WEAK, enqueue=False)
     version = training.run_training(version.pk)
     version.activate()
@@ -318,15 +402,24 @@ def weak_baseline():
 
 
 def retrain_config(args):
-    return {"TRAINING": {"max_seconds": args.train_seconds, "epochs": 60, "patience": 4,
-                         "num_threads": args.train_threads}}
+    return {
+        "TRAINING": {
+            "max_seconds": args.train_seconds,
+            "epochs": 60,
+            "patience": 4,
+            "num_threads": args.train_threads,
+        }
+    }
 
 
 def stored_count(event_ids):
     from recommender.models import Event
 
     ids = list(event_ids)
-    return sum(Event.objects.filter(event_id__in=ids[i : i + 2000]).count() for i in range(0, len(ids), 2000))
+    return sum(
+        Event.objects.filter(event_id__in=ids[i : i + 2000]).count()
+        for i in range(0, len(ids), 2000)
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -343,8 +436,11 @@ def summarise(requests):
     latencies = [r[3] * 1000 for r in requests]
     errors = sum(1 for r in requests if r[2] not in (200, 201))
     return {
-        "requests": len(requests), "errors": errors,
-        "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "max": max(latencies, default=float("nan")),
+        "requests": len(requests),
+        "errors": errors,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": max(latencies, default=float("nan")),
     }
 
 
@@ -369,7 +465,10 @@ def build_report(args, run):
     for label, start, end in phases:
         chunk = [r for r in requests if start <= r[0] < end]
         rows.append((label, f"{start - t0:.0f}–{min(end, t_end) - t0:.0f}", summarise(chunk)))
-    kinds = [(kind, summarise([r for r in requests if r[1] == kind])) for kind in ("page", "events", "api")]
+    kinds = [
+        (kind, summarise([r for r in requests if r[1] == kind]))
+        for kind in ("page", "events", "api")
+    ]
     sent = set().union(*(set(c["sent"]) for c in run["clients"]))
     accepted = set().union(*(set(c["accepted"]) for c in run["clients"]))
     errors_seen = [e for c in run["clients"] for e in c["errors"]][:10]
@@ -397,17 +496,28 @@ def build_report(args, run):
         "3 visits",
         f"- retrain: queued at {trained_at - t0:.0f} s ({', '.join(f'{k}={v}' for k, v in retrain_config(args)['TRAINING'].items())}) "
         f"over a deliberately weak active version v{versions['weak']}; "
-        + (f"v{versions['retrain']} promoted at {promoted_at - t0:.0f} s ({run['decision']})"
-           if promoted_at else f"v{versions['retrain']} NOT promoted: {run['retrain_status']} {run['decision'] or run['retrain_error']}"),
+        + (
+            f"v{versions['retrain']} promoted at {promoted_at - t0:.0f} s ({run['decision']})"
+            if promoted_at
+            else f"v{versions['retrain']} NOT promoted: {run['retrain_status']} {run['decision'] or run['retrain_error']}"
+        ),
         "",
         "| phase | seconds | requests | errors | p50 ms | p99 ms | max ms |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for label, window, s in rows:
-        lines.append(f"| {label} | {window} | {s['requests']:,} | {s['errors']} | {ms(s['p50'])} | {ms(s['p99'])} | {ms(s['max'])} |")
-    lines += ["", "| request kind | requests | errors | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {label} | {window} | {s['requests']:,} | {s['errors']} | {ms(s['p50'])} | {ms(s['p99'])} | {ms(s['max'])} |"
+        )
+    lines += [
+        "",
+        "| request kind | requests | errors | p50 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for kind, s in kinds:
-        lines.append(f"| {kind} | {s['requests']:,} | {s['errors']} | {ms(s['p50'])} | {ms(s['p99'])} | {ms(s['max'])} |")
+        lines.append(
+            f"| {kind} | {s['requests']:,} | {s['errors']} | {ms(s['p50'])} | {ms(s['p99'])} | {ms(s['max'])} |"
+        )
     switch = run.get("switch")
     lines += [
         "",
@@ -417,10 +527,13 @@ def build_report(args, run):
         f"(target: stored = sent: {'met' if run['stored_sent'] == len(sent) else 'MISSED'}); "
         f"events table grew by {run['events_growth']:,}",
         f"- pages: {pages:,}, {carousels:,} with a recommendation carousel",
-        "- version switch: " + (
+        "- version switch: "
+        + (
             f"first API answer from v{versions['retrain']} {switch['first'] - promoted_at:.1f} s after the promotion, "
             f"last answer from the old version {switch['last_old'] - promoted_at:+.1f} s after it"
-            if switch and promoted_at else "not observed"),
+            if switch and promoted_at
+            else "not observed"
+        ),
         f"- gunicorn workers' RSS after {run['warmup']:.0f} s warm-up: "
         + ", ".join(f"{v / 1024:.0f} MiB" for v in rss0.values())
         + f" (total {total0 / 1024:.0f} MiB); at the end: "
@@ -443,8 +556,14 @@ def main(argv=None):
     log_dir = tempfile.mkdtemp(prefix="soak-logs-")
     services = []
     redis_server = None
-    run = {"started": started, "load_before": load_before, "notes": [],
-           "command": " ".join([".venv/bin/python -m benchmarks.soak", *(argv if argv is not None else sys.argv[1:])])}
+    run = {
+        "started": started,
+        "load_before": load_before,
+        "notes": [],
+        "command": " ".join(
+            [".venv/bin/python -m benchmarks.soak", *(argv if argv is not None else sys.argv[1:])]
+        ),
+    }
     try:
         if args.redis_url:
             redis_url, run["redis"] = args.redis_url, f"`{args.redis_url}`"
@@ -453,16 +572,36 @@ def main(argv=None):
             if binary is None:
                 raise SystemExit("redis-server is not installed; pass --redis-url")
             port = free_port()
-            redis_server = Service("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                             "--appendonly", "no", "--dir", log_dir], dict(os.environ), log_dir)
+            redis_server = Service(
+                "redis",
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    log_dir,
+                ],
+                dict(os.environ),
+                log_dir,
+            )
             redis_url = f"redis://127.0.0.1:{port}/0"
             run["redis"] = f"a private redis-server ({redis_url})"
             time.sleep(0.5)
         ensure_database(args.database_url)
         env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE, "DATABASE_URL": args.database_url, "REDIS_URL": redis_url,
-            "DJANGO_DEBUG": "0", "SHOP_VAR_DIR": args.var_dir, "RECOMMENDER_LOG_LEVEL": "WARNING",
+            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": redis_url,
+            "DJANGO_DEBUG": "0",
+            "SHOP_VAR_DIR": args.var_dir,
+            "RECOMMENDER_LOG_LEVEL": "WARNING",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         setup_django(args, env)
@@ -473,21 +612,63 @@ def main(argv=None):
         from recommender.models import Event, ModelVersion
 
         run["django"] = django.get_version()
-        run["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip() or "?"
+        run["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+            or "?"
+        )
         print("Training the weak starting version ...", flush=True)
         weak = weak_baseline()
         products = sellable_products()
         connection.close()
 
-        worker = Service("celery", [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--pool", "solo",
-                                    "--queues", "recommender-training,celery", "--loglevel", "WARNING",
-                                    "--without-mingle", "--without-gossip"], env, log_dir)
+        worker = Service(
+            "celery",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "shop_demo",
+                "worker",
+                "--pool",
+                "solo",
+                "--queues",
+                "recommender-training,celery",
+                "--loglevel",
+                "WARNING",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env,
+            log_dir,
+        )
         services.append(worker)
         web_port = free_port()
-        web = Service("gunicorn", [sys.executable, "-m", "gunicorn", "shop_demo.wsgi:application", "--bind",
-                                   f"127.0.0.1:{web_port}", "--workers", str(args.workers), "--worker-class", "sync",
-                                   "--log-level", "warning", "--timeout", "60", "--graceful-timeout", "5"], env, log_dir)
+        web = Service(
+            "gunicorn",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "shop_demo.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--workers",
+                str(args.workers),
+                "--worker-class",
+                "sync",
+                "--log-level",
+                "warning",
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+            ],
+            env,
+            log_dir,
+        )
         services.append(web)
         wait_http(f"http://127.0.0.1:{web_port}/", web)
         worker_pids = children_of(web.proc.pid)
@@ -498,10 +679,26 @@ def main(argv=None):
         t0 = time.time() + 2.0
         t_end = t0 + args.duration
         run.update(t0=t0, t_end=t_end)
-        clients = [ctx.Process(target=client_main, args=({
-            "host": "127.0.0.1", "port": web_port, "seed": 1000 + i, "products": products,
-            "rate": args.rate / args.clients, "start_at": t0 + i * 0.05, "end_at": t_end, "cycles_per_shopper": 3,
-        }, results), daemon=True) for i in range(args.clients)]
+        clients = [
+            ctx.Process(
+                target=client_main,
+                args=(
+                    {
+                        "host": "127.0.0.1",
+                        "port": web_port,
+                        "seed": 1000 + i,
+                        "products": products,
+                        "rate": args.rate / args.clients,
+                        "start_at": t0 + i * 0.05,
+                        "end_at": t_end,
+                        "cycles_per_shopper": 3,
+                    },
+                    results,
+                ),
+                daemon=True,
+            )
+            for i in range(args.clients)
+        ]
         for client in clients:
             client.start()
 
@@ -510,8 +707,11 @@ def main(argv=None):
         run["warmup"] = warmup
         rss_start, rss_peak, retrain = None, 0, None
         next_report = t0
-        print(f"Soak: {args.minutes:g} min at {args.rate:g} requests/s against http://127.0.0.1:{web_port}/ "
-              f"(logs in {log_dir})", flush=True)
+        print(
+            f"Soak: {args.minutes:g} min at {args.rate:g} requests/s against http://127.0.0.1:{web_port}/ "
+            f"(logs in {log_dir})",
+            flush=True,
+        )
         while time.time() < t_end:
             now = time.time()
             rss = {pid: rss_kib(pid) for pid in worker_pids}
@@ -519,7 +719,9 @@ def main(argv=None):
             if rss_start is None and now >= t0 + warmup:
                 rss_start = rss
             if retrain is None and now >= train_at:
-                retrain = training.request_training(ModelVersion.Trigger.ADMIN, config=retrain_config(args))
+                retrain = training.request_training(
+                    ModelVersion.Trigger.ADMIN, config=retrain_config(args)
+                )
                 run["train_requested"] = time.time()
                 print(f"  {now - t0:5.0f} s: retrain v{retrain.pk} queued", flush=True)
             if retrain is not None and "promoted" not in run:
@@ -527,13 +729,23 @@ def main(argv=None):
                 if retrain.is_active:
                     run["promoted"] = retrain.activated_at.timestamp()
                     print(f"  {run['promoted'] - t0:5.0f} s: v{retrain.pk} promoted", flush=True)
-                elif retrain.status in ("ready", "failed") and retrain.decision + retrain.error and "settled" not in run:
+                elif (
+                    retrain.status in ("ready", "failed")
+                    and retrain.decision + retrain.error
+                    and "settled" not in run
+                ):
                     run["settled"] = True
-                    print(f"  {now - t0:5.0f} s: v{retrain.pk} {retrain.status}, not promoted: "
-                          f"{retrain.decision or retrain.error}", flush=True)
+                    print(
+                        f"  {now - t0:5.0f} s: v{retrain.pk} {retrain.status}, not promoted: "
+                        f"{retrain.decision or retrain.error}",
+                        flush=True,
+                    )
             if now >= next_report:
-                print(f"  {now - t0:5.0f} s: gunicorn RSS {sum(v for v in rss.values() if v) / 1024:.0f} MiB, "
-                      f"load {load_average()}", flush=True)
+                print(
+                    f"  {now - t0:5.0f} s: gunicorn RSS {sum(v for v in rss.values() if v) / 1024:.0f} MiB, "
+                    f"load {load_average()}",
+                    flush=True,
+                )
                 next_report += 60
             for service in services:
                 if not service.alive():
@@ -561,10 +773,19 @@ def main(argv=None):
         run["events_growth"] = Event.objects.count() - events_before
         if retrain is not None:
             retrain.refresh_from_db()
-            run["decision"], run["retrain_error"], run["retrain_status"] = retrain.decision, retrain.error, retrain.status
+            run["decision"], run["retrain_error"], run["retrain_status"] = (
+                retrain.decision,
+                retrain.error,
+                retrain.status,
+            )
         run["versions"] = {"weak": weak.pk, "retrain": retrain.pk if retrain else None}
         if run.get("promoted"):
-            answers = sorted((r[0], r[4]) for c in client_results for r in c["requests"] if r[1] == "api" and r[4])
+            answers = sorted(
+                (r[0], r[4])
+                for c in client_results
+                for r in c["requests"]
+                if r[1] == "api" and r[4]
+            )
             new = [t for t, v in answers if v == retrain.pk]
             old = [t for t, v in answers if v != retrain.pk and t >= run["train_requested"]]
             if new:

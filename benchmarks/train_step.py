@@ -23,7 +23,13 @@ if str(ROOT) not in sys.path:
 from benchmarks.quality import DEFAULT_DATA, NET_CONFIG  # noqa: E402
 from recommender.ml import data, nets, train  # noqa: E402
 
-SETTINGS = [(128, 0), (512, 0), (128, 4096), (512, 4096), (512, 1024)]  # (batch, negatives; 0 = full)
+SETTINGS = [
+    (128, 0),
+    (512, 0),
+    (128, 4096),
+    (512, 4096),
+    (512, 1024),
+]  # (batch, negatives; 0 = full)
 
 
 def time_setting(split, windows, batch_size, negatives, steps, seed=0):
@@ -39,7 +45,12 @@ def time_setting(split, windows, batch_size, negatives, steps, seed=0):
         width = int(lengths[idx].max())
         sl = slice(x.shape[1] - width, x.shape[1])
         idx = torch.from_numpy(idx)
-        batch = {"item_seq": x[idx, sl], "kind_seq": k[idx, sl], "target": y[idx, sl], "target_weight": tw[idx, sl]}
+        batch = {
+            "item_seq": x[idx, sl],
+            "kind_seq": k[idx, sl],
+            "target": y[idx, sl],
+            "target_weight": tw[idx, sl],
+        }
         if negatives:
             batch["negatives"] = torch.randint(1, split.n_items + 1, (negatives,))
         t0 = time.perf_counter()
@@ -67,12 +78,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     split = data.leave_one_out(data.read_user_item_file(args.data))
-    arrays = train.training_windows(split.train_items, split.train_kinds, split.train_weights,
-                                    NET_CONFIG["cnn_dnn"]["max_len"])
+    arrays = train.training_windows(
+        split.train_items, split.train_kinds, split.train_weights, NET_CONFIG["cnn_dnn"]["max_len"]
+    )
     x, k, y, tw, lengths = arrays
     windows = (*(torch.from_numpy(a) for a in (x, k, y, tw)), lengths)
     total_positions = int((y > 0).sum())
-    print(f"{split.n_items:,} items, {total_positions:,} training positions per epoch, {args.threads} threads\n")
+    print(
+        f"{split.n_items:,} items, {total_positions:,} training positions per epoch, {args.threads} threads\n"
+    )
     print("| batch | softmax | µs/position (forward · backward · Adam) | epoch, training only |")
     print("|---:|---|---|---:|")
     for batch_size, negatives in SETTINGS:
@@ -81,7 +95,9 @@ def main(argv=None):
         total = sum(per.values())
         parts = " · ".join(f"{v * 1e6:.0f}" for v in per.values())
         kind = f"{negatives} sampled negatives" if negatives else "full"
-        print(f"| {batch_size} | {kind} | {total * 1e6:.0f} ({parts}) | {total * total_positions:.0f} s |")
+        print(
+            f"| {batch_size} | {kind} | {total * 1e6:.0f} ({parts}) | {total * total_positions:.0f} s |"
+        )
 
 
 if __name__ == "__main__":

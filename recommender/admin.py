@@ -60,7 +60,11 @@ class ForgetShopperForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        given = [name for name in ("username", "user_id", "session_key") if data.get(name) not in (None, "")]
+        given = [
+            name
+            for name in ("username", "user_id", "session_key")
+            if data.get(name) not in (None, "")
+        ]
         if len(given) != 1:
             raise forms.ValidationError("Fill in exactly one of username, user id or session key.")
         User = get_user_model()
@@ -79,11 +83,18 @@ class ForgetShopperForm(forms.Form):
         return data
 
     def shopper(self):
-        return {"user": self.cleaned_data["user"], "session_key": self.cleaned_data.get("session_key") or ""}
+        return {
+            "user": self.cleaned_data["user"],
+            "session_key": self.cleaned_data.get("session_key") or "",
+        }
 
     def describe(self):
         user = self.cleaned_data["user"]
-        return f"user {user} (id {user.pk})" if user else f"anonymous session {self.cleaned_data['session_key']}"
+        return (
+            f"user {user} (id {user.pk})"
+            if user
+            else f"anonymous session {self.cleaned_data['session_key']}"
+        )
 
 
 @admin.register(Event)
@@ -91,7 +102,12 @@ class EventAdmin(admin.ModelAdmin):
     """Events are evidence: staff may look and filter, never edit or add."""
 
     list_display = ["occurred_at", "kind", "item", "user", "short_session", "value", "placement"]
-    list_filter = ["kind", ShopperTypeFilter, ("occurred_at", admin.DateFieldListFilter), "placement"]
+    list_filter = [
+        "kind",
+        ShopperTypeFilter,
+        ("occurred_at", admin.DateFieldListFilter),
+        "placement",
+    ]
     search_fields = ["=user__username", "=session_key", "=event_id", "=recommendation_id"]
     date_hierarchy = "occurred_at"
     list_select_related = ["item", "user"]
@@ -134,15 +150,29 @@ class EventAdmin(admin.ModelAdmin):
             set(per_kind) - set(recommender_settings.EVENT_KINDS)
         )
         events_chart = charts.bar_chart(
-            day_labels, [(kind, [per_kind[kind].get(day, 0) for day in day_list]) for kind in kinds],
-            stacked=True, title=f"Events per day, last {days} days", x_title="day", y_title="events",
-            width=880, height=320, css_class="rec-events-chart", empty_message="No events in the last 30 days.",
+            day_labels,
+            [(kind, [per_kind[kind].get(day, 0) for day in day_list]) for kind in kinds],
+            stacked=True,
+            title=f"Events per day, last {days} days",
+            x_title="day",
+            y_title="events",
+            width=880,
+            height=320,
+            css_class="rec-events-chart",
+            empty_message="No events in the last 30 days.",
         )
         ctr_rows = reports.carousel_ctr_per_day(start, end)
         ctr_chart = charts.line_chart(
-            day_labels, [("CTR", [ctr for _, _, _, ctr in ctr_rows])],
-            title="Carousel click-through rate per day", x_title="day", y_title="clicks / impressions",
-            y_format=_percent, zero_based=True, width=880, height=260, css_class="rec-ctr-chart",
+            day_labels,
+            [("CTR", [ctr for _, _, _, ctr in ctr_rows])],
+            title="Carousel click-through rate per day",
+            x_title="day",
+            y_title="clicks / impressions",
+            y_format=_percent,
+            zero_based=True,
+            width=880,
+            height=260,
+            css_class="rec-ctr-chart",
             empty_message="No carousel impressions in the last 30 days.",
         )
         now = timezone.now()
@@ -158,7 +188,11 @@ class EventAdmin(admin.ModelAdmin):
             "days": days,
             "events_chart": events_chart,
             "ctr_chart": ctr_chart,
-            "ctr_rows": [(day, shown, clicked, _percent(ctr)) for day, shown, clicked, ctr in ctr_rows if shown or clicked],
+            "ctr_rows": [
+                (day, shown, clicked, _percent(ctr))
+                for day, shown, clicked, ctr in ctr_rows
+                if shown or clicked
+            ],
             "shoppers": shoppers,
             "top_viewed": reports.top_items(week_start, now, "view"),
             "top_purchased": reports.top_items(week_start, now, "purchase"),
@@ -177,7 +211,8 @@ class EventAdmin(admin.ModelAdmin):
             if request.POST.get("confirm") == form.describe():
                 result = privacy.forget_shopper(**form.shopper())
                 self.message_user(
-                    request, f"Forgot {form.describe()}: deleted {result.describe()} and their cached recommendations.",
+                    request,
+                    f"Forgot {form.describe()}: deleted {result.describe()} and their cached recommendations.",
                     messages.SUCCESS,
                 )
                 return HttpResponseRedirect(reverse("admin:recommender_event_changelist"))
@@ -196,7 +231,15 @@ class EventAdmin(admin.ModelAdmin):
 # --------------------------------------------------------------------------- model versions
 
 
-STAGE_PERCENT = {"starting": 1, "export": 3, "clean": 7, "train": 10, "evaluate": 92, "save": 97, "done": 100}
+STAGE_PERCENT = {
+    "starting": 1,
+    "export": 3,
+    "clean": 7,
+    "train": 10,
+    "evaluate": 92,
+    "save": 97,
+    "done": 100,
+}
 
 
 def progress_percent(version):
@@ -206,7 +249,9 @@ def progress_percent(version):
     progress = version.progress or {}
     stage = progress.get("stage") or ""
     if stage == "train" and progress.get("epochs"):
-        return round(10 + 80 * min(progress.get("epoch") or 0, progress["epochs"]) / progress["epochs"])
+        return round(
+            10 + 80 * min(progress.get("epoch") or 0, progress["epochs"]) / progress["epochs"]
+        )
     return STAGE_PERCENT.get(stage, 0)
 
 
@@ -228,17 +273,40 @@ def progress_payload(version):
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
     list_display = [
-        "version_link", "active_badge", "status_badge", "trigger", "created_at", "duration_display",
-        "data_size", "val_hr10", "val_ndcg10", "coverage10", "impressions", "clicks", "ctr",
+        "version_link",
+        "active_badge",
+        "status_badge",
+        "trigger",
+        "created_at",
+        "duration_display",
+        "data_size",
+        "val_hr10",
+        "val_ndcg10",
+        "coverage10",
+        "impressions",
+        "clicks",
+        "ctr",
     ]
     list_display_links = None
     list_filter = ["status", "is_active", "trigger"]
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
     fieldsets = [
         (None, {"fields": ["status", "is_active", "trigger", "model_name", "decision", "error"]}),
-        ("When", {"fields": ["created_at", "started_at", "finished_at", "activated_at", "heartbeat_at"]}),
-        ("Data and results", {"classes": ["collapse"], "fields": ["data_stats", "metrics", "config", "curve", "progress"]}),
-        ("Artifact", {"classes": ["collapse"], "fields": ["artifact", "artifact_sha256", "task_id"]}),
+        (
+            "When",
+            {"fields": ["created_at", "started_at", "finished_at", "activated_at", "heartbeat_at"]},
+        ),
+        (
+            "Data and results",
+            {
+                "classes": ["collapse"],
+                "fields": ["data_stats", "metrics", "config", "curve", "progress"],
+            },
+        ),
+        (
+            "Artifact",
+            {"classes": ["collapse"], "fields": ["artifact", "artifact_sha256", "task_id"]},
+        ),
     ]
     actions = ["retrain_action", "activate_action"]
 
@@ -250,17 +318,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="version", ordering="pk")
     def version_link(self, version):
         url = reverse("admin:recommender_modelversion_change", args=[version.pk])
-        return format_html('<a href="{}">v{} {}</a>', url, version.pk, version.model_name or "model")
+        return format_html(
+            '<a href="{}">v{} {}</a>', url, version.pk, version.model_name or "model"
+        )
 
     @admin.display(description="active", ordering="is_active")
     def active_badge(self, version):
         if version.is_active:
-            return mark_safe('<span class="rec-badge rec-badge-active" title="Serving now">★ active</span>')
+            return mark_safe(
+                '<span class="rec-badge rec-badge-active" title="Serving now">★ active</span>'
+            )
         return mark_safe('<span class="rec-inactive"></span>')  # blank, not the admin's "-"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, version):
-        return format_html('<span class="rec-badge rec-status-{}">{}</span>', version.status, version.status)
+        return format_html(
+            '<span class="rec-badge rec-status-{}">{}</span>', version.status, version.status
+        )
 
     @admin.display(description="duration")
     def duration_display(self, version):
@@ -306,15 +380,21 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.add_modelversion")
 
     def has_delete_permission(self, request, obj=None):
-        if obj is not None and (obj.is_active or obj.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING)):
+        if obj is not None and (
+            obj.is_active or obj.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING)
+        ):
             return False
         return super().has_delete_permission(request, obj)
 
     def delete_queryset(self, request, queryset):
-        protected = queryset.filter(is_active=True) | queryset.filter(status__in=["queued", "running"])
+        protected = queryset.filter(is_active=True) | queryset.filter(
+            status__in=["queued", "running"]
+        )
         if protected.exists():
             self.message_user(
-                request, "The active version and queued or running ones are kept; deleted the others.", messages.WARNING
+                request,
+                "The active version and queued or running ones are kept; deleted the others.",
+                messages.WARNING,
             )
         super().delete_queryset(request, queryset.exclude(pk__in=protected.values("pk")))
 
@@ -324,8 +404,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
         wrap = self.admin_site.admin_view
         return [
             path("retrain/", wrap(self.retrain_view), name="recommender_modelversion_retrain"),
-            path("<int:pk>/progress/", wrap(self.progress_view), name="recommender_modelversion_progress"),
-            path("<int:pk>/activate/", wrap(self.activate_view), name="recommender_modelversion_activate"),
+            path(
+                "<int:pk>/progress/",
+                wrap(self.progress_view),
+                name="recommender_modelversion_progress",
+            ),
+            path(
+                "<int:pk>/activate/",
+                wrap(self.activate_view),
+                name="recommender_modelversion_activate",
+            ),
             *super().get_urls(),
         ]
 
@@ -341,7 +429,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         version = self.get_object(request, object_id)
-        extra = {"show_save": False, "show_save_and_continue": False, "show_save_and_add_another": False}
+        extra = {
+            "show_save": False,
+            "show_save_and_continue": False,
+            "show_save_and_add_another": False,
+        }
         if version is not None:
             extra.update(self._version_context(request, version))
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
@@ -351,22 +443,37 @@ class ModelVersionAdmin(admin.ModelAdmin):
         curve = version.curve or []
         epochs = [row.get("epoch", i + 1) for i, row in enumerate(curve)]
         loss_chart = charts.line_chart(
-            epochs, [("training loss", [row.get("loss") for row in curve])],
-            title="Training loss per epoch", x_title="epoch", y_title="loss", css_class="rec-loss-chart",
+            epochs,
+            [("training loss", [row.get("loss") for row in curve])],
+            title="Training loss per epoch",
+            x_title="epoch",
+            y_title="loss",
+            css_class="rec-loss-chart",
             empty_message="No epochs recorded.",
         )
         ndcg_chart = charts.line_chart(
-            epochs, [("validation NDCG@10", [row.get("val_ndcg10") for row in curve]),
-                     ("validation HR@10", [row.get("val_hr10") for row in curve])],
-            title="Validation NDCG@10 and HR@10 per epoch", x_title="epoch", y_title="metric",
-            zero_based=True, css_class="rec-ndcg-chart", empty_message="No epochs recorded.",
+            epochs,
+            [
+                ("validation NDCG@10", [row.get("val_ndcg10") for row in curve]),
+                ("validation HR@10", [row.get("val_hr10") for row in curve]),
+            ],
+            title="Validation NDCG@10 and HR@10 per epoch",
+            x_title="epoch",
+            y_title="metric",
+            zero_based=True,
+            css_class="rec-ndcg-chart",
+            empty_message="No epochs recorded.",
         )
         comparison = _comparison(version, previous)
         comparison_chart = charts.bar_chart(
             [label for label, _ in COMPARED_METRICS],
             [(name, values) for name, values in comparison],
-            title="Validation metrics compared", y_title="score", width=720, height=300,
-            css_class="rec-comparison-chart", empty_message="No metrics yet.",
+            title="Validation metrics compared",
+            y_title="score",
+            width=720,
+            height=300,
+            css_class="rec-comparison-chart",
+            empty_message="No metrics yet.",
         )
         online = reports.online_metrics_by_placement(version)
         stats = version.data_stats or {}
@@ -383,15 +490,24 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "comparison_chart": comparison_chart,
             "comparison_headers": [name for name, _ in comparison],
             "comparison_rows": [
-                (label, [values[i] for _, values in comparison]) for i, (label, _) in enumerate(COMPARED_METRICS)
+                (label, [values[i] for _, values in comparison])
+                for i, (label, _) in enumerate(COMPARED_METRICS)
             ],
             "online": [
-                {"placement": row.placement, "lists": row.lists, "impressions": row.impressions,
-                 "clicks": row.clicks, "ctr": _percent(row.ctr) if row.ctr is not None else "—"}
+                {
+                    "placement": row.placement,
+                    "lists": row.lists,
+                    "impressions": row.impressions,
+                    "clicks": row.clicks,
+                    "ctr": _percent(row.ctr) if row.ctr is not None else "—",
+                }
                 for row in online
             ],
-            "data_stats": [(key, f"{stats[key]:,}") for key in ("shoppers", "items", "events")
-                           if isinstance(stats.get(key), int)],
+            "data_stats": [
+                (key, f"{stats[key]:,}")
+                for key in ("shoppers", "items", "events")
+                if isinstance(stats.get(key), int)
+            ],
             "duration": _duration(version.duration),
             "best_epoch": (version.metrics or {}).get("best_epoch"),
             "stopped": (version.metrics or {}).get("stopped"),
@@ -411,7 +527,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
             raise PermissionDenied
         version = self._request_training(request)
         if version is not None:
-            return HttpResponseRedirect(reverse("admin:recommender_modelversion_change", args=[version.pk]))
+            return HttpResponseRedirect(
+                reverse("admin:recommender_modelversion_change", args=[version.pk])
+            )
         return HttpResponseRedirect(reverse("admin:recommender_modelversion_changelist"))
 
     def _request_training(self, request):
@@ -423,7 +541,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
         except training.TrainingError as exc:
             self.message_user(request, f"Not started: {exc}", messages.ERROR)
             return None
-        self.message_user(request, f"Queued training v{version.pk}; its page shows the progress.", messages.SUCCESS)
+        self.message_user(
+            request,
+            f"Queued training v{version.pk}; its page shows the progress.",
+            messages.SUCCESS,
+        )
         return version
 
     def activate_view(self, request, pk):
@@ -436,12 +558,15 @@ class ModelVersionAdmin(admin.ModelAdmin):
         change_url = reverse("admin:recommender_modelversion_change", args=[version.pk])
         if version.status != ModelVersion.Status.READY:
             self.message_user(
-                request, f"v{version.pk} is {version.status}: only a ready (trained and evaluated) version can be activated.",
+                request,
+                f"v{version.pk} is {version.status}: only a ready (trained and evaluated) version can be activated.",
                 messages.ERROR,
             )
             return HttpResponseRedirect(change_url)
         if version.is_active:
-            self.message_user(request, f"v{version.pk} is already the active version.", messages.INFO)
+            self.message_user(
+                request, f"v{version.pk} is already the active version.", messages.INFO
+            )
             return HttpResponseRedirect(change_url)
         active = ModelVersion.objects.active()
         if request.method == "POST":
@@ -450,9 +575,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
             except ValueError as exc:
                 self.message_user(request, str(exc), messages.ERROR)
                 return HttpResponseRedirect(change_url)
-            verb = "Rolled back to" if active and active.created_at > version.created_at else "Activated"
+            verb = (
+                "Rolled back to"
+                if active and active.created_at > version.created_at
+                else "Activated"
+            )
             self.message_user(
-                request, f"{verb} v{version.pk}" + (f" (v{active.pk} no longer serves)." if active else "."),
+                request,
+                f"{verb} v{version.pk}" + (f" (v{active.pk} no longer serves)." if active else "."),
                 messages.SUCCESS,
             )
             return HttpResponseRedirect(change_url)
@@ -466,11 +596,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "is_rollback": bool(active and active.created_at > version.created_at),
             "comparison_headers": [name for name, _ in comparison],
             "comparison_rows": [
-                (label, [values[i] for _, values in comparison]) for i, (label, _) in enumerate(COMPARED_METRICS)
+                (label, [values[i] for _, values in comparison])
+                for i, (label, _) in enumerate(COMPARED_METRICS)
             ],
             "change_url": change_url,
         }
-        return TemplateResponse(request, "admin/recommender/modelversion/activate_confirmation.html", context)
+        return TemplateResponse(
+            request, "admin/recommender/modelversion/activate_confirmation.html", context
+        )
 
     # ----------------------------------------------------------------- actions
 
@@ -481,18 +614,27 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def has_retrain_permission(self, request):
         return self.can_retrain(request)
 
-    @admin.action(description="Activate / roll back to the selected version", permissions=["change"])
+    @admin.action(
+        description="Activate / roll back to the selected version", permissions=["change"]
+    )
     def activate_action(self, request, queryset):
         versions = list(queryset[:2])
         if len(versions) != 1:
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return None
-        return HttpResponseRedirect(reverse("admin:recommender_modelversion_activate", args=[versions[0].pk]))
+        return HttpResponseRedirect(
+            reverse("admin:recommender_modelversion_activate", args=[versions[0].pk])
+        )
 
 
 # --------------------------------------------------------------------------- helpers
 
-COMPARED_METRICS = [("HR@10", "hr@10"), ("NDCG@10", "ndcg@10"), ("MRR", "mrr"), ("coverage@10", "coverage@10")]
+COMPARED_METRICS = [
+    ("HR@10", "hr@10"),
+    ("NDCG@10", "ndcg@10"),
+    ("MRR", "mrr"),
+    ("coverage@10", "coverage@10"),
+]
 
 
 def _comparison(version, other):

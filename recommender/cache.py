@@ -180,7 +180,10 @@ class ResilientRedisCache(RedisCache):
         if first:
             logger.warning(
                 "Cache %s is unreachable (%s: %s); serving without it and retrying every %g s.",
-                ",".join(self._servers), type(exc).__name__, exc, breaker.retry_seconds,
+                ",".join(self._servers),
+                type(exc).__name__,
+                exc,
+                breaker.retry_seconds,
             )
         else:
             logger.debug("Cache %s still unreachable: %s", ",".join(self._servers), exc)
@@ -205,7 +208,10 @@ class ResilientRedisCache(RedisCache):
                 self._failed(exc)
         logger.warning(
             "Cache %s is reachable again after %.1f s (%d failed calls); %d missed invalidation(s) replayed%s.",
-            ",".join(self._servers), outage, failures, replayed,
+            ",".join(self._servers),
+            outage,
+            failures,
+            replayed,
             f", {dropped} lost (over MAX_PENDING_DELETES)" if dropped else "",
         )
 
@@ -264,9 +270,13 @@ class ResilientRedisCache(RedisCache):
     def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
         if not data:
             return []
-        safe_data = {self.make_and_validate_key(key, version=version): value for key, value in data.items()}
+        safe_data = {
+            self.make_and_validate_key(key, version=version): value for key, value in data.items()
+        }
         missed = object()
-        result = self._call(self._cache.set_many, missed, safe_data, self.get_backend_timeout(timeout))
+        result = self._call(
+            self._cache.set_many, missed, safe_data, self.get_backend_timeout(timeout)
+        )
         return list(data) if result is missed else []
 
     def delete_many(self, keys, version=None):

@@ -176,7 +176,9 @@ def _empty(kind, title, width, height, css_class, message):
         f'<text class="empty" x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
         f'font-size="13" fill-opacity="0.7">{escape(message)}</text>'
     )
-    return _svg(kind, title, message, width, height, f'<g fill="currentColor">{body}</g>', css_class)
+    return _svg(
+        kind, title, message, width, height, f'<g fill="currentColor">{body}</g>', css_class
+    )
 
 
 def _values_range(values, zero_based):
@@ -189,8 +191,20 @@ def _values_range(values, zero_based):
     return low, high
 
 
-def line_chart(labels, series, *, title, x_title="", y_title="", width=560, height=280,
-               y_format=format_number, zero_based=False, css_class="", empty_message="No data yet."):
+def line_chart(
+    labels,
+    series,
+    *,
+    title,
+    x_title="",
+    y_title="",
+    width=560,
+    height=280,
+    y_format=format_number,
+    zero_based=False,
+    css_class="",
+    empty_message="No data yet.",
+):
     """Lines over categorical x positions (epochs, days).
 
     ``series`` is a list of ``(name, values)`` with one value per label; ``None`` leaves
@@ -204,7 +218,9 @@ def line_chart(labels, series, *, title, x_title="", y_title="", width=560, heig
     names = [name for name, _ in series]
     legend_rows = _legend_rows(names, width) if len(series) > 1 else 0
     frame = _Frame(width, height, len(labels), nice_ticks(*value_range), legend_rows)
-    parts = [f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>']
+    parts = [
+        f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>'
+    ]
     for index, (name, values) in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
         points = [
@@ -241,13 +257,26 @@ def line_chart(labels, series, *, title, x_title="", y_title="", width=560, heig
     if legend_rows:
         parts.append(f'<g class="legend" fill="currentColor">{_legend(names, width, 38)}</g>')
     description = f"{title}: " + "; ".join(
-        f"{name} from {y_format(_first(values))} to {y_format(_last(values))}" for name, values in series
+        f"{name} from {y_format(_first(values))} to {y_format(_last(values))}"
+        for name, values in series
     )
     return _svg("line", title, description, width, height, "".join(parts), css_class)
 
 
-def bar_chart(labels, series, *, title, x_title="", y_title="", width=560, height=280,
-              stacked=False, y_format=format_number, css_class="", empty_message="No data yet."):
+def bar_chart(
+    labels,
+    series,
+    *,
+    title,
+    x_title="",
+    y_title="",
+    width=560,
+    height=280,
+    stacked=False,
+    y_format=format_number,
+    css_class="",
+    empty_message="No data yet.",
+):
     """Grouped (side by side) or stacked bars over categorical x positions.
 
     ``series`` is a list of ``(name, values)`` with one value per label (``None`` = no bar).
@@ -255,9 +284,14 @@ def bar_chart(labels, series, *, title, x_title="", y_title="", width=560, heigh
     comparisons (a version's metrics beside the baselines').
     """
     labels = [str(label) for label in labels]
-    series = [(str(name), [None if v is None else float(v) for v in values]) for name, values in series]
+    series = [
+        (str(name), [None if v is None else float(v) for v in values]) for name, values in series
+    ]
     if stacked:
-        totals = [sum(values[i] or 0 for _, values in series if i < len(values)) for i in range(len(labels))]
+        totals = [
+            sum(values[i] or 0 for _, values in series if i < len(values))
+            for i in range(len(labels))
+        ]
         value_range = _values_range(totals, True)
     else:
         value_range = _values_range([v for _, values in series for v in values], True)
@@ -266,7 +300,9 @@ def bar_chart(labels, series, *, title, x_title="", y_title="", width=560, heigh
     names = [name for name, _ in series]
     legend_rows = _legend_rows(names, width) if len(series) > 1 else 0
     frame = _Frame(width, height, len(labels), nice_ticks(*value_range), legend_rows)
-    parts = [f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>']
+    parts = [
+        f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>'
+    ]
     slot = frame.slot_width()
     group_width = slot * 0.78
     bar_width = group_width if stacked else group_width / len(series)
@@ -298,8 +334,11 @@ def bar_chart(labels, series, *, title, x_title="", y_title="", width=560, heigh
     if legend_rows:
         parts.append(f'<g class="legend" fill="currentColor">{_legend(names, width, 38)}</g>')
     description = f"{title}: " + "; ".join(
-        f"{label}: " + ", ".join(
-            f"{name} {y_format(values[i])}" for name, values in series if i < len(values) and values[i] is not None
+        f"{label}: "
+        + ", ".join(
+            f"{name} {y_format(values[i])}"
+            for name, values in series
+            if i < len(values) and values[i] is not None
         )
         for i, label in enumerate(labels[:40])
     )

@@ -21,9 +21,21 @@ def check_item_model(app_configs=None, **kwargs):
     try:
         apps.get_model(label, require_ready=False)
     except ValueError:
-        return [Error(f"RECOMMENDER_ITEM_MODEL {label!r} is not of the form 'app_label.ModelName'.", hint=hint, id="recommender.E001")]
+        return [
+            Error(
+                f"RECOMMENDER_ITEM_MODEL {label!r} is not of the form 'app_label.ModelName'.",
+                hint=hint,
+                id="recommender.E001",
+            )
+        ]
     except LookupError:
-        return [Error(f"RECOMMENDER_ITEM_MODEL refers to {label!r}, which is not an installed model.", hint=hint, id="recommender.E002")]
+        return [
+            Error(
+                f"RECOMMENDER_ITEM_MODEL refers to {label!r}, which is not an installed model.",
+                hint=hint,
+                id="recommender.E002",
+            )
+        ]
     return []
 
 
@@ -31,11 +43,13 @@ def check_item_model(app_configs=None, **kwargs):
 def check_cache(app_configs=None, **kwargs):
     alias = recommender_settings.CACHE_ALIAS
     if alias not in settings.CACHES:
-        return [Error(
-            f"RECOMMENDER['CACHE_ALIAS'] is {alias!r}, which is not in CACHES.",
-            hint="Add that cache (Redis in production) or point CACHE_ALIAS at an existing one.",
-            id="recommender.E003",
-        )]
+        return [
+            Error(
+                f"RECOMMENDER['CACHE_ALIAS'] is {alias!r}, which is not in CACHES.",
+                hint="Add that cache (Redis in production) or point CACHE_ALIAS at an existing one.",
+                id="recommender.E003",
+            )
+        ]
     return []
 
 
@@ -45,15 +59,22 @@ def check_artifact_storage(app_configs=None, **kwargs):
     try:
         storage = storages[alias]
     except InvalidStorageError:
-        return [Error(f"RECOMMENDER['ARTIFACT_STORAGE'] is {alias!r}, which is not in STORAGES.", id="recommender.E004")]
+        return [
+            Error(
+                f"RECOMMENDER['ARTIFACT_STORAGE'] is {alias!r}, which is not in STORAGES.",
+                id="recommender.E004",
+            )
+        ]
     if isinstance(storage, FileSystemStorage):
         folder = os.path.join(storage.location, recommender_settings.ARTIFACT_PATH)
         if not _writable(folder):
-            return [Error(
-                f"Model artifacts cannot be written to {folder!r}.",
-                hint="Make the folder writable by the web and worker processes, or choose another storage.",
-                id="recommender.E005",
-            )]
+            return [
+                Error(
+                    f"Model artifacts cannot be written to {folder!r}.",
+                    hint="Make the folder writable by the web and worker processes, or choose another storage.",
+                    id="recommender.E005",
+                )
+            ]
     return []
 
 
@@ -62,19 +83,28 @@ def check_settings(app_configs=None, **kwargs):
     errors = []
     unknown = recommender_settings.unknown_keys()
     if unknown:
-        errors.append(Warning(
-            f"Unknown RECOMMENDER setting(s): {', '.join(unknown)}.",
-            hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
-            id="recommender.W001",
-        ))
+        errors.append(
+            Warning(
+                f"Unknown RECOMMENDER setting(s): {', '.join(unknown)}.",
+                hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                id="recommender.W001",
+            )
+        )
     for name in sorted(IMPORT_STRINGS):
         try:
             getattr(recommender_settings, name)
         except ImportError as exc:
-            errors.append(Error(f"RECOMMENDER[{name!r}] cannot be imported: {exc}", id="recommender.E006"))
+            errors.append(
+                Error(f"RECOMMENDER[{name!r}] cannot be imported: {exc}", id="recommender.E006")
+            )
     kinds = recommender_settings.EVENT_KINDS
     if not kinds or not all(isinstance(k, str) and 0 < len(k) <= 32 for k in kinds):
-        errors.append(Error("RECOMMENDER['EVENT_KINDS'] must be a non-empty list of names of at most 32 characters.", id="recommender.E007"))
+        errors.append(
+            Error(
+                "RECOMMENDER['EVENT_KINDS'] must be a non-empty list of names of at most 32 characters.",
+                id="recommender.E007",
+            )
+        )
     return errors
 
 

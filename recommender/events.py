@@ -20,7 +20,16 @@ from django.utils.dateparse import parse_datetime
 from .conf import get_item_model, recommender_settings
 from .models import Event
 
-EVENT_FIELDS = {"kind", "item", "value", "occurred_at", "event_id", "placement", "page", "recommendation_id"}
+EVENT_FIELDS = {
+    "kind",
+    "item",
+    "value",
+    "occurred_at",
+    "event_id",
+    "placement",
+    "page",
+    "recommendation_id",
+}
 
 
 class EventValidationError(ValueError):
@@ -63,7 +72,9 @@ def record_many(events, *, user=None, session_key=""):
     if not events:
         raise EventValidationError({0: {"events": "The batch is empty."}})
     if len(events) > max_batch:
-        raise EventValidationError({0: {"events": f"At most {max_batch} events per batch, got {len(events)}."}})
+        raise EventValidationError(
+            {0: {"events": f"At most {max_batch} events per batch, got {len(events)}."}}
+        )
     user, session_key = _validate_shopper(user, session_key)
     validator = _BatchValidator()
     rows, errors = [], {}
@@ -91,11 +102,15 @@ def _validate_shopper(user, session_key):
         user = None
     session_key = session_key or ""
     if not isinstance(session_key, str) or len(session_key) > 40:
-        raise EventValidationError({0: {"session_key": "must be a string of at most 40 characters."}})
+        raise EventValidationError(
+            {0: {"session_key": "must be a string of at most 40 characters."}}
+        )
     if _text_problem(session_key):
         raise EventValidationError({0: {"session_key": _text_problem(session_key)}})
     if user is None and not session_key:
-        raise EventValidationError({0: {"shopper": "An event needs a user or an anonymous session key."}})
+        raise EventValidationError(
+            {0: {"shopper": "An event needs a user or an anonymous session key."}}
+        )
     return user, session_key
 
 
@@ -122,12 +137,16 @@ class _BatchValidator:
         errors = {}
         if not data.keys() <= EVENT_FIELDS:
             unknown = sorted(set(data) - EVENT_FIELDS, key=_shown)
-            shown = ", ".join(_shown(name) for name in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            shown = ", ".join(_shown(name) for name in unknown[:5]) + (
+                ", ..." if len(unknown) > 5 else ""
+            )
             errors["event"] = f"unknown field(s): {shown}."
         kind = data.get("kind")
         # An unhashable kind (a list, an object) is a bad kind, not a crash of the set lookup.
         if not isinstance(kind, str) or kind not in self.kinds:
-            errors["kind"] = f"unknown kind {_shown(kind)}; expected one of: {', '.join(recommender_settings.EVENT_KINDS)}."
+            errors["kind"] = (
+                f"unknown kind {_shown(kind)}; expected one of: {', '.join(recommender_settings.EVENT_KINDS)}."
+            )
         item_pk, problem = self.item(data.get("item"))
         if problem:
             errors["item"] = problem
@@ -184,7 +203,9 @@ class _BatchValidator:
         except (TypeError, ValueError, OverflowError):
             raise ValueError("must be a number.") from None
         if not math.isfinite(number) or abs(number) > self.max_value:
-            raise ValueError(f"must be a finite number between -{self.max_value:g} and {self.max_value:g}.")
+            raise ValueError(
+                f"must be a finite number between -{self.max_value:g} and {self.max_value:g}."
+            )
         return number
 
     def time(self, value):
@@ -288,7 +309,9 @@ def _shown(value, limit=40):
 def _integer_range(field):
     """(lowest, highest) value the database stores in an integer primary key, else (None, None)."""
     try:
-        return connections[router.db_for_read(field.model)].ops.integer_field_range(field.get_internal_type())
+        return connections[router.db_for_read(field.model)].ops.integer_field_range(
+            field.get_internal_type()
+        )
     except KeyError:
         return None, None
 
@@ -324,7 +347,9 @@ def _check_items(rows):
     """
     found = set(_recordable_items({row["item_pk"] for row in rows}).values_list("pk", flat=True))
     return {
-        row.get("index", position): {"item": f"unknown or unavailable item {_shown(row['item_pk'])}."}
+        row.get("index", position): {
+            "item": f"unknown or unavailable item {_shown(row['item_pk'])}."
+        }
         for position, row in enumerate(rows)
         if row["item_pk"] not in found
     }
@@ -342,7 +367,9 @@ def _store_orm(rows, *, user, session_key):
     rows = _unique(rows)
     with transaction.atomic(using=_events_database().alias):
         existing = set(
-            Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list("event_id", flat=True)
+            Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list(
+                "event_id", flat=True
+            )
         )
         new = [_event(row, user, session_key) for row in rows if row["event_id"] not in existing]
         # ignore_conflicts covers a concurrent retry landing between the check and the insert.
@@ -352,14 +379,30 @@ def _store_orm(rows, *, user, session_key):
 
 def _event(row, user, session_key):
     return Event(
-        event_id=row["event_id"], user=user, session_key=session_key, item_id=row["item_pk"], kind=row["kind"],
-        value=row["value"], occurred_at=row["occurred_at"], placement=row["placement"], page=row["page"],
+        event_id=row["event_id"],
+        user=user,
+        session_key=session_key,
+        item_id=row["item_pk"],
+        kind=row["kind"],
+        value=row["value"],
+        occurred_at=row["occurred_at"],
+        placement=row["placement"],
+        page=row["page"],
         recommendation_id=row["recommendation_id"],
     )
 
 
 # Fields of a validated event row that _store_postgresql sends to the database.
-ROW_COLUMNS = ("event_id", "item_pk", "kind", "value", "occurred_at", "placement", "page", "recommendation_id")
+ROW_COLUMNS = (
+    "event_id",
+    "item_pk",
+    "kind",
+    "value",
+    "occurred_at",
+    "placement",
+    "page",
+    "recommendation_id",
+)
 
 
 def _store_postgresql(rows, *, user, session_key):
@@ -384,7 +427,16 @@ def _store_postgresql(rows, *, user, session_key):
     allowed = _recordable_items().order_by().values("pk").query
     allowed_sql, allowed_params = allowed.get_compiler(using=database.alias).as_sql()
     item_type, user_type = _column_types(database.alias)
-    types = ("uuid", item_type, "varchar", "double precision", "timestamptz", "varchar", "varchar", "uuid")
+    types = (
+        "uuid",
+        item_type,
+        "varchar",
+        "double precision",
+        "timestamptz",
+        "varchar",
+        "varchar",
+        "uuid",
+    )
     columns = ", ".join(f"{name} {type_}" for name, type_ in zip(ROW_COLUMNS, types, strict=True))
     # Text was validated (no NUL, no lone surrogate), numbers are finite: all valid JSON
     # that PostgreSQL reads back unchanged; UUIDs, times and other keys go as their text.
@@ -400,8 +452,14 @@ def _store_postgresql(rows, *, user, session_key):
         ON CONFLICT (event_id) DO NOTHING
         RETURNING 1
     """
-    params = [user.pk if user is not None else None, session_key, document, *allowed_params,
-              list(item_pks), len(item_pks)]
+    params = [
+        user.pk if user is not None else None,
+        session_key,
+        document,
+        *allowed_params,
+        list(item_pks),
+        len(item_pks),
+    ]
     with database.cursor() as cursor:
         cursor.execute(sql, params)
         stored = len(cursor.fetchall())
@@ -416,8 +474,10 @@ def _store_postgresql(rows, *, user, session_key):
 def _column_types(alias):
     """The database types of the item and user keys (fixed for the life of the process)."""
     meta, database = Event._meta, connections[alias]
-    return (meta.get_field("item").target_field.rel_db_type(database),
-            meta.get_field("user").target_field.rel_db_type(database))
+    return (
+        meta.get_field("item").target_field.rel_db_type(database),
+        meta.get_field("user").target_field.rel_db_type(database),
+    )
 
 
 def _notify_recorded(*, user, session_key):

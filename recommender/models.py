@@ -10,7 +10,9 @@ from django.utils import timezone
 # The store's item model, like AUTH_USER_MODEL. When it is not set the relation points at
 # a model that cannot exist, so `manage.py check` reports recommender.E001 instead of
 # the import failing before any check can run.
-ITEM_MODEL = getattr(settings, "RECOMMENDER_ITEM_MODEL", None) or "recommender.ItemModelNotConfigured"
+ITEM_MODEL = (
+    getattr(settings, "RECOMMENDER_ITEM_MODEL", None) or "recommender.ItemModelNotConfigured"
+)
 
 
 class EventQuerySet(models.QuerySet):
@@ -47,16 +49,24 @@ class Event(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     event_id = models.UUIDField(
-        unique=True, default=uuid.uuid4, editable=False,
+        unique=True,
+        default=uuid.uuid4,
+        editable=False,
         help_text="Client-supplied id: a retried submission with the same id is stored once.",
     )
     # No index of its own: rec_event_user_latest starts with user_id and serves its lookups.
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-        related_name="recommender_events", db_index=False,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="recommender_events",
+        db_index=False,
     )
     session_key = models.CharField(max_length=40, blank=True, default="")
-    item = models.ForeignKey(ITEM_MODEL, on_delete=models.CASCADE, related_name="recommender_events")
+    item = models.ForeignKey(
+        ITEM_MODEL, on_delete=models.CASCADE, related_name="recommender_events"
+    )
     # Not limited to Kind's choices: stores extend the list with RECOMMENDER["EVENT_KINDS"].
     kind = models.CharField(max_length=32)
     value = models.FloatField(null=True, blank=True, help_text="Quantity, price or rating.")
@@ -77,8 +87,11 @@ class Event(models.Model):
             models.Index(fields=["session_key", "-occurred_at"], name="rec_event_session_latest"),
             models.Index(fields=["occurred_at", "id"], name="rec_event_time_order"),
             # Only events that came from a recommendation list (a small share) are indexed.
-            models.Index(fields=["recommendation_id"], name="rec_event_recommendation",
-                         condition=Q(recommendation_id__isnull=False)),
+            models.Index(
+                fields=["recommendation_id"],
+                name="rec_event_recommendation",
+                condition=Q(recommendation_id__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -123,14 +136,26 @@ class ModelVersion(models.Model):
     is_active = models.BooleanField(default=False)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.COMMAND)
     model_name = models.CharField(max_length=32, blank=True, default="")
-    config = models.JSONField(default=dict, blank=True, help_text="Cleaning and training settings used.")
-    data_stats = models.JSONField(default=dict, blank=True, help_text="Shoppers, items, events trained on.")
-    metrics = models.JSONField(default=dict, blank=True, help_text="Offline validation/test metrics, with baselines.")
-    curve = models.JSONField(default=list, blank=True, help_text="Per-epoch loss and validation metrics.")
-    progress = models.JSONField(default=dict, blank=True, help_text="Live stage/epoch/ETA while running.")
+    config = models.JSONField(
+        default=dict, blank=True, help_text="Cleaning and training settings used."
+    )
+    data_stats = models.JSONField(
+        default=dict, blank=True, help_text="Shoppers, items, events trained on."
+    )
+    metrics = models.JSONField(
+        default=dict, blank=True, help_text="Offline validation/test metrics, with baselines."
+    )
+    curve = models.JSONField(
+        default=list, blank=True, help_text="Per-epoch loss and validation metrics."
+    )
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="Live stage/epoch/ETA while running."
+    )
     decision = models.TextField(blank=True, default="", help_text="Why it was or was not promoted.")
     error = models.TextField(blank=True, default="")
-    artifact = models.CharField(max_length=255, blank=True, default="", help_text="Name in artifact storage.")
+    artifact = models.CharField(
+        max_length=255, blank=True, default="", help_text="Name in artifact storage."
+    )
     artifact_sha256 = models.CharField(max_length=64, blank=True, default="")
     task_id = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -182,10 +207,16 @@ class ModelVersion(models.Model):
                 with transaction.atomic():
                     me = ModelVersion.objects.select_for_update().get(pk=self.pk)
                     if me.status != self.Status.READY:
-                        raise ValueError(f"Only a ready version can be activated (v{me.pk} is {me.status}).")
+                        raise ValueError(
+                            f"Only a ready version can be activated (v{me.pk} is {me.status})."
+                        )
                     list(ModelVersion.objects.select_for_update().filter(is_active=True))
-                    ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(is_active=False)
-                    ModelVersion.objects.filter(pk=me.pk).update(is_active=True, activated_at=timezone.now())
+                    ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(
+                        is_active=False
+                    )
+                    ModelVersion.objects.filter(pk=me.pk).update(
+                        is_active=True, activated_at=timezone.now()
+                    )
                 break
             except IntegrityError:
                 if attempt == attempts - 1:
@@ -215,17 +246,29 @@ class Recommendation(models.Model):
         POPULAR = "popular"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="recommendations")
+    version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="recommendations",
+    )
     placement = models.CharField(max_length=64, blank=True, default="")
     source = models.CharField(max_length=16, choices=Source.choices)
     items = models.JSONField(default=list, help_text="Item ids in the order shown.")
-    impressions = models.PositiveIntegerField(default=0, help_text="Times the tracker saw the list on screen.")
+    impressions = models.PositiveIntegerField(
+        default=0, help_text="Times the tracker saw the list on screen."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = RecommendationQuerySet.as_manager()
 
     class Meta:
-        indexes = [models.Index(fields=["version", "placement", "created_at"], name="rec_recommendation_version")]
+        indexes = [
+            models.Index(
+                fields=["version", "placement", "created_at"], name="rec_recommendation_version"
+            )
+        ]
 
     def __str__(self):
         return f"{self.source} list for {self.placement or 'api'} ({self.pk})"

@@ -66,7 +66,11 @@ def forget_shopper(*, user=None, session_key=""):
         by_kind = dict(events.values_list("kind").annotate(n=Count("id")).values_list("kind", "n"))
         sessions = sorted(set(events.exclude(session_key="").values_list("session_key", flat=True)))
         users = set(events.exclude(user__isnull=True).values_list("user", flat=True))
-        bought = set(events.filter(kind__in=recommender_settings.BOUGHT_TOGETHER_KINDS).values_list("item", flat=True))
+        bought = set(
+            events.filter(kind__in=recommender_settings.BOUGHT_TOGETHER_KINDS).values_list(
+                "item", flat=True
+            )
+        )
         deleted, _ = events.delete()
     _forget_cached(user, users, sessions, bought)
     return ForgetResult(events=deleted, by_kind=by_kind, sessions=sessions)
@@ -74,7 +78,9 @@ def forget_shopper(*, user=None, session_key=""):
 
 def _forget_cached(user, user_ids, sessions, bought_items):
     """Drop the shopper's generation keys, the lists cached under them, and co-purchase lists."""
-    users = list(get_user_model()._default_manager.filter(pk__in=user_ids - ({user.pk} if user else set())))
+    users = list(
+        get_user_model()._default_manager.filter(pk__in=user_ids - ({user.pk} if user else set()))
+    )
     if user is not None:
         users.append(user)
     shoppers = [{"user": u} for u in users] + [{"session_key": key} for key in sessions]
@@ -112,5 +118,6 @@ def _delete_matching(cache, patterns):
 def _glob(cache, pattern, escape):
     """A glob for the backend's made keys: literal pieces escaped, ``None`` pieces as ``*``."""
     first, *rest = pattern
-    return escape(cache.make_key(first)) + "".join("*" if piece is None else escape(piece) for piece in rest)
-
+    return escape(cache.make_key(first)) + "".join(
+        "*" if piece is None else escape(piece) for piece in rest
+    )

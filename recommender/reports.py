@@ -127,8 +127,12 @@ def carousel_ctr_per_day(start, end):
         .values_list("day", "n")
     )
     clicks = dict(
-        Event.objects.filter(occurred_at__gte=start, occurred_at__lt=end, kind=Event.Kind.CLICK,
-                             recommendation_id__isnull=False)
+        Event.objects.filter(
+            occurred_at__gte=start,
+            occurred_at__lt=end,
+            kind=Event.Kind.CLICK,
+            recommendation_id__isnull=False,
+        )
         .order_by()
         .annotate(day=_local_day())
         .values("day")
@@ -182,13 +186,17 @@ class OnlineMetrics:
 def online_metrics_by_placement(version):
     """``[OnlineMetrics]`` per placement for one version, then an ``"all"`` total row."""
     lists = Recommendation.objects.filter(version=version).order_by()
-    per_placement = lists.values("placement").annotate(n=Count("id"), shown=Coalesce(Sum("impressions"), 0))
+    per_placement = lists.values("placement").annotate(
+        n=Count("id"), shown=Coalesce(Sum("impressions"), 0)
+    )
     clicks = dict(
         Event.objects.filter(kind=Event.Kind.CLICK, recommendation_id__in=lists.values("id"))
         .order_by()
         .annotate(
             list_placement=Subquery(
-                Recommendation.objects.filter(pk=OuterRef("recommendation_id")).values("placement")[:1]
+                Recommendation.objects.filter(pk=OuterRef("recommendation_id")).values("placement")[
+                    :1
+                ]
             )
         )
         .values("list_placement")
@@ -196,13 +204,20 @@ def online_metrics_by_placement(version):
         .values_list("list_placement", "n")
     )
     rows = [
-        OnlineMetrics(row["placement"] or "api", row["n"], row["shown"], clicks.get(row["placement"], 0))
+        OnlineMetrics(
+            row["placement"] or "api", row["n"], row["shown"], clicks.get(row["placement"], 0)
+        )
         for row in per_placement.order_by("placement")
     ]
     if rows:
-        rows.append(OnlineMetrics(
-            "all", sum(r.lists for r in rows), sum(r.impressions for r in rows), sum(r.clicks for r in rows)
-        ))
+        rows.append(
+            OnlineMetrics(
+                "all",
+                sum(r.lists for r in rows),
+                sum(r.impressions for r in rows),
+                sum(r.clicks for r in rows),
+            )
+        )
     return rows
 
 

@@ -125,7 +125,9 @@ class LoadedModel:
                 masks[name][torch.tensor(ids)] = True
             self._masks = masks
         mask = masks.get(str(category))
-        return mask if mask is not None else torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
+        return (
+            mask if mask is not None else torch.zeros(self.predictor.n_items + 1, dtype=torch.bool)
+        )
 
 
 class _ActiveModel:
@@ -150,7 +152,11 @@ class _ActiveModel:
             self.loaded, self.checked_at, self.refused = None, float("-inf"), set()
 
     def _refresh(self):
-        active = ModelVersion.objects.filter(is_active=True).values_list("pk", "artifact", "artifact_sha256").first()
+        active = (
+            ModelVersion.objects.filter(is_active=True)
+            .values_list("pk", "artifact", "artifact_sha256")
+            .first()
+        )
         if active is None:
             self.loaded = None
             return
@@ -177,11 +183,17 @@ class _ActiveModel:
 
             serving = self.loaded.version_id if self.loaded else None
             reason = f"{type(exc).__name__}: {exc}"[:1000].rstrip(". ")
-            logger.error("Model version v%s refused: %s; %s", pk, reason,
-                         f"v{serving} keeps serving." if serving else "looking for the last good version.",
-                         exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)))
+            logger.error(
+                "Model version v%s refused: %s; %s",
+                pk,
+                reason,
+                f"v{serving} keeps serving." if serving else "looking for the last good version.",
+                exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)),
+            )
             self.refused.add(pk)
-            ModelVersion.objects.filter(pk=pk, error="").update(error=f"Refused by a web process: {reason}")
+            ModelVersion.objects.filter(pk=pk, error="").update(
+                error=f"Refused by a web process: {reason}"
+            )
             return False
         logger.info("Serving model version v%s", pk)
         return True
@@ -192,14 +204,22 @@ class _ActiveModel:
         Processes that were running keep the version they had; a new one (a restart, a
         recycled worker) would otherwise have none and serve popular items only.
         """
-        candidates = (ModelVersion.objects.filter(status=ModelVersion.Status.READY, activated_at__isnull=False,
-                                                  error="")  # a refused version has its reason recorded
-                      .exclude(pk__in=self.refused | {refused_pk}).exclude(artifact="")
-                      .order_by("-activated_at").values_list("pk", "artifact", "artifact_sha256")[:attempts])
+        candidates = (
+            ModelVersion.objects.filter(
+                status=ModelVersion.Status.READY, activated_at__isnull=False, error=""
+            )  # a refused version has its reason recorded
+            .exclude(pk__in=self.refused | {refused_pk})
+            .exclude(artifact="")
+            .order_by("-activated_at")
+            .values_list("pk", "artifact", "artifact_sha256")[:attempts]
+        )
         for candidate in candidates:
             if self._load(*candidate):
-                logger.warning("Active version v%s cannot be served; serving v%s, the last good version, instead.",
-                               refused_pk, candidate[0])
+                logger.warning(
+                    "Active version v%s cannot be served; serving v%s, the last good version, instead.",
+                    refused_pk,
+                    candidate[0],
+                )
                 return
 
 
@@ -234,11 +254,17 @@ def load_version(version_id, artifact_name, sha256=""):
         )
     predictor = Predictor.from_artifact(io.BytesIO(payload))
     if not hasattr(predictor, "_items"):
-        raise ValueError(f"Model {type(predictor.model).__name__} has no item embeddings to serve from.")
+        raise ValueError(
+            f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
+        )
     categories = None
     field_name = recommender_settings.ITEM_CATEGORY_FIELD
     if field_name:
-        categories = dict(get_item_model()._default_manager.values_list("pk", field_name).iterator(chunk_size=10_000))
+        categories = dict(
+            get_item_model()
+            ._default_manager.values_list("pk", field_name)
+            .iterator(chunk_size=10_000)
+        )
     index = None
     if predictor.n_items > recommender_settings.ANN_MIN_ITEMS:
         from .ml.ann import IVFIndex
@@ -308,7 +334,9 @@ def clean_limit(limit):
 def clean_placement(placement):
     placement = placement or ""
     if not isinstance(placement, str) or len(placement) > recommender_settings.MAX_PLACEMENT_LENGTH:
-        raise BadRequest(f"placement must be at most {recommender_settings.MAX_PLACEMENT_LENGTH} characters.")
+        raise BadRequest(
+            f"placement must be at most {recommender_settings.MAX_PLACEMENT_LENGTH} characters."
+        )
     if "\x00" in placement:
         raise BadRequest("placement must not contain NUL characters.")
     return placement
@@ -358,15 +386,24 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
 
 
 def _save_list(source, placement, version_id, pks):
-    rec = Recommendation.objects.create(source=source, placement=placement, version_id=version_id, items=list(pks))
+    rec = Recommendation.objects.create(
+        source=source, placement=placement, version_id=version_id, items=list(pks)
+    )
     return rec.pk
 
 
 def _from_cached(entry, limit, *, diversity=None, category=None, exclude=()):
     """Re-apply the business rules to a cached list (stock may have changed since)."""
-    items, scores = _apply_rules(list(zip(entry["pks"], entry["scores"], strict=True)), limit,
-                                 diversity=diversity, category=category, exclude=exclude)
-    return RecommendationList(items, entry["rid"], entry["version"], entry["source"], entry["placement"], scores)
+    items, scores = _apply_rules(
+        list(zip(entry["pks"], entry["scores"], strict=True)),
+        limit,
+        diversity=diversity,
+        category=category,
+        exclude=exclude,
+    )
+    return RecommendationList(
+        items, entry["rid"], entry["version"], entry["source"], entry["placement"], scores
+    )
 
 
 # --------------------------------------------------------------------------- shoppers
@@ -397,7 +434,9 @@ def shopper_activity(user=None, session_key="", length=None, with_purchases=True
     to_pk = _item_pk_from_db()
     # UNION ALL promises no order: the latest events are put back in time order here.
     recent = sorted((row for row in rows if row[0] == 0), key=lambda row: (row[3], row[4]))
-    return [(to_pk(pk), kind) for _, pk, kind, _, _ in recent], {to_pk(row[1]) for row in rows if row[0] == 1}
+    return [(to_pk(pk), kind) for _, pk, kind, _, _ in recent], {
+        to_pk(row[1]) for row in rows if row[0] == 1
+    }
 
 
 @functools.cache
@@ -410,12 +449,20 @@ def _activity_sql(by_user, with_purchases, alias):
     quote = connections[alias].ops.quote_name
     meta = Event._meta
     table = quote(meta.db_table)
-    column = {name: quote(meta.get_field(name).column) for name in ("id", "user", "session_key", "item", "kind",
-                                                                    "occurred_at")}
-    who = f"{column['user']} = %s" if by_user else f"{column['session_key']} = %s AND {column['user']} IS NULL"
+    column = {
+        name: quote(meta.get_field(name).column)
+        for name in ("id", "user", "session_key", "item", "kind", "occurred_at")
+    }
+    who = (
+        f"{column['user']} = %s"
+        if by_user
+        else f"{column['session_key']} = %s AND {column['user']} IS NULL"
+    )
     fields = f"{column['item']}, {column['kind']}, {column['occurred_at']}, {column['id']}"
-    sql = (f"SELECT * FROM (SELECT 0 AS part, {fields} FROM {table} WHERE {who} "
-           f"ORDER BY {column['occurred_at']} DESC, {column['id']} DESC LIMIT %s) AS latest")
+    sql = (
+        f"SELECT * FROM (SELECT 0 AS part, {fields} FROM {table} WHERE {who} "
+        f"ORDER BY {column['occurred_at']} DESC, {column['id']} DESC LIMIT %s) AS latest"
+    )
     if with_purchases:
         sql += f" UNION ALL SELECT 1, {fields} FROM {table} WHERE {who} AND {column['kind']} = %s"
     return sql
@@ -446,19 +493,27 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     # One round trip reads the shopper's generation and the list; a list counts only if it
     # was stamped with the current generation (a new event deletes the generation key).
     generation_key = shopper_cache_key(user, session_key)
-    key = (f"{shopper_lists_prefix(user, session_key)}{model.version_id if model else 0}:"
-           f"{_key_part(placement, category, sorted(map(str, exclude)))}")
+    key = (
+        f"{shopper_lists_prefix(user, session_key)}{model.version_id if model else 0}:"
+        f"{_key_part(placement, category, sorted(map(str, exclude)))}"
+    )
     found = _cache().get_many([generation_key, key])
     generation, cached = found.get(generation_key), found.get(key)
     if generation is not None and cached is not None and cached.get("generation") == generation:
-        return _from_cached(cached, limit, diversity=rules["diversity"], category=category, exclude=exclude)
+        return _from_cached(
+            cached, limit, diversity=rules["diversity"], category=category, exclude=exclude
+        )
     if generation is None:
         # Set before computing: an event recorded meanwhile deletes it, so this list is
         # never served for the newer history.
         generation = uuid.uuid4().hex[:12]
-        _cache().set(generation_key, generation, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS * 2)
+        _cache().set(
+            generation_key, generation, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS * 2
+        )
 
-    history, purchased = shopper_activity(user, session_key, with_purchases=rules["exclude_purchased"])
+    history, purchased = shopper_activity(
+        user, session_key, with_purchases=rules["exclude_purchased"]
+    )
     banned = set(exclude) | purchased
     if rules["exclude_seen"]:
         banned |= {pk for pk, _ in history}
@@ -466,19 +521,38 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     if model is not None and history:
         wanted = max(limit * OVERFETCH, limit + 20)
         candidates = model.top_candidates(history, wanted, exclude_pks=banned, category=category)
-    items, scores = _apply_rules(candidates, limit, diversity=rules["diversity"], category=category, exclude=banned)
+    items, scores = _apply_rules(
+        candidates, limit, diversity=rules["diversity"], category=category, exclude=banned
+    )
     if len(items) < limit:
-        fallback = popular(limit=limit, category=category, placement=placement, exclude=banned | {i.pk for i in items})
+        fallback = popular(
+            limit=limit,
+            category=category,
+            placement=placement,
+            exclude=banned | {i.pk for i in items},
+        )
         if not items:
             return fallback
         items += fallback.items[: limit - len(items)]
         scores += [0.0] * (len(items) - len(scores))
     pks = [item.pk for item in items]
     rid = _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks)
-    _cache().set(key, {"pks": pks, "scores": scores, "rid": rid, "version": model.version_id,
-                       "source": Recommendation.Source.MODEL, "placement": placement, "generation": generation},
-                 recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
-    return RecommendationList(items, rid, model.version_id, Recommendation.Source.MODEL, placement, scores)
+    _cache().set(
+        key,
+        {
+            "pks": pks,
+            "scores": scores,
+            "rid": rid,
+            "version": model.version_id,
+            "source": Recommendation.Source.MODEL,
+            "placement": placement,
+            "generation": generation,
+        },
+        recommender_settings.RECOMMENDATIONS_CACHE_SECONDS,
+    )
+    return RecommendationList(
+        items, rid, model.version_id, Recommendation.Source.MODEL, placement, scores
+    )
 
 
 # --------------------------------------------------------------------------- items
@@ -495,8 +569,14 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     if cached is None:
         candidates = compute(pk, model)
         rid = _save_list(source, placement, version_id, [c for c, _ in candidates])
-        cached = {"pks": [c for c, _ in candidates], "scores": [s for _, s in candidates], "rid": rid,
-                  "version": version_id, "source": source, "placement": placement}
+        cached = {
+            "pks": [c for c, _ in candidates],
+            "scores": [s for _, s in candidates],
+            "rid": rid,
+            "version": version_id,
+            "source": source,
+            "placement": placement,
+        }
         _cache().set(key, cached, recommender_settings.ITEM_LISTS_CACHE_SECONDS)
     return _from_cached(cached, limit, exclude=set(exclude) | {pk})
 
@@ -509,7 +589,14 @@ def similar(item, *, limit=10, placement="", exclude=()):
             return []
         return model.similar(pk, recommender_settings.MAX_LIMIT * OVERFETCH)
 
-    return _item_list(Recommendation.Source.SIMILAR, item, compute, limit=limit, placement=placement, exclude=exclude)
+    return _item_list(
+        Recommendation.Source.SIMILAR,
+        item,
+        compute,
+        limit=limit,
+        placement=placement,
+        exclude=exclude,
+    )
 
 
 def bought_together(item, *, limit=10, placement="", exclude=()):
@@ -522,21 +609,39 @@ def bought_together(item, *, limit=10, placement="", exclude=()):
         buyers = Event.objects.filter(item_id=pk, kind__in=kinds).order_by()
         others = Event.objects.filter(kind__in=kinds).exclude(item_id=pk).order_by()
         by_users = others.filter(user_id__in=buyers.filter(user__isnull=False).values("user_id"))
-        by_sessions = others.filter(user__isnull=True,
-                                    session_key__in=buyers.filter(user__isnull=True).values("session_key"))
+        by_sessions = others.filter(
+            user__isnull=True,
+            session_key__in=buyers.filter(user__isnull=True).values("session_key"),
+        )
         pairs = by_users.values_list("item_id", "user_id", "session_key").union(
-            by_sessions.values_list("item_id", "user_id", "session_key"), all=True)
+            by_sessions.values_list("item_id", "user_id", "session_key"), all=True
+        )
         shoppers = {}
         for other, user_id, session_key in pairs:
-            shoppers.setdefault(other, set()).add(f"u{user_id}" if user_id is not None else f"s{session_key}")
+            shoppers.setdefault(other, set()).add(
+                f"u{user_id}" if user_id is not None else f"s{session_key}"
+            )
         # A pair seen with a single shopper would disclose that shopper's purchases.
-        ranked = sorted(((other, len(who)) for other, who in shoppers.items()
-                         if len(who) >= recommender_settings.BOUGHT_TOGETHER_MIN_SHOPPERS),
-                        key=lambda pair: (-pair[1], pair[0]))
-        return [(other, float(n)) for other, n in ranked[: recommender_settings.MAX_LIMIT * OVERFETCH]]
+        ranked = sorted(
+            (
+                (other, len(who))
+                for other, who in shoppers.items()
+                if len(who) >= recommender_settings.BOUGHT_TOGETHER_MIN_SHOPPERS
+            ),
+            key=lambda pair: (-pair[1], pair[0]),
+        )
+        return [
+            (other, float(n)) for other, n in ranked[: recommender_settings.MAX_LIMIT * OVERFETCH]
+        ]
 
-    return _item_list(Recommendation.Source.BOUGHT_TOGETHER, item, compute, limit=limit, placement=placement,
-                      exclude=exclude)
+    return _item_list(
+        Recommendation.Source.BOUGHT_TOGETHER,
+        item,
+        compute,
+        limit=limit,
+        placement=placement,
+        exclude=exclude,
+    )
 
 
 def popular(*, limit=10, category=None, placement="", window="popular", exclude=()):
@@ -548,33 +653,63 @@ def popular(*, limit=10, category=None, placement="", window="popular", exclude=
     cached = _cache().get(key)
     if cached is None:
         candidates = popularity_ranking(trending=window == "trending")
-        rid = _save_list(Recommendation.Source.POPULAR, placement, None, [pk for pk, _ in candidates])
-        cached = {"pks": [pk for pk, _ in candidates], "scores": [s for _, s in candidates], "rid": rid,
-                  "version": None, "source": Recommendation.Source.POPULAR, "placement": placement}
+        rid = _save_list(
+            Recommendation.Source.POPULAR, placement, None, [pk for pk, _ in candidates]
+        )
+        cached = {
+            "pks": [pk for pk, _ in candidates],
+            "scores": [s for _, s in candidates],
+            "rid": rid,
+            "version": None,
+            "source": Recommendation.Source.POPULAR,
+            "placement": placement,
+        }
         _cache().set(key, cached, recommender_settings.POPULAR_CACHE_SECONDS)
     if category is not None and not recommender_settings.ITEM_CATEGORY_FIELD:
         raise BadRequest("This store's items have no category (ITEM_CATEGORY_FIELD is not set).")
-    return _from_cached(cached, limit, category=category, exclude=exclude,
-                        diversity=placement_rules(placement)["diversity"])
+    return _from_cached(
+        cached,
+        limit,
+        category=category,
+        exclude=exclude,
+        diversity=placement_rules(placement)["diversity"],
+    )
 
 
 def popularity_ranking(trending=False, size=500):
     """[(item pk, score)] by kind-weighted events; trending favours the last hours."""
     now = timezone.now()
     since = now - timedelta(days=recommender_settings.POPULAR_DAYS)
-    weight = Case(*[When(kind=k, then=Value(w)) for k, w in POPULARITY_WEIGHTS.items()],
-                  default=Value(0.0), output_field=FloatField())
+    weight = Case(
+        *[When(kind=k, then=Value(w)) for k, w in POPULARITY_WEIGHTS.items()],
+        default=Value(0.0),
+        output_field=FloatField(),
+    )
     events = Event.objects.filter(occurred_at__gte=since, kind__in=list(POPULARITY_WEIGHTS))
     if trending:
         recent = now - timedelta(hours=recommender_settings.TRENDING_HOURS)
-        window_share = recommender_settings.TRENDING_HOURS / (24 * recommender_settings.POPULAR_DAYS)
-        rows = events.values("item_id").annotate(
-            recent=Sum(Case(When(occurred_at__gte=recent, then=weight), default=Value(0.0), output_field=FloatField())),
-            total=Sum(weight),
-        ).filter(recent__gt=0)
+        window_share = recommender_settings.TRENDING_HOURS / (
+            24 * recommender_settings.POPULAR_DAYS
+        )
+        rows = (
+            events.values("item_id")
+            .annotate(
+                recent=Sum(
+                    Case(
+                        When(occurred_at__gte=recent, then=weight),
+                        default=Value(0.0),
+                        output_field=FloatField(),
+                    )
+                ),
+                total=Sum(weight),
+            )
+            .filter(recent__gt=0)
+        )
         # Rising items: recent weight over what the long window would predict (smoothed).
-        ranked = sorted(((r["item_id"], r["recent"] / (r["total"] * window_share + 1.0)) for r in rows),
-                        key=lambda pair: (-pair[1], pair[0]))
+        ranked = sorted(
+            ((r["item_id"], r["recent"] / (r["total"] * window_share + 1.0)) for r in rows),
+            key=lambda pair: (-pair[1], pair[0]),
+        )
         return ranked[:size]
     rows = events.values("item_id").annotate(score=Sum(weight)).order_by("-score", "item_id")[:size]
     return [(r["item_id"], float(r["score"])) for r in rows]
@@ -592,4 +727,6 @@ def connect_cache_invalidation():
     """A new event drops the shopper's cached recommendations (see signals.py)."""
     from .signals import events_recorded
 
-    events_recorded.connect(invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper")
+    events_recorded.connect(
+        invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper"
+    )

@@ -5,7 +5,13 @@ from celery import shared_task
 from . import training
 
 
-@shared_task(bind=True, name="recommender.train", acks_late=True, reject_on_worker_lost=False, ignore_result=True)
+@shared_task(
+    bind=True,
+    name="recommender.train",
+    acks_late=True,
+    reject_on_worker_lost=False,
+    ignore_result=True,
+)
 def train(self, version_id=None):
     """Train the queued version ``version_id``; without one (beat), queue and run a new one.
 
@@ -21,8 +27,9 @@ def train(self, version_id=None):
             version_id = mine.pk
         else:
             try:
-                version = training.request_training(training.ModelVersion.Trigger.SCHEDULE, enqueue=False,
-                                                    task_id=task_id)
+                version = training.request_training(
+                    training.ModelVersion.Trigger.SCHEDULE, enqueue=False, task_id=task_id
+                )
             except training.TrainingInProgress:
                 return None
             version_id = version.pk

@@ -45,7 +45,9 @@ class TrainingAbandoned(TrainingError):
 # --------------------------------------------------------------------------- queueing
 
 
-def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True, task_id=""):
+def request_training(
+    trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True, task_id=""
+):
     """Create a queued version and send it to the Celery worker after commit.
 
     Refuses while another run is queued or running, so the admin button and beat can
@@ -59,8 +61,10 @@ def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, enque
         if busy is not None:
             raise TrainingInProgress(f"Training v{busy.pk} is already {busy.status}.")
         version = ModelVersion.objects.create(
-            trigger=trigger, model_name=(config or {}).get("MODEL", recommender_settings.MODEL),
-            config=config or {}, task_id=task_id,
+            trigger=trigger,
+            model_name=(config or {}).get("MODEL", recommender_settings.MODEL),
+            config=config or {},
+            task_id=task_id,
         )
         if enqueue:
             from .tasks import train
@@ -76,8 +80,11 @@ def _send(task, version_id):
     except Exception as exc:  # noqa: BLE001 - any broker failure: say so on the run, free the lock
         logger.error("Training v%s could not be queued: %s", version_id, exc)
         ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
-            status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
-            error=f"Could not be queued (is the Celery broker reachable?): {type(exc).__name__}: {exc}"[:5000],
+            status=ModelVersion.Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"Could not be queued (is the Celery broker reachable?): {type(exc).__name__}: {exc}"[
+                :5000
+            ],
         )
         return
     ModelVersion.objects.filter(pk=version_id, task_id="").update(task_id=result.id or "")
@@ -101,14 +108,22 @@ def fail_stale_runs():
     """
     now = timezone.now()
     limit = now - timedelta(seconds=recommender_settings.TRAINING_HEARTBEAT_TIMEOUT)
-    dead = ModelVersion.objects.filter(status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit).update(
-        status=ModelVersion.Status.FAILED, finished_at=now,
+    dead = ModelVersion.objects.filter(
+        status=ModelVersion.Status.RUNNING, heartbeat_at__lt=limit
+    ).update(
+        status=ModelVersion.Status.FAILED,
+        finished_at=now,
         error="The worker stopped reporting (killed or lost); the run was abandoned.",
     )
-    lost = ModelVersion.objects.filter(status=ModelVersion.Status.QUEUED, created_at__lt=limit).update(
-        status=ModelVersion.Status.FAILED, finished_at=now,
-        error=(f"No worker started the run within {recommender_settings.TRAINING_HEARTBEAT_TIMEOUT:g} s "
-               "(its message was lost, or no worker serves the training queue); the run was abandoned."),
+    lost = ModelVersion.objects.filter(
+        status=ModelVersion.Status.QUEUED, created_at__lt=limit
+    ).update(
+        status=ModelVersion.Status.FAILED,
+        finished_at=now,
+        error=(
+            f"No worker started the run within {recommender_settings.TRAINING_HEARTBEAT_TIMEOUT:g} s "
+            "(its message was lost, or no worker serves the training queue); the run was abandoned."
+        ),
     )
     return dead + lost
 
@@ -133,7 +148,9 @@ def export_interactions(since=None, chunk_size=None):
         events = events.filter(occurred_at__gte=since)
     pseudonyms = {}
     rows = events.values_list("user_id", "session_key", "item_id", "kind", "value", "occurred_at")
-    for user_id, session_key, item_id, kind, value, occurred_at in rows.iterator(chunk_size=chunk_size):
+    for user_id, session_key, item_id, kind, value, occurred_at in rows.iterator(
+        chunk_size=chunk_size
+    ):
         key = (user_id, session_key if user_id is None else "")
         shopper = pseudonyms.get(key)
         if shopper is None:
@@ -171,8 +188,9 @@ class _Heartbeat:
 
         if connection.in_atomic_block:
             return self
-        self._thread = threading.Thread(target=self._run, name=f"recommender-heartbeat-v{self.version_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"recommender-heartbeat-v{self.version_id}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -191,7 +209,9 @@ class _Heartbeat:
                         pk=self.version_id, status=ModelVersion.Status.RUNNING
                     ).update(heartbeat_at=timezone.now())
                 except Exception:  # noqa: BLE001 - a database hiccup: beat again next time
-                    logger.warning("Heartbeat of training v%s failed; retrying", self.version_id, exc_info=True)
+                    logger.warning(
+                        "Heartbeat of training v%s failed; retrying", self.version_id, exc_info=True
+                    )
                     connection.close()
                     continue
                 if not alive:
@@ -220,11 +240,13 @@ class _Progress:
         now = time.monotonic()
         if force or now - self.last >= 1.0:
             self.last = now
-            alive = ModelVersion.objects.filter(pk=self.version.pk, status=ModelVersion.Status.RUNNING).update(
-                progress=_jsonable(info), heartbeat_at=timezone.now()
-            )
+            alive = ModelVersion.objects.filter(
+                pk=self.version.pk, status=ModelVersion.Status.RUNNING
+            ).update(progress=_jsonable(info), heartbeat_at=timezone.now())
             if not alive:
-                raise TrainingAbandoned(f"Training v{self.version.pk} is no longer running (failed as stale?).")
+                raise TrainingAbandoned(
+                    f"Training v{self.version.pk} is no longer running (failed as stale?)."
+                )
 
     def stage(self, name, **extra):
         self({"stage": name, **extra}, force=True)
@@ -239,13 +261,19 @@ def run_training(version_id, *, echo=None):
     """
     now = timezone.now()
     try:
-        claimed = ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
-            status=ModelVersion.Status.RUNNING, started_at=now, heartbeat_at=now,
+        claimed = ModelVersion.objects.filter(
+            pk=version_id, status=ModelVersion.Status.QUEUED
+        ).update(
+            status=ModelVersion.Status.RUNNING,
+            started_at=now,
+            heartbeat_at=now,
             progress={"stage": "starting"},
         )
     except IntegrityError:
         ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
-            status=ModelVersion.Status.FAILED, finished_at=now, error="Another training was running."
+            status=ModelVersion.Status.FAILED,
+            finished_at=now,
+            error="Another training was running.",
         )
         return ModelVersion.objects.get(pk=version_id)
     if not claimed:
@@ -257,12 +285,15 @@ def run_training(version_id, *, echo=None):
     try:
         _train(version, progress)
     except TrainingAbandoned:
-        logger.warning("Training v%s was abandoned (marked failed while it ran); nothing promoted.", version_id)
+        logger.warning(
+            "Training v%s was abandoned (marked failed while it ran); nothing promoted.", version_id
+        )
         raise
     except Exception as exc:
         logger.exception("Training v%s failed", version_id)
         ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.RUNNING).update(
-            status=ModelVersion.Status.FAILED, finished_at=timezone.now(),
+            status=ModelVersion.Status.FAILED,
+            finished_at=timezone.now(),
             error=f"{type(exc).__name__}: {exc}"[:5000],
             progress={**ModelVersion.objects.get(pk=version_id).progress, "stage": "failed"},
         )
@@ -289,9 +320,12 @@ def _train(version, progress):
     progress.stage("export")
     sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
     stats = {
-        "shoppers": len(sequences), "items": sequences.n_items, "events": sequences.n_events,
+        "shoppers": len(sequences),
+        "items": sequences.n_items,
+        "events": sequences.n_events,
         "train_events": int(sum(len(s) for s in split.train_items)),
-        "validation_shoppers": len(split.validation), "test_shoppers": len(split.test),
+        "validation_shoppers": len(split.validation),
+        "test_shoppers": len(split.test),
         "cleaning": sequences.report.to_dict() if sequences.report else {},
     }
     ModelVersion.objects.filter(pk=version.pk).update(data_stats=stats, model_name=cfg["MODEL"])
@@ -306,13 +340,17 @@ def _train(version, progress):
     ModelVersion.objects.filter(pk=version.pk).update(curve=curve)
 
     progress.stage("evaluate")
-    results = {"valid": _evaluate(fitted.model, split.validation, split, train_config, metrics),
-               "test": _evaluate(fitted.model, split.test, split, train_config, metrics),
-               "baselines": {}}
+    results = {
+        "valid": _evaluate(fitted.model, split.validation, split, train_config, metrics),
+        "test": _evaluate(fitted.model, split.test, split, train_config, metrics),
+        "baselines": {},
+    }
     for name in BASELINES:
         if name == cfg["MODEL"]:
             continue
-        baseline = train.fit(nets.build_model(name, split.n_items, split.n_kinds), split, train_config).model
+        baseline = train.fit(
+            nets.build_model(name, split.n_items, split.n_kinds), split, train_config
+        ).model
         results["baselines"][name] = {
             "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
             "test": _evaluate(baseline, split.test, split, train_config, metrics),
@@ -324,14 +362,20 @@ def _train(version, progress):
     progress.stage("save")
     buffer = io.BytesIO()
     artifact.save_artifact(
-        buffer, model_name=cfg["MODEL"], model_config=fitted.model.config,
-        state_dict=fitted.model.state_dict(), item_ids=split.item_map.to_list(),
-        kind_names=list(split.kind_names), metrics=_jsonable(results),
+        buffer,
+        model_name=cfg["MODEL"],
+        model_config=fitted.model.config,
+        state_dict=fitted.model.state_dict(),
+        item_ids=split.item_map.to_list(),
+        kind_names=list(split.kind_names),
+        metrics=_jsonable(results),
         extra={"version": version.pk, "trained_until": split.cut_ts},
     )
     payload = buffer.getvalue()
     storage = storages[recommender_settings.ARTIFACT_STORAGE]
-    name = storage.save(f"{recommender_settings.ARTIFACT_PATH}/v{version.pk}.pt", ContentFile(payload))
+    name = storage.save(
+        f"{recommender_settings.ARTIFACT_PATH}/v{version.pk}.pt", ContentFile(payload)
+    )
     # Verify what storage holds before it may serve: read back, hash, load.
     with storage.open(name, "rb") as stored:
         stored_bytes = stored.read()
@@ -346,14 +390,26 @@ def _train(version, progress):
     finished = timezone.now()
     # Ready and the promotion decision in one transaction: nobody sees a ready run undecided.
     with transaction.atomic():
-        ready = ModelVersion.objects.filter(pk=version.pk, status=ModelVersion.Status.RUNNING).update(
-            status=ModelVersion.Status.READY, metrics=_jsonable(results), artifact=name,
-            artifact_sha256=digest, finished_at=finished, heartbeat_at=finished,
-            progress={"stage": "done", "epoch": fitted.epochs_run, "epochs": train_config.epochs,
-                      "elapsed": round(time.monotonic() - progress.started, 1)},
+        ready = ModelVersion.objects.filter(
+            pk=version.pk, status=ModelVersion.Status.RUNNING
+        ).update(
+            status=ModelVersion.Status.READY,
+            metrics=_jsonable(results),
+            artifact=name,
+            artifact_sha256=digest,
+            finished_at=finished,
+            heartbeat_at=finished,
+            progress={
+                "stage": "done",
+                "epoch": fitted.epochs_run,
+                "epochs": train_config.epochs,
+                "elapsed": round(time.monotonic() - progress.started, 1),
+            },
         )
         if not ready:  # failed as stale while it ran: the lock may be another run's by now
-            raise TrainingAbandoned(f"Training v{version.pk} was marked failed before it finished; not promoted.")
+            raise TrainingAbandoned(
+                f"Training v{version.pk} was marked failed before it finished; not promoted."
+            )
         version.refresh_from_db()
         promote_if_better(version)
 
@@ -375,8 +431,14 @@ def save_ann_index(storage, artifact_name, model, part, max_len, n_queries=500):
 
     rows = list(range(min(n_queries, len(part))))
     with torch.no_grad():
-        queries = model.shopper_vector(pad_left([part.items[i] for i in rows], max_len),
-                                       pad_left([part.kinds[i] for i in rows], max_len)) if rows else None
+        queries = (
+            model.shopper_vector(
+                pad_left([part.items[i] for i in rows], max_len),
+                pad_left([part.kinds[i] for i in rows], max_len),
+            )
+            if rows
+            else None
+        )
         index = IVFIndex.build(model.item_embeddings().detach(), queries=queries)
     buffer = io.BytesIO()
     index.save(buffer)
@@ -389,7 +451,9 @@ def store_split(cfg, seed, on_stage=None):
 
     rows = list(export_interactions())
     if len(rows) < cfg["MIN_TRAINING_EVENTS"]:
-        raise TrainingError(f"Only {len(rows)} events; at least {cfg['MIN_TRAINING_EVENTS']} are needed to train.")
+        raise TrainingError(
+            f"Only {len(rows)} events; at least {cfg['MIN_TRAINING_EVENTS']} are needed to train."
+        )
     if on_stage:
         on_stage("clean", events=len(rows))
     sequences = data.build_sequences(rows, data.CleaningConfig.from_dict(cfg["CLEANING"]))
@@ -429,7 +493,9 @@ def evaluate_version(version, *, on_stage=None):
         results[part_name] = _evaluate(predictor.model, mapped, predictor, train_config, metrics)
     results["baselines"] = {}
     for name in BASELINES:
-        baseline = train.fit(nets.build_model(name, split.n_items, split.n_kinds), split, train_config).model
+        baseline = train.fit(
+            nets.build_model(name, split.n_items, split.n_kinds), split, train_config
+        ).model
         results["baselines"][name] = {
             "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
             "test": _evaluate(baseline, split.test, split, train_config, metrics),
@@ -448,20 +514,30 @@ def _remap(part, split, predictor, data):
         items.append(np.asarray([store_items[j] for j in keep], dtype=np.int64))
         kinds.append(np.asarray([store_kinds[j] for j in keep], dtype=np.int64))
     # A target the version never saw maps to index 0, which no model can rank: a miss.
-    targets = np.asarray([predictor.item_map.index(split.item_map.id(int(t)), 0) for t in part.targets], dtype=np.int64)
+    targets = np.asarray(
+        [predictor.item_map.index(split.item_map.id(int(t)), 0) for t in part.targets],
+        dtype=np.int64,
+    )
     return data.SplitPart(part.shopper_index, items, kinds, targets, part.target_kinds)
 
 
 def _evaluate(model, part, split, train_config, metrics):
-    full = metrics.evaluate(model, part, 10, "full", n_items=split.n_items, max_len=train_config.max_len)
+    full = metrics.evaluate(
+        model, part, 10, "full", n_items=split.n_items, max_len=train_config.max_len
+    )
     result = {
-        "hr@10": full["hr@10"], "ndcg@10": full["ndcg@10"], "mrr": full.get("mrr"),
-        "coverage@10": full.get("coverage@10"), "users": full.get("n_users", len(part)),
+        "hr@10": full["hr@10"],
+        "ndcg@10": full["ndcg@10"],
+        "mrr": full.get("mrr"),
+        "coverage@10": full.get("coverage@10"),
+        "users": full.get("n_users", len(part)),
     }
     # Sampled metrics (target among 100 unseen items) only mean something in a catalogue
     # much larger than the sample; they are kept for comparison with published numbers.
     if split.n_items >= SAMPLED_METRICS_MIN_ITEMS:
-        sampled = metrics.evaluate(model, part, 10, "sampled", n_items=split.n_items, max_len=train_config.max_len)
+        sampled = metrics.evaluate(
+            model, part, 10, "sampled", n_items=split.n_items, max_len=train_config.max_len
+        )
         result.update({"sampled_hr@10": sampled["hr@10"], "sampled_ndcg@10": sampled["ndcg@10"]})
     return result
 
@@ -511,13 +587,17 @@ def _promote_if_better(version):
         theirs = active.metric("ndcg@10") or 0.0
         if mine is None or mine < theirs - tolerance:
             shown = "none" if mine is None else f"{mine:.4f}"
-            decision = (f"Kept as a candidate: validation NDCG@10 {shown} is below the active "
-                        f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g}).")
+            decision = (
+                f"Kept as a candidate: validation NDCG@10 {shown} is below the active "
+                f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g})."
+            )
             ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
             version.refresh_from_db()
             return False
-        decision = (f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
-                    f"{theirs:.4f} (tolerance {tolerance:g}).")
+        decision = (
+            f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
+            f"{theirs:.4f} (tolerance {tolerance:g})."
+        )
     ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
     version.activate()
     return True

@@ -16,7 +16,9 @@ VAR_DIR = Path(os.environ.get("SHOP_VAR_DIR", BASE_DIR / "var"))
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret-change-me")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",")
+ALLOWED_HOSTS = os.environ.get(
+    "DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver"
+).split(",")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -84,7 +86,9 @@ def database_from_url(url):
 
 
 DATABASES = {
-    "default": database_from_url(os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'demo.sqlite3'}"))
+    "default": database_from_url(
+        os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'demo.sqlite3'}")
+    )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Web, worker and beat share the file: wait for locks instead of failing at once.
@@ -94,7 +98,9 @@ REDIS_URL = os.environ.get("REDIS_URL", "")
 if REDIS_URL:
     # A Redis outage degrades to "no cache" (sessions from the database, recommendations
     # computed, throttles open) instead of 500s; caching resumes by itself.
-    CACHES = {"default": {"BACKEND": "recommender.cache.ResilientRedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {"BACKEND": "recommender.cache.ResilientRedisCache", "LOCATION": REDIS_URL}
+    }
 else:
     CACHES = {
         "default": {
@@ -169,5 +175,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"recommender": {"handlers": ["console"], "level": os.environ.get("RECOMMENDER_LOG_LEVEL", "INFO")}},
+    "loggers": {
+        "recommender": {
+            "handlers": ["console"],
+            "level": os.environ.get("RECOMMENDER_LOG_LEVEL", "INFO"),
+        }
+    },
 }

@@ -69,13 +69,20 @@ def catalog(db):
 
     from shop_demo.catalog.models import Category, Product
 
-    cats = [Category.objects.create(name=n, slug=n.lower(), hue=h) for n, h in (("Coffee", 30), ("Garden", 120))]
+    cats = [
+        Category.objects.create(name=n, slug=n.lower(), hue=h)
+        for n, h in (("Coffee", 30), ("Garden", 120))
+    ]
     products = []
     for i in range(8):
         products.append(
             Product.objects.create(
-                category=cats[i % 2], name=f"Product {i}", slug=f"product-{i}", price=Decimal("10.00") + i,
-                stock=0 if i == 6 else 10, is_active=i != 7,
+                category=cats[i % 2],
+                name=f"Product {i}",
+                slug=f"product-{i}",
+                price=Decimal("10.00") + i,
+                stock=0 if i == 6 else 10,
+                is_active=i != 7,
             )
         )
     return products

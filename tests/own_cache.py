@@ -23,7 +23,11 @@ def own_cache():
         yield caches["default"]
         return
     location = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{OWN_DB}"
-    default = {**settings.CACHES["default"], "LOCATION": location, "KEY_PREFIX": f"own{os.getpid()}"}
+    default = {
+        **settings.CACHES["default"],
+        "LOCATION": location,
+        "KEY_PREFIX": f"own{os.getpid()}",
+    }
     with override_settings(CACHES={**settings.CACHES, "default": default}):
         cache = caches["default"]
         assert isinstance(cache, RedisCache)

@@ -18,12 +18,17 @@ def install_version(products, *, seed=0, activate=True):
     kinds = data.kind_vocabulary(data.KNOWN_KINDS)
     model = nets.build_model("cnn_dnn", len(products), len(kinds), dim=16, tower_hidden=32)
     payload = artifact.artifact_bytes(
-        model_name="cnn_dnn", model_config=model.config, state_dict=model.state_dict(),
-        item_ids=[p.pk for p in products], kind_names=kinds, metrics={},
+        model_name="cnn_dnn",
+        model_config=model.config,
+        state_dict=model.state_dict(),
+        item_ids=[p.pk for p in products],
+        kind_names=kinds,
+        metrics={},
     )
     name = default_storage.save(f"recommender/models/test-{seed}.pt", ContentFile(payload))
-    version = ModelVersion.objects.create(status="ready", artifact=name, model_name="cnn_dnn",
-                                          metrics={"valid": {"ndcg@10": 0.1}})
+    version = ModelVersion.objects.create(
+        status="ready", artifact=name, model_name="cnn_dnn", metrics={"valid": {"ndcg@10": 0.1}}
+    )
     if activate:
         version.activate()
     return version

@@ -25,7 +25,9 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 def reachable(url, default_port):
     parts = urlparse(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), timeout=1
+        ):
             return True
     except OSError:
         return False
@@ -58,7 +60,9 @@ if SERVICES["redis"]:
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
-VAR_DIR = Path(os.environ.get("RECOMMENDER_TEST_VAR_DIR") or tempfile.mkdtemp(prefix="recommender-tests-"))
+VAR_DIR = Path(
+    os.environ.get("RECOMMENDER_TEST_VAR_DIR") or tempfile.mkdtemp(prefix="recommender-tests-")
+)
 MEDIA_ROOT = VAR_DIR / "media"
 STATIC_ROOT = VAR_DIR / "static"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -19,8 +19,13 @@ from shop_demo.catalog.models import Category, Product
 def make_catalogue(n_items=40):
     category = Category.objects.create(name="Chain", slug="chain")
     return [
-        Product.objects.create(category=category, name=f"Chain item {i}", slug=f"chain-{i}",
-                               price=Decimal("5.00"), stock=100)
+        Product.objects.create(
+            category=category,
+            name=f"Chain item {i}",
+            slug=f"chain-{i}",
+            price=Decimal("5.00"),
+            stock=100,
+        )
         for i in range(n_items)
     ]
 
@@ -30,21 +35,31 @@ def make_history(products, n_shoppers=150, length=12, seed=0, with_users=True):
     now = timezone.now()
     users = []
     if with_users:
-        users = [get_user_model().objects.create_user(f"walker{i}", email=f"walker{i}@example.com",
-                                                      first_name="Secret", last_name=f"Name{i}")
-                 for i in range(n_shoppers // 2)]
+        users = [
+            get_user_model().objects.create_user(
+                f"walker{i}",
+                email=f"walker{i}@example.com",
+                first_name="Secret",
+                last_name=f"Name{i}",
+            )
+            for i in range(n_shoppers // 2)
+        ]
     events = []
     for s in range(n_shoppers):
         start = rng.randrange(len(products))
         end_day = rng.uniform(0, 12)  # the last event falls within the last 12 days
         user = users[s] if s < len(users) else None
         for step in range(length):
-            events.append(Event(
-                event_id=uuid.uuid4(), user=user, session_key="" if user else f"anon{s:05d}",
-                item=products[(start + step) % len(products)],
-                kind="purchase" if step % 5 == 4 else "view",
-                occurred_at=now - timedelta(days=end_day + (length - 1 - step)),
-            ))
+            events.append(
+                Event(
+                    event_id=uuid.uuid4(),
+                    user=user,
+                    session_key="" if user else f"anon{s:05d}",
+                    item=products[(start + step) % len(products)],
+                    kind="purchase" if step % 5 == 4 else "view",
+                    occurred_at=now - timedelta(days=end_day + (length - 1 - step)),
+                )
+            )
     Event.objects.bulk_create(events)
     return events
 

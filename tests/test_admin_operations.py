@@ -29,8 +29,12 @@ def staff_client(client):
 
 def staff_with(client, *codenames):
     """Log in a fresh staff user holding only these recommender permissions."""
-    user = get_user_model().objects.create_user(f"clerk{get_user_model().objects.count()}", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="recommender", codename__in=codenames))
+    user = get_user_model().objects.create_user(
+        f"clerk{get_user_model().objects.count()}", is_staff=True
+    )
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="recommender", codename__in=codenames)
+    )
     client.force_login(user)
     return client
 
@@ -83,7 +87,9 @@ def test_retrain_button_queues_a_run_and_a_second_press_is_refused(
 
 
 @pytest.mark.redis
-def test_retrain_action_queues_a_run(staff_client, training_queue, django_capture_on_commit_callbacks):
+def test_retrain_action_queues_a_run(
+    staff_client, training_queue, django_capture_on_commit_callbacks
+):
     broker, queue = training_queue
     old = ModelVersion.objects.create(status="ready")
     with django_capture_on_commit_callbacks(execute=True):
@@ -101,15 +107,25 @@ def test_retrain_is_post_only_and_needs_the_add_permission(client):
     assert staff.post(RETRAIN).status_code == 403
     assert b'id="recommender-retrain"' not in staff.get(CHANGELIST).content
     assert ModelVersion.objects.count() == 0
-    assert staff_with(client, "add_modelversion", "view_modelversion").get(RETRAIN).status_code == 405
+    assert (
+        staff_with(client, "add_modelversion", "view_modelversion").get(RETRAIN).status_code == 405
+    )
 
 
 # --------------------------------------------------------------------------- progress
 
 
 def test_progress_json_returns_the_rows_live_progress(staff_client):
-    progress = {"stage": "train", "epoch": 3, "epochs": 12, "loss": 4.2, "val_ndcg10": 0.0812,
-                "val_hr10": 0.15, "elapsed": 12.5, "eta": 37.0}
+    progress = {
+        "stage": "train",
+        "epoch": 3,
+        "epochs": 12,
+        "loss": 4.2,
+        "val_ndcg10": 0.0812,
+        "val_hr10": 0.15,
+        "elapsed": 12.5,
+        "eta": 37.0,
+    }
     version = ModelVersion.objects.create(status="running", progress=progress)
     data = staff_client.get(f"{CHANGELIST}{version.pk}/progress/").json()
     assert data["status"] == "running" and not data["finished"]
@@ -131,7 +147,8 @@ def test_progress_json_is_staff_only(client):
 
 def test_a_running_versions_page_polls_its_progress(staff_client):
     version = ModelVersion.objects.create(
-        status="running", progress={"stage": "train", "epoch": 2, "epochs": 8, "loss": 5.5, "val_ndcg10": 0.05}
+        status="running",
+        progress={"stage": "train", "epoch": 2, "epochs": 8, "loss": 5.5, "val_ndcg10": 0.05},
     )
     page = staff_client.get(f"{CHANGELIST}{version.pk}/change/").content.decode()
     assert 'id="recommender-progress"' in page
@@ -158,33 +175,64 @@ def trained(pk_hint, ndcg, *, active=False, curve_len=4, **fields):
     metrics = {
         "valid": {"hr@10": ndcg * 2, "ndcg@10": ndcg, "mrr": ndcg * 0.8, "coverage@10": 0.5},
         "test": {"hr@10": ndcg * 2, "ndcg@10": ndcg},
-        "baselines": {"popularity": {"valid": {"hr@10": 0.05, "ndcg@10": 0.0211, "mrr": 0.02, "coverage@10": 0.01}},
-                      "itemknn": {"valid": {"hr@10": 0.08, "ndcg@10": 0.0333, "mrr": 0.03, "coverage@10": 0.3}}},
-        "best_epoch": 3, "stopped": "patience",
+        "baselines": {
+            "popularity": {
+                "valid": {"hr@10": 0.05, "ndcg@10": 0.0211, "mrr": 0.02, "coverage@10": 0.01}
+            },
+            "itemknn": {
+                "valid": {"hr@10": 0.08, "ndcg@10": 0.0333, "mrr": 0.03, "coverage@10": 0.3}
+            },
+        },
+        "best_epoch": 3,
+        "stopped": "patience",
     }
-    curve = [{"stage": "train", "epoch": e, "epochs": 12, "loss": 6.0 - e, "val_ndcg10": 0.02 * e, "val_hr10": 0.04 * e}
-             for e in range(1, curve_len + 1)]
+    curve = [
+        {
+            "stage": "train",
+            "epoch": e,
+            "epochs": 12,
+            "loss": 6.0 - e,
+            "val_ndcg10": 0.02 * e,
+            "val_hr10": 0.04 * e,
+        }
+        for e in range(1, curve_len + 1)
+    ]
     now = timezone.now()
     version = ModelVersion.objects.create(
-        status="ready", model_name="cnn_dnn", metrics=metrics, curve=curve,
+        status="ready",
+        model_name="cnn_dnn",
+        metrics=metrics,
+        curve=curve,
         data_stats={"shoppers": 1500, "items": 400, "events": 23456},
-        started_at=now - timedelta(minutes=3, seconds=5), finished_at=now, **fields,
+        started_at=now - timedelta(minutes=3, seconds=5),
+        finished_at=now,
+        **fields,
     )
     if active:
         version.activate()
     return version
 
 
-def test_history_shows_data_size_offline_and_online_metrics_and_the_active_mark(staff_client, catalog):
+def test_history_shows_data_size_offline_and_online_metrics_and_the_active_mark(
+    staff_client, catalog
+):
     old = trained(1, 0.0412, created_at=timezone.now() - timedelta(days=1))
     current = trained(2, 0.0777, active=True)
-    shown = Recommendation.objects.create(version=current, placement="home", source="model", impressions=40)
+    shown = Recommendation.objects.create(
+        version=current, placement="home", source="model", impressions=40
+    )
     for _ in range(2):
-        Event.objects.create(item=catalog[0], kind="click", session_key="s", recommendation_id=shown.pk)
+        Event.objects.create(
+            item=catalog[0], kind="click", session_key="s", recommendation_id=shown.pk
+        )
     page = staff_client.get(CHANGELIST).content.decode()
     assert "0.0412" in page and "0.0777" in page and "0.1554" in page  # NDCG@10 and HR@10
     assert "1,500 · 400 · 23,456" in page and "3m 05s" in page
-    assert "★ active" in page and f'id="recommender-active-version">Serving: <a href="{CHANGELIST}{current.pk}/change/"' in page
+    assert (
+        "★ active" in page
+        and f'id="recommender-active-version">Serving: <a href="{CHANGELIST}{current.pk}/change/"'
+        in page
+    )
     assert ">40<" in page and "5.00%" in page  # impressions and CTR of the active version
     assert old.pk != current.pk
 
@@ -194,15 +242,23 @@ def test_a_versions_page_has_curves_comparison_and_online_metrics(staff_client, 
 
     previous = trained(1, 0.0500, active=True)
     version = trained(2, 0.0800, active=True, curve_len=5)
-    home = Recommendation.objects.create(version=version, placement="home", source="model", impressions=10)
-    Recommendation.objects.create(version=version, placement="product", source="model", impressions=30)
+    home = Recommendation.objects.create(
+        version=version, placement="home", source="model", impressions=10
+    )
+    Recommendation.objects.create(
+        version=version, placement="product", source="model", impressions=30
+    )
     Event.objects.create(item=catalog[0], kind="click", session_key="s", recommendation_id=home.pk)
     page = staff_client.get(f"{CHANGELIST}{version.pk}/change/").content.decode()
 
     chunks = ("<svg" + part for part in page.split("<svg")[1:] if 'class="rec-chart' in part[:200])
     svgs = [ET.fromstring(chunk[: chunk.index("</svg>") + 6]) for chunk in chunks]
     titles = [svg.find("{http://www.w3.org/2000/svg}title").text for svg in svgs]
-    assert titles == ["Training loss per epoch", "Validation NDCG@10 and HR@10 per epoch", "Validation metrics compared"]
+    assert titles == [
+        "Training loss per epoch",
+        "Validation NDCG@10 and HR@10 per epoch",
+        "Validation metrics compared",
+    ]
     assert "training loss, 5: 1" in page and "validation NDCG@10, 5: 0.1" in page
     # This version beside the one that served before it and both baselines.
     assert f"v{version.pk} (this)" in page and f"v{previous.pk} (previously active)" in page
@@ -270,15 +326,24 @@ def test_only_ready_versions_can_be_activated(staff_client, status):
 def test_activation_needs_the_change_permission(client):
     version = trained(1, 0.05)
     assert client.post(f"{CHANGELIST}{version.pk}/activate/").status_code == 302
-    assert staff_with(client, "view_modelversion").post(f"{CHANGELIST}{version.pk}/activate/").status_code == 403
+    assert (
+        staff_with(client, "view_modelversion")
+        .post(f"{CHANGELIST}{version.pk}/activate/")
+        .status_code
+        == 403
+    )
     assert ModelVersion.objects.active() is None
 
 
 def test_activate_action_takes_exactly_one_version(staff_client):
     one, two = trained(1, 0.05), trained(2, 0.06)
-    response = staff_client.post(CHANGELIST, {"action": "activate_action", "_selected_action": [one.pk]})
+    response = staff_client.post(
+        CHANGELIST, {"action": "activate_action", "_selected_action": [one.pk]}
+    )
     assert response.status_code == 302 and response.url == f"{CHANGELIST}{one.pk}/activate/"
-    response = staff_client.post(CHANGELIST, {"action": "activate_action", "_selected_action": [one.pk, two.pk]}, follow=True)
+    response = staff_client.post(
+        CHANGELIST, {"action": "activate_action", "_selected_action": [one.pk, two.pk]}, follow=True
+    )
     assert any("exactly one" in m for m in messages_of(response))
     assert ModelVersion.objects.active() is None
 
@@ -295,13 +360,17 @@ def test_events_dashboard(staff_client, catalog):
     ann = get_user_model().objects.create_user("ann")
     now = timezone.now()
     for _ in range(3):
-        Event.objects.create(item=catalog[2], kind="view", session_key="anon-1", occurred_at=now - timedelta(days=1))
+        Event.objects.create(
+            item=catalog[2], kind="view", session_key="anon-1", occurred_at=now - timedelta(days=1)
+        )
     Event.objects.create(item=catalog[3], kind="purchase", user=ann, occurred_at=now)
     shown = Recommendation.objects.create(placement="home", source="model", impressions=4)
     Event.objects.create(item=catalog[3], kind="click", user=ann, recommendation_id=shown.pk)
 
     changelist = staff_client.get("/admin/recommender/event/").content.decode()
-    assert 'id="recommender-events-dashboard" href="/admin/recommender/event/dashboard/"' in changelist
+    assert (
+        'id="recommender-events-dashboard" href="/admin/recommender/event/dashboard/"' in changelist
+    )
     assert 'id="recommender-forget-shopper" href="/admin/recommender/event/forget/"' in changelist
     app_index = staff_client.get("/admin/recommender/").content.decode()
     assert 'href="/admin/recommender/event/dashboard/"' in app_index
@@ -330,20 +399,32 @@ def test_forget_a_shopper_previews_then_deletes(staff_client, catalog):
     Event.objects.create(item=catalog[1], kind="purchase", user=ann)
     Event.objects.create(item=catalog[1], kind="view", session_key="someone-else")
 
-    preview = staff_client.post("/admin/recommender/event/forget/", {"username": "ann"}).content.decode()
-    assert 'id="recommender-forget-preview"' in preview and "2 event(s) (1 purchase, 1 view)" in preview
+    preview = staff_client.post(
+        "/admin/recommender/event/forget/", {"username": "ann"}
+    ).content.decode()
+    assert (
+        'id="recommender-forget-preview"' in preview
+        and "2 event(s) (1 purchase, 1 view)" in preview
+    )
     assert Event.objects.count() == 3
 
     # A confirmation for someone else (the form was edited after the preview) only previews.
-    edited = staff_client.post("/admin/recommender/event/forget/", {"username": "ann", "confirm": "anonymous session x"})
+    edited = staff_client.post(
+        "/admin/recommender/event/forget/", {"username": "ann", "confirm": "anonymous session x"}
+    )
     assert b'id="recommender-forget-confirm"' in edited.content and Event.objects.count() == 3
 
-    done = staff_client.post("/admin/recommender/event/forget/", {"username": "ann", "confirm": f"user ann (id {ann.pk})"})
+    done = staff_client.post(
+        "/admin/recommender/event/forget/",
+        {"username": "ann", "confirm": f"user ann (id {ann.pk})"},
+    )
     assert done.status_code == 302
     assert list(Event.objects.values_list("session_key", flat=True)) == ["someone-else"]
     assert any("deleted 2 event(s)" in m for m in messages_of(done))
 
-    bad = staff_client.post("/admin/recommender/event/forget/", {"username": "nobody", "session_key": "x"})
+    bad = staff_client.post(
+        "/admin/recommender/event/forget/", {"username": "nobody", "session_key": "x"}
+    )
     assert b"exactly one" in bad.content
 
 

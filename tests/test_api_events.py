@@ -173,7 +173,9 @@ def test_login_does_not_take_another_sessions_events(catalog):
 @override_settings(RECOMMENDER={"EVENTS_THROTTLE_RATE": "3/min"})
 def test_bursts_are_throttled(catalog):
     client, token = browser()
-    codes = [post(client, {"kind": "view", "item": catalog[0].pk}, token).status_code for _ in range(6)]
+    codes = [
+        post(client, {"kind": "view", "item": catalog[0].pk}, token).status_code for _ in range(6)
+    ]
     # The first request, made before the session holds a shopper key, counts against the address.
     assert codes == [201, 201, 201, 201, 429, 429]
 
@@ -194,12 +196,16 @@ def basic_auth_api(monkeypatch):
 
     from recommender.api.views import EventIngestView
 
-    monkeypatch.setattr(EventIngestView, "authentication_classes", [SessionAuthentication, BasicAuthentication])
+    monkeypatch.setattr(
+        EventIngestView, "authentication_classes", [SessionAuthentication, BasicAuthentication]
+    )
     get_user_model().objects.create_user("app", password="s3cret-pass")
     return {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"app:s3cret-pass").decode()}
 
 
-def test_a_client_with_an_authorization_header_goes_through_drf_without_csrf(catalog, basic_auth_api):
+def test_a_client_with_an_authorization_header_goes_through_drf_without_csrf(
+    catalog, basic_auth_api
+):
     client = Client(enforce_csrf_checks=True)
     response = post(client, {"kind": "view", "item": catalog[0].pk}, **basic_auth_api)
     assert response.status_code == 201, response.content

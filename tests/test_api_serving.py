@@ -18,11 +18,15 @@ pytestmark = pytest.mark.django_db
 API = "/api/recommender"
 
 
-
 @pytest.fixture
 def shelf():
     category = Category.objects.create(name="C", slug="c")
-    products = [Product.objects.create(category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3) for i in range(20)]
+    products = [
+        Product.objects.create(
+            category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3
+        )
+        for i in range(20)
+    ]
     install_version(products)
     return products
 
@@ -37,7 +41,9 @@ def test_my_recommendations_for_a_logged_in_shopper(client, shelf, ann):
     client.force_login(ann)
     body = client.get(f"{API}/recommendations/?limit=4&placement=sidebar").json()
     assert body["source"] == "model" and body["model_version"] and body["placement"] == "sidebar"
-    assert len(body["items"]) == 4 and {"id", "name", "url", "score", "image"} <= set(body["items"][0])
+    assert len(body["items"]) == 4 and {"id", "name", "url", "score", "image"} <= set(
+        body["items"][0]
+    )
     assert Recommendation.objects.filter(pk=body["recommendation_id"]).exists()
 
 
@@ -45,8 +51,12 @@ def test_an_anonymous_shopper_is_served_through_their_session(shelf):
     client = Client(enforce_csrf_checks=True)
     client.get("/admin/login/")
     token = client.cookies["csrftoken"].value
-    client.post(f"{API}/events/", json.dumps([{"kind": "view", "item": p.pk} for p in shelf[:3]]),
-                content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    client.post(
+        f"{API}/events/",
+        json.dumps([{"kind": "view", "item": p.pk} for p in shelf[:3]]),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
     body = client.get(f"{API}/recommendations/").json()
     assert body["source"] == "model"
     assert not {item["id"] for item in body["items"]} & {p.pk for p in shelf[:3]}
@@ -56,13 +66,19 @@ def test_an_event_changes_the_next_recommendations(client, shelf, ann):
     client.force_login(ann)
     events.record("view", shelf[0], user=ann)
     before = client.get(f"{API}/recommendations/").json()
-    client.post(f"{API}/events/", json.dumps({"kind": "view", "item": shelf[7].pk}), content_type="application/json")
+    client.post(
+        f"{API}/events/",
+        json.dumps({"kind": "view", "item": shelf[7].pk}),
+        content_type="application/json",
+    )
     after = client.get(f"{API}/recommendations/").json()
     assert after["recommendation_id"] != before["recommendation_id"]
     assert [i["id"] for i in after["items"]] != [i["id"] for i in before["items"]]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=abc", "limit=51", "colour=red", f"placement={'x' * 65}"])
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=abc", "limit=51", "colour=red", f"placement={'x' * 65}"]
+)
 def test_bad_parameters_get_400_with_a_reason(client, shelf, query):
     response = client.get(f"{API}/recommendations/?{query}")
     assert response.status_code == 400 and response.json()["detail"]
@@ -78,7 +94,9 @@ def test_only_staff_read_another_users_recommendations(client, shelf, ann):
     staff = get_user_model().objects.create_user("staff", is_staff=True)
     client.force_login(staff)
     assert client.get(url).status_code == 403  # staff, but may not read shoppers' events
-    staff.user_permissions.add(Permission.objects.get(codename="view_event", content_type__app_label="recommender"))
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_event", content_type__app_label="recommender")
+    )
     client.force_login(get_user_model().objects.get(pk=staff.pk))
     assert client.get(url).status_code == 200 and client.get(url).json()["source"] == "model"
     assert client.get(f"{API}/users/999999/recommendations/").status_code == 404
@@ -86,7 +104,9 @@ def test_only_staff_read_another_users_recommendations(client, shelf, ann):
 
 def test_similar_bought_together_and_popular(client, shelf):
     for buyer in ("b1", "b2"):
-        events.record_many([{"kind": "purchase", "item": shelf[i].pk} for i in (0, 1)], session_key=buyer)
+        events.record_many(
+            [{"kind": "purchase", "item": shelf[i].pk} for i in (0, 1)], session_key=buyer
+        )
     similar = client.get(f"{API}/items/{shelf[0].pk}/similar/?limit=3").json()
     assert similar["source"] == "similar" and len(similar["items"]) == 3
     together = client.get(f"{API}/items/{shelf[0].pk}/bought-together/").json()
@@ -104,12 +124,21 @@ def test_impressions_need_csrf_and_are_counted(shelf):
     token = client.cookies["csrftoken"].value
     rid = client.get(f"{API}/popular/").json()["recommendation_id"]
     payload = json.dumps({"recommendations": [rid]})
-    assert client.post(f"{API}/impressions/", payload, content_type="application/json").status_code == 403
-    ok = client.post(f"{API}/impressions/", payload, content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert (
+        client.post(f"{API}/impressions/", payload, content_type="application/json").status_code
+        == 403
+    )
+    ok = client.post(
+        f"{API}/impressions/", payload, content_type="application/json", HTTP_X_CSRFTOKEN=token
+    )
     assert ok.status_code == 200 and ok.json() == {"counted": 1}
     assert Recommendation.objects.get(pk=rid).impressions == 1
-    bad = client.post(f"{API}/impressions/", json.dumps({"recommendations": ["x"]}), content_type="application/json",
-                      HTTP_X_CSRFTOKEN=token)
+    bad = client.post(
+        f"{API}/impressions/",
+        json.dumps({"recommendations": ["x"]}),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+    )
     assert bad.status_code == 400
 
 
@@ -124,8 +153,13 @@ def test_the_openapi_schema_and_docs(client):
     schema = client.get(f"{API}/schema/?format=json")
     assert schema.status_code == 200
     paths = json.loads(schema.content)["paths"]
-    for path in ("/api/recommender/recommendations/", "/api/recommender/events/", "/api/recommender/popular/",
-                 "/api/recommender/items/{item_id}/similar/", "/api/recommender/users/{user_id}/recommendations/"):
+    for path in (
+        "/api/recommender/recommendations/",
+        "/api/recommender/events/",
+        "/api/recommender/popular/",
+        "/api/recommender/items/{item_id}/similar/",
+        "/api/recommender/users/{user_id}/recommendations/",
+    ):
         assert path in paths
     docs = client.get(f"{API}/docs/").content.decode()
     assert "swagger-ui" in docs and "cdn" not in docs.lower()

@@ -14,7 +14,12 @@ from recommender.models import ModelVersion
 
 from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True),
+]
 
 
 @pytest.fixture
@@ -27,9 +32,26 @@ def worker():
         "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--pool", "solo",
-         "--queues", "recommender-training", "--loglevel", "WARNING", "--without-mingle", "--without-gossip"],
-        env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "shop_demo",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            "recommender-training",
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     yield process
     process.terminate()
@@ -48,7 +70,9 @@ def wait_for_end(version_id, worker, timeout=240):
         if worker.poll() is not None:
             raise AssertionError(f"The worker exited:\n{worker.stdout.read().decode()}")
         time.sleep(0.5)
-    raise AssertionError(f"Training v{version_id} did not finish in {timeout}s: {version.status} {version.progress}")
+    raise AssertionError(
+        f"Training v{version_id} did not finish in {timeout}s: {version.status} {version.progress}"
+    )
 
 
 def test_the_worker_trains_and_promotes_then_keeps_a_worse_candidate(worker):

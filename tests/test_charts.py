@@ -39,18 +39,33 @@ def test_nice_ticks_survive_a_flat_or_missing_range():
 
 
 def test_line_chart_is_accessible_svg_with_every_point_labelled():
-    root = parse(charts.line_chart(
-        [1, 2, 3, 4], [("loss", [3.5, 2.25, None, 1.5]), ("val NDCG@10", [0.1, 0.2, 0.3, 0.35])],
-        title="Loss per epoch", x_title="epoch", y_title="loss",
-    ))
+    root = parse(
+        charts.line_chart(
+            [1, 2, 3, 4],
+            [("loss", [3.5, 2.25, None, 1.5]), ("val NDCG@10", [0.1, 0.2, 0.3, 0.35])],
+            title="Loss per epoch",
+            x_title="epoch",
+            y_title="loss",
+        )
+    )
     assert root.get("role") == "img"
     title_id, desc_id = root.get("aria-labelledby").split()
-    assert root.find(f"{SVG}title").get("id") == title_id and root.find(f"{SVG}title").text == "Loss per epoch"
+    assert (
+        root.find(f"{SVG}title").get("id") == title_id
+        and root.find(f"{SVG}title").text == "Loss per epoch"
+    )
     assert root.find(f"{SVG}desc").get("id") == desc_id
     titles = point_titles(root, "circle")
     # The gap (None) has no point; every other value is there with its series and label.
-    assert titles == ["loss, 1: 3.5", "loss, 2: 2.25", "loss, 4: 1.5",
-                      "val NDCG@10, 1: 0.1", "val NDCG@10, 2: 0.2", "val NDCG@10, 3: 0.3", "val NDCG@10, 4: 0.35"]
+    assert titles == [
+        "loss, 1: 3.5",
+        "loss, 2: 2.25",
+        "loss, 4: 1.5",
+        "val NDCG@10, 1: 0.1",
+        "val NDCG@10, 2: 0.2",
+        "val NDCG@10, 3: 0.3",
+        "val NDCG@10, 4: 0.35",
+    ]
     values = [float(c.get("data-value")) for c in root.iter(f"{SVG}circle")]
     assert values[:3] == [3.5, 2.25, 1.5]
     texts = {t.text for t in root.iter(f"{SVG}text")}
@@ -78,7 +93,11 @@ def test_stacked_bars_add_up_and_grouped_bars_sit_side_by_side():
     stacked = parse(charts.bar_chart(labels, series, title="Events", stacked=True))
     rects = list(stacked.iter(f"{SVG}rect"))
     bars = [r for r in rects if r.get("class") == "bar"]
-    assert [b.find(f"{SVG}title").text for b in bars] == ["view, Mon: 10", "view, Tue: 20", "purchase, Mon: 5"]
+    assert [b.find(f"{SVG}title").text for b in bars] == [
+        "view, Mon: 10",
+        "view, Tue: 20",
+        "purchase, Mon: 5",
+    ]
     monday_view, _, monday_purchase = bars
     # The purchase bar sits on top of the view bar in the same column.
     assert monday_view.get("x") == monday_purchase.get("x")

@@ -17,7 +17,11 @@ def test_the_demo_configuration_passes():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, "recommender.E001"), ("catalog_Product", "recommender.E001"), ("catalog.Missing", "recommender.E002")],
+    [
+        (None, "recommender.E001"),
+        ("catalog_Product", "recommender.E001"),
+        ("catalog.Missing", "recommender.E002"),
+    ],
 )
 def test_a_missing_or_wrong_item_model(value, expected):
     with override_settings(RECOMMENDER_ITEM_MODEL=value):

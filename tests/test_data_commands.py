@@ -50,12 +50,18 @@ def iso(minutes_ago):
 def test_import_csv_identifies_users_sessions_and_both_time_formats(tmp_path, catalog):
     ann = get_user_model().objects.create_user("ann")
     epoch = int((timezone.now() - timedelta(hours=2)).timestamp())
-    path = write(tmp_path, "\n".join([
-        "user,item,kind,timestamp,value",
-        f"ann,{catalog[0].pk},view,{iso(30)},",
-        f"id:{ann.pk},{catalog[1].pk},purchase,{epoch},2",
-        f"session:browser-7,{catalog[2].pk},add_to_cart,{iso(5).replace('+00:00', 'Z')},",
-    ]) + "\n")
+    path = write(
+        tmp_path,
+        "\n".join(
+            [
+                "user,item,kind,timestamp,value",
+                f"ann,{catalog[0].pk},view,{iso(30)},",
+                f"id:{ann.pk},{catalog[1].pk},purchase,{epoch},2",
+                f"session:browser-7,{catalog[2].pk},add_to_cart,{iso(5).replace('+00:00', 'Z')},",
+            ]
+        )
+        + "\n",
+    )
     out = run("recommender_import_events", path)
     assert "Stored 3 event(s); 0 duplicate(s) skipped; 0 rejected." in out
     purchase = Event.objects.get(kind="purchase")
@@ -70,12 +76,12 @@ def test_import_csv_identifies_users_sessions_and_both_time_formats(tmp_path, ca
 
 def test_a_bad_row_rejects_its_batch_and_is_reported_by_line(tmp_path, catalog):
     rows = ["user,item,kind,timestamp"]
-    rows += [f"session:aaa,{catalog[0].pk},view,{iso(50 - i)}" for i in range(3)]   # lines 2-4
-    rows += [f"session:bbb,{catalog[1].pk},view,{iso(40)}"]                        # line 5
-    rows += [f"session:aaa,{catalog[0].pk},viewed,{iso(10)}"]                      # line 6: bad kind
-    rows += [f"session:ccc,{catalog[1].pk},view,not-a-time"]                       # line 7: bad time
-    rows += [f"nobody,{catalog[1].pk},view,{iso(3)}"]                              # line 8: no such user
-    rows += [f"session:ddd,{catalog[1].pk},view,2024-05-01T12:00:00"]              # line 9: no zone
+    rows += [f"session:aaa,{catalog[0].pk},view,{iso(50 - i)}" for i in range(3)]  # lines 2-4
+    rows += [f"session:bbb,{catalog[1].pk},view,{iso(40)}"]  # line 5
+    rows += [f"session:aaa,{catalog[0].pk},viewed,{iso(10)}"]  # line 6: bad kind
+    rows += [f"session:ccc,{catalog[1].pk},view,not-a-time"]  # line 7: bad time
+    rows += [f"nobody,{catalog[1].pk},view,{iso(3)}"]  # line 8: no such user
+    rows += [f"session:ddd,{catalog[1].pk},view,2024-05-01T12:00:00"]  # line 9: no zone
     out, error = run_failing("recommender_import_events", write(tmp_path, "\n".join(rows) + "\n"))
     assert "line 6: kind: unknown kind 'viewed'" in out
     assert "line 7: timestamp: 'not-a-time' is neither ISO 8601" in out
@@ -88,7 +94,10 @@ def test_a_bad_row_rejects_its_batch_and_is_reported_by_line(tmp_path, catalog):
 
 def test_batches_hold_at_most_max_batch_size_events_of_one_shopper(tmp_path, catalog):
     rows = ["user,item,kind,timestamp"]
-    rows += [f"session:aaa,{catalog[0].pk},{'oops' if i == 3 else 'view'},{iso(60 - i)}" for i in range(5)]
+    rows += [
+        f"session:aaa,{catalog[0].pk},{'oops' if i == 3 else 'view'},{iso(60 - i)}"
+        for i in range(5)
+    ]
     with override_settings(RECOMMENDER={**settings.RECOMMENDER, "MAX_BATCH_SIZE": 2}):
         out, _ = run_failing("recommender_import_events", write(tmp_path, "\n".join(rows) + "\n"))
     # Batches: lines 2-3, 4-5 (line 5 is bad), 6: only the bad line's batch is lost.
@@ -97,7 +106,9 @@ def test_batches_hold_at_most_max_batch_size_events_of_one_shopper(tmp_path, cat
 
 
 def test_bad_files_fail_before_anything_is_written(tmp_path, catalog):
-    _, error = run_failing("recommender_import_events", write(tmp_path, "who,item,kind,timestamp,colour\n"))
+    _, error = run_failing(
+        "recommender_import_events", write(tmp_path, "who,item,kind,timestamp,colour\n")
+    )
     assert "missing: user" in error and "unknown: who, colour" in error
     _, error = run_failing("recommender_import_events", str(tmp_path / "missing.csv"))
     assert "Cannot read" in error
@@ -116,7 +127,9 @@ def test_dry_run_validates_without_storing(tmp_path, catalog):
 
 
 def test_start_skips_the_lines_before_it(tmp_path, catalog):
-    rows = ["user,item,kind,timestamp"] + [f"session:s{i},{catalog[0].pk},view,{iso(10 - i)}" for i in range(4)]
+    rows = ["user,item,kind,timestamp"] + [
+        f"session:s{i},{catalog[0].pk},view,{iso(10 - i)}" for i in range(4)
+    ]
     out = run("recommender_import_events", write(tmp_path, "\n".join(rows) + "\n"), "--start", "4")
     assert "Stored 2 event(s)" in out and "2 line(s) before --start skipped" in out
     assert sorted(Event.objects.values_list("session_key", flat=True)) == ["s2", "s3"]
@@ -128,7 +141,9 @@ def test_import_sequence_format(tmp_path, catalog):
     out, _ = run_failing("recommender_import_events", path, "--format", "sequence")
     assert "Stored 4 event(s)" in out and "line 6: expected 'user item'" in out
     seven = list(Event.objects.filter(session_key="import-7").order_by("occurred_at"))
-    assert [e.item_id for e in seven] == [int(a), int(b), int(c)] and {e.kind for e in seven} == {"view"}
+    assert [e.item_id for e in seven] == [int(a), int(b), int(c)] and {e.kind for e in seven} == {
+        "view"
+    }
     assert seven[1].occurred_at - seven[0].occurred_at == timedelta(minutes=1)
     assert timezone.now() - seven[-1].occurred_at < timedelta(minutes=1)
     assert Event.objects.filter(session_key="import-9").count() == 1
@@ -152,14 +167,17 @@ def history(catalog):
 
 def test_export_csv_is_pseudonymous_by_default(tmp_path, history):
     path = tmp_path / "out.csv"
-    assert "Exported 4 event(s) with pseudonymous shoppers" in run("recommender_export_events", str(path))
+    assert "Exported 4 event(s) with pseudonymous shoppers" in run(
+        "recommender_export_events", str(path)
+    )
     text = path.read_text()
     rows = list(csv.DictReader(io.StringIO(text)))
     assert list(rows[0]) == ["shopper", "item", "kind", "timestamp", "value"]
     for secret in ("ann", "anon-key-1", "ann-browser", "id:", "session:"):
         assert secret not in text
     assert {r["shopper"] for r in rows} == {
-        training.shopper_pseudonym(history.pk), training.shopper_pseudonym(None, "anon-key-1")
+        training.shopper_pseudonym(history.pk),
+        training.shopper_pseudonym(None, "anon-key-1"),
     }
     assert [r["kind"] for r in rows] == ["view", "view", "purchase", "view"]  # oldest first
 
@@ -167,9 +185,20 @@ def test_export_csv_is_pseudonymous_by_default(tmp_path, history):
 def test_export_jsonl_since_and_with_user_ids(tmp_path, history):
     path = tmp_path / "out.jsonl"
     since = (timezone.localdate() - timedelta(days=2)).isoformat()
-    run("recommender_export_events", str(path), "--format", "jsonl", "--since", since, "--with-user-ids")
+    run(
+        "recommender_export_events",
+        str(path),
+        "--format",
+        "jsonl",
+        "--since",
+        since,
+        "--with-user-ids",
+    )
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert len(lines) == 3 and {line["user"] for line in lines} == {f"id:{history.pk}", "session:anon-key-1"}
+    assert len(lines) == 3 and {line["user"] for line in lines} == {
+        f"id:{history.pk}",
+        "session:anon-key-1",
+    }
     _, error = run_failing("recommender_export_events", str(path), "--since", "yesterday")
     assert "--since 'yesterday'" in error
 
@@ -197,7 +226,10 @@ def test_export_to_stdout(history):
 
 def test_forget_user_deletes_events_and_cached_recommendations(history, catalog):
     cache = caches[recommender_settings.CACHE_ALIAS]
-    keys = [serving.shopper_cache_key(user=history), serving.shopper_cache_key(session_key="ann-browser")]
+    keys = [
+        serving.shopper_cache_key(user=history),
+        serving.shopper_cache_key(session_key="ann-browser"),
+    ]
     for key in keys:
         cache.set(key, "cached lists")
     other = serving.shopper_cache_key(session_key="anon-key-1")
@@ -230,13 +262,22 @@ def test_forget_user_needs_exactly_one_existing_shopper(history):
 
 
 def test_status_reports_versions_and_events_without_the_queue(history):
-    active = ModelVersion.objects.create(status="ready", model_name="cnn_dnn",
-                                         metrics={"valid": {"hr@10": 0.2, "ndcg@10": 0.0912, "coverage@10": 0.4}})
+    active = ModelVersion.objects.create(
+        status="ready",
+        model_name="cnn_dnn",
+        metrics={"valid": {"hr@10": 0.2, "ndcg@10": 0.0912, "coverage@10": 0.4}},
+    )
     active.activate()
-    ModelVersion.objects.create(status="failed", error="TrainingError: Only 3 events\ntraceback", trigger="admin")
+    ModelVersion.objects.create(
+        status="failed", error="TrainingError: Only 3 events\ntraceback", trigger="admin"
+    )
     out = run("recommender_status", "--no-queue-check")
     assert f"Active version: v{active.pk} cnn_dnn" in out and "NDCG@10 0.0912" in out
-    assert "failed (admin)" in out and "error: TrainingError: Only 3 events" in out and "traceback" not in out
+    assert (
+        "failed (admin)" in out
+        and "error: TrainingError: Only 3 events" in out
+        and "traceback" not in out
+    )
     assert "Events, last 24 hours: 3 (1 purchase, 2 view)." in out
 
 
@@ -256,4 +297,6 @@ def test_status_fails_when_no_worker_consumes_the_training_queue(db):
     queue = f"recommender-status-test-{os.getpid()}"
     with override_settings(RECOMMENDER={**settings.RECOMMENDER, "TRAINING_QUEUE": queue}):
         out, error = run_failing("recommender_status", "--timeout", "0.5")
-    assert "Broker: reachable." in out and f"No worker consumes the training queue '{queue}'" in error
+    assert (
+        "Broker: reachable." in out and f"No worker consumes the training queue '{queue}'" in error
+    )

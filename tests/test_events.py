@@ -18,7 +18,12 @@ def test_record_stores_an_event_for_an_anonymous_session(catalog):
     result = events.record("view", catalog[0], session_key="abc", placement="home", page="/")
     assert result == events.RecordResult(stored=1, duplicates=0)
     event = Event.objects.get()
-    assert (event.session_key, event.user, event.item, event.kind) == ("abc", None, catalog[0], "view")
+    assert (event.session_key, event.user, event.item, event.kind) == (
+        "abc",
+        None,
+        catalog[0],
+        "view",
+    )
     assert (event.placement, event.page) == ("home", "/")
 
 
@@ -70,7 +75,9 @@ def test_inactive_items_are_not_recordable_in_the_demo(catalog):
 
 
 def test_a_batch_with_one_bad_event_stores_nothing(catalog):
-    batch = [{"kind": "view", "item": p.pk} for p in catalog[:5]] + [{"kind": "nope", "item": catalog[0].pk}]
+    batch = [{"kind": "view", "item": p.pk} for p in catalog[:5]] + [
+        {"kind": "nope", "item": catalog[0].pk}
+    ]
     with pytest.raises(events.EventValidationError) as raised:
         events.record_many(batch, session_key="abc")
     assert list(raised.value.errors) == [5]
@@ -92,7 +99,10 @@ def test_batch_size_is_bounded(catalog):
 
 def test_a_replayed_event_id_is_stored_once(catalog):
     event_id = str(uuid.uuid4())
-    batch = [{"kind": "view", "item": catalog[0].pk, "event_id": event_id}, {"kind": "view", "item": catalog[1].pk}]
+    batch = [
+        {"kind": "view", "item": catalog[0].pk, "event_id": event_id},
+        {"kind": "view", "item": catalog[1].pk},
+    ]
     first = events.record_many(batch, session_key="abc")
     second = events.record_many(batch[:1], session_key="abc")
     assert (first.stored, first.duplicates) == (2, 0)
@@ -124,7 +134,9 @@ def test_client_times_are_kept_and_epoch_milliseconds_accepted(catalog):
 def test_latest_for_shopper_reads_newest_first(catalog):
     now = timezone.now()
     for minutes, product in enumerate(catalog[:4]):
-        events.record("view", product, session_key="s1", occurred_at=now - timedelta(minutes=10 - minutes))
+        events.record(
+            "view", product, session_key="s1", occurred_at=now - timedelta(minutes=10 - minutes)
+        )
     events.record("view", catalog[5], session_key="other")
     latest = Event.objects.latest_for_shopper(3, session_key="s1")
     assert [e.item_id for e in latest] == [catalog[3].pk, catalog[2].pk, catalog[1].pk]

@@ -31,9 +31,10 @@ from .faults.tracker_client import TrackerClient
 from .serving_fixtures import install_version
 from .store_data import FAST_CONFIG, make_catalogue, make_history
 
-CAROUSEL = re.compile(r'<section class="rec-carousel"[^>]*data-rec-placement="(?P<placement>[^"]*)"[^>]*'
-                      r'data-rec-source="(?P<source>[^"]*)"(?: data-rec-version="(?P<version>\d+)")?')
-
+CAROUSEL = re.compile(
+    r'<section class="rec-carousel"[^>]*data-rec-placement="(?P<placement>[^"]*)"[^>]*'
+    r'data-rec-source="(?P<source>[^"]*)"(?: data-rec-version="(?P<version>\d+)")?'
+)
 
 
 @pytest.fixture
@@ -41,8 +42,13 @@ def shelf(db):
     """24 sellable products in 3 categories and an active (untrained) model over them."""
     cats = [Category.objects.create(name=f"Dept {i}", slug=f"dept-{i}") for i in range(3)]
     products = [
-        Product.objects.create(category=cats[i % 3], name=f"Thing {i}", slug=f"thing-{i}",
-                               price=Decimal("3.00"), stock=9)
+        Product.objects.create(
+            category=cats[i % 3],
+            name=f"Thing {i}",
+            slug=f"thing-{i}",
+            price=Decimal("3.00"),
+            stock=9,
+        )
         for i in range(24)
     ]
     version = install_version(products, seed=3)
@@ -104,8 +110,12 @@ class Shopper:
 
     def view(self, *products):
         events = [{"kind": "view", "item": p.pk, "event_id": str(uuid.uuid4())} for p in products]
-        response = self._timed(self.client.post, "/api/recommender/events/", {"events": events},
-                               content_type="application/json")
+        response = self._timed(
+            self.client.post,
+            "/api/recommender/events/",
+            {"events": events},
+            content_type="application/json",
+        )
         assert response.status_code == 201, response.content
         self.sent |= {e["event_id"] for e in events}
         return response.json()
@@ -161,14 +171,20 @@ def test_a_killed_redis_costs_no_page_event_or_api_answer_and_caching_resumes(
     time.sleep(1.1)  # the breaker's period: the next call probes
     shopper.visit_everything()
     assert resilient_cache.available
-    assert any(k.startswith(b"faults:1:recommender:") for k in redis.keys()), "caching did not resume"
+    assert any(k.startswith(b"faults:1:recommender:") for k in redis.keys()), (
+        "caching did not resume"
+    )
     assert any(b"sessions" in k for k in redis.keys())
     assert "reachable again" in caplog.text
     assert stored(shopper.sent) == len(shopper.sent)
-    print(f"\n30 requests with Redis dead took {outage_seconds:.2f} s; slowest request {shopper.slowest * 1000:.0f} ms")
+    print(
+        f"\n30 requests with Redis dead took {outage_seconds:.2f} s; slowest request {shopper.slowest * 1000:.0f} ms"
+    )
 
 
-@pytest.mark.parametrize("resilient_cache", [{"RETRY_SECONDS": 2, "socket_timeout": 0.5}], indirect=True)
+@pytest.mark.parametrize(
+    "resilient_cache", [{"RETRY_SECONDS": 2, "socket_timeout": 0.5}], indirect=True
+)
 def test_a_hung_redis_costs_one_timeout_per_period_and_missed_invalidations_are_replayed(
     shelf, private_redis, resilient_cache, caplog
 ):
@@ -211,7 +227,9 @@ def test_a_hung_redis_costs_one_timeout_per_period_and_missed_invalidations_are_
     assert stored(shopper.sent) == len(shopper.sent)
 
 
-def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(private_redis, resilient_cache):
+def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(
+    private_redis, resilient_cache
+):
     cache = resilient_cache
     cache.set("a", 1)
     assert cache.get("a") == 1 and cache.incr("a") == 2
@@ -234,7 +252,9 @@ def test_the_resilient_cache_behaves_as_an_empty_cache_while_redis_is_down(priva
     assert cache.get("c") == "[1]"
 
 
-def test_the_throttle_counter_is_one_round_trip_that_expires_and_fails_open(private_redis, resilient_cache):
+def test_the_throttle_counter_is_one_round_trip_that_expires_and_fails_open(
+    private_redis, resilient_cache
+):
     cache = resilient_cache
     assert [cache.incr_with_expiry("hits", 60) for _ in range(3)] == [1, 2, 3]
     raw = cache.make_and_validate_key("hits")
@@ -245,15 +265,22 @@ def test_the_throttle_counter_is_one_round_trip_that_expires_and_fails_open(priv
     time.sleep(2.1)
     assert cache.get("brief") is None  # a window's counter does not outlive it
     private_redis.kill()
-    assert cache.incr_with_expiry("hits", 60) is None  # unavailable: the throttle lets requests through
+    assert (
+        cache.incr_with_expiry("hits", 60) is None
+    )  # unavailable: the throttle lets requests through
 
 
 # --------------------------------------------------------------------------- worker killed
 
 
-LONG_TRAINING = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 500, "patience": 500,
-                                             "max_seconds": 120}}
-QUICK_TRAINING = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 2, "patience": 2}}
+LONG_TRAINING = {
+    **FAST_CONFIG,
+    "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 500, "patience": 500, "max_seconds": 120},
+}
+QUICK_TRAINING = {
+    **FAST_CONFIG,
+    "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 2, "patience": 2},
+}
 HEARTBEAT_TIMEOUT = 3
 
 
@@ -263,7 +290,9 @@ def wait_until(condition, timeout, what, poll=0.1):
     while time.monotonic() < deadline:
         value = condition()
         if value:
-            print(f"[{time.strftime('%H:%M:%S')}] {what.splitlines()[0]}: {time.monotonic() - started:.1f} s")
+            print(
+                f"[{time.strftime('%H:%M:%S')}] {what.splitlines()[0]}: {time.monotonic() - started:.1f} s"
+            )
             return value
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
@@ -296,26 +325,41 @@ def test_a_worker_killed_mid_training_fails_the_run_frees_the_lock_and_the_next_
     try:
         doomed = training.request_training(config=LONG_TRAINING, enqueue=False)
         task_id = send(tasks.train, doomed.pk)
-        wait_until(lambda: ModelVersion.objects.filter(pk=doomed.pk, progress__stage="train",
-                                                       progress__epoch__gte=1).exists(),
-                   90, "the run to be an epoch in")
+        wait_until(
+            lambda: ModelVersion.objects.filter(
+                pk=doomed.pk, progress__stage="train", progress__epoch__gte=1
+            ).exists(),
+            90,
+            "the run to be an epoch in",
+        )
         assert training.fail_stale_runs() == 0  # alive: its heartbeat is fresh
         first.kill()
     finally:
         first.stop()
     killed_at = time.monotonic()
     doomed.refresh_from_db()
-    assert doomed.status == "running" and ModelVersion.objects.running().get() == doomed  # the lock is held
+    assert (
+        doomed.status == "running" and ModelVersion.objects.running().get() == doomed
+    )  # the lock is held
     assert broker.hlen("unacked") == 1, "acks_late: the broker keeps the unacknowledged message"
 
     second = Worker(private_redis.url, [queue], overrides).wait_ready()
     try:
-        wait_until(lambda: time.monotonic() - killed_at > HEARTBEAT_TIMEOUT + 0.5, 10, "the heartbeat to expire")
+        wait_until(
+            lambda: time.monotonic() - killed_at > HEARTBEAT_TIMEOUT + 0.5,
+            10,
+            "the heartbeat to expire",
+        )
         send(tasks.fail_stale_runs)  # what beat sends every 5 minutes
-        wait_until(lambda: ModelVersion.objects.get(pk=doomed.pk).status == "failed", 30, "the sweeper")
+        wait_until(
+            lambda: ModelVersion.objects.get(pk=doomed.pk).status == "failed", 30, "the sweeper"
+        )
         # The redelivered message reaches the new worker and finds nothing to claim.
-        wait_until(lambda: f"Task recommender.train[{task_id}] succeeded" in second.output(), 30,
-                   f"the redelivered task:\n{second.output()}")
+        wait_until(
+            lambda: f"Task recommender.train[{task_id}] succeeded" in second.output(),
+            30,
+            f"the redelivered task:\n{second.output()}",
+        )
         assert f"Training v{doomed.pk} was already claimed; nothing to do." in second.output()
         doomed.refresh_from_db()
         assert doomed.status == "failed" and "stopped reporting" in doomed.error
@@ -325,11 +369,22 @@ def test_a_worker_killed_mid_training_fails_the_run_frees_the_lock_and_the_next_
         following = training.request_training(config=QUICK_TRAINING, enqueue=False)
         send(tasks.train, following.pk)
         following = wait_until(  # ready and decided (promotion is its own transaction), or failed
-            lambda: ModelVersion.objects.filter(pk=following.pk).exclude(status="ready", decision="")
-            .exclude(status__in=["queued", "running"]).first(), 120, "the next run")
+            lambda: (
+                ModelVersion.objects.filter(pk=following.pk)
+                .exclude(status="ready", decision="")
+                .exclude(status__in=["queued", "running"])
+                .first()
+            ),
+            120,
+            "the next run",
+        )
         assert following.status == "ready", following.error
         assert following.is_active and ModelVersion.objects.active() == following
-        wait_until(lambda: broker.hlen("unacked") == 0 and broker.llen(queue) == 0, 10, "the broker to drain")
+        wait_until(
+            lambda: broker.hlen("unacked") == 0 and broker.llen(queue) == 0,
+            10,
+            "the broker to drain",
+        )
         doomed.refresh_from_db()
         assert doomed.status == "failed"
     finally:
@@ -447,7 +502,9 @@ def test_broken_artifacts_are_refused_with_a_clear_error_and_the_previous_versio
     good_bytes = default_storage.open(good.artifact).read()
 
     for label, payload in _bad_artifacts(good_bytes, str(marker)).items():
-        name = default_storage.save(f"recommender/models/bad-{label.replace(' ', '-')}.pt", ContentFile(payload))
+        name = default_storage.save(
+            f"recommender/models/bad-{label.replace(' ', '-')}.pt", ContentFile(payload)
+        )
         bad = ModelVersion.objects.create(status="ready", artifact=name, model_name="cnn_dnn")
         bad.activate()  # an admin promotes (or rolls back to) a version whose file is broken
         caplog.clear()
@@ -456,15 +513,21 @@ def test_broken_artifacts_are_refused_with_a_clear_error_and_the_previous_versio
         assert answer["model_version"] == good.pk and answer["source"] == "model", label
         assert carousels(shopper.page("/"))[0]["version"] == str(good.pk), label
         refusal = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-        assert refusal and "ArtifactError" in refusal[0] and f"v{good.pk} keeps serving" in refusal[0], label
+        assert (
+            refusal and "ArtifactError" in refusal[0] and f"v{good.pk} keeps serving" in refusal[0]
+        ), label
         bad.refresh_from_db()
         assert bad.error.startswith("Refused by a web process: ArtifactError"), label
         assert not marker.exists(), f"{label}: unpickling ran code"
 
     # A file replaced in storage after training verified it: refused before unpickling.
     other = install_version(products, seed=9, activate=False)
-    swapped = ModelVersion.objects.create(status="ready", artifact=other.artifact, model_name="cnn_dnn",
-                                          artifact_sha256=hashlib.sha256(good_bytes).hexdigest())
+    swapped = ModelVersion.objects.create(
+        status="ready",
+        artifact=other.artifact,
+        model_name="cnn_dnn",
+        artifact_sha256=hashlib.sha256(good_bytes).hexdigest(),
+    )
     swapped.activate()
     assert shopper.recommendations()["model_version"] == good.pk
     swapped.refresh_from_db()
@@ -503,8 +566,12 @@ def test_events_sent_through_a_database_restart_are_stored_exactly_once():
     from django.db import connection
 
     category = Category.objects.create(name="Pantry", slug="pantry")
-    items = [Product.objects.create(category=category, name=f"Jar {i}", slug=f"jar-{i}", price=Decimal(2),
-                                    stock=5).pk for i in range(12)]
+    items = [
+        Product.objects.create(
+            category=category, name=f"Jar {i}", slug=f"jar-{i}", price=Decimal(2), stock=5
+        ).pk
+        for i in range(12)
+    ]
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         own_pid = cursor.fetchone()[0]
@@ -549,11 +616,15 @@ def test_events_sent_through_a_database_restart_are_stored_exactly_once():
     sent = set().union(*(c.sent_ids for c in clients))
     attempts = [a for c in clients for a in c.attempts]
     failed = [a for a in attempts if a[1] != 201]
-    print(f"\n{len(attempts)} attempts, {len(sent)} events; failed attempts: "
-          f"{sorted(collections.Counter(str(a[1]) for a in failed).items())}; {faults.terminated} backends terminated")
+    print(
+        f"\n{len(attempts)} attempts, {len(sent)} events; failed attempts: "
+        f"{sorted(collections.Counter(str(a[1]) for a in failed).items())}; {faults.terminated} backends terminated"
+    )
     assert failed, "the faults never reached a client"
     # Stored exactly once: every distinct event id is there, and nothing else.
-    assert Event.objects.filter(event_id__in=list(sent)).count() == len(sent) == Event.objects.count()
+    assert (
+        Event.objects.filter(event_id__in=list(sent)).count() == len(sent) == Event.objects.count()
+    )
     # The client is told to retry (503 + Retry-After), not shown a crash.
     assert all(a[1] == 503 and a[3] for a in failed), failed
     # A terminated connection costs one request per worker and is then replaced.
@@ -581,8 +652,12 @@ def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
 
     from django.db import IntegrityError, connection, transaction
 
-    versions = [ModelVersion.objects.create(status="ready", model_name=f"m{i}", metrics={"valid": {"ndcg@10": 0.5}})
-                for i in range(6)]
+    versions = [
+        ModelVersion.objects.create(
+            status="ready", model_name=f"m{i}", metrics={"valid": {"ndcg@10": 0.5}}
+        )
+        for i in range(6)
+    ]
     versions[0].activate()
     stop = threading.Event()
     samples, outcomes, errors = [], collections.Counter(), []
@@ -609,7 +684,9 @@ def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
                         version.activate()
                         outcomes["activated"] += 1
                 except IntegrityError:
-                    outcomes["promote: IntegrityError" if promote else "activate: IntegrityError"] += 1
+                    outcomes[
+                        "promote: IntegrityError" if promote else "activate: IntegrityError"
+                    ] += 1
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -624,8 +701,10 @@ def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
         thread.join(timeout=120)
     stop.set()
     watcher.join(timeout=30)
-    print(f"\n{sum(outcomes.values())} switches {dict(outcomes)}, {len(samples)} samples "
-          f"{dict(collections.Counter(samples))}")
+    print(
+        f"\n{sum(outcomes.values())} switches {dict(outcomes)}, {len(samples)} samples "
+        f"{dict(collections.Counter(samples))}"
+    )
     assert not errors, errors
     assert len(samples) > 100 and set(samples) == {1}, collections.Counter(samples)
     assert outcomes["promoted"] == 120, outcomes
@@ -661,7 +740,9 @@ def test_a_queued_run_whose_message_was_lost_is_failed_and_frees_the_lock(settin
     lost = training.request_training(enqueue=False)  # queued; its message never arrives
     with pytest.raises(training.TrainingInProgress):
         training.request_training(enqueue=False)
-    ModelVersion.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(seconds=61))
+    ModelVersion.objects.filter(pk=lost.pk).update(
+        created_at=timezone.now() - timedelta(seconds=61)
+    )
     assert tasks.fail_stale_runs.apply().get() == 1  # the beat task
     lost.refresh_from_db()
     assert lost.status == "failed" and "No worker started the run" in lost.error
@@ -692,7 +773,9 @@ def test_a_redelivered_beat_message_does_not_start_a_second_training():
     first = tasks.train.apply(task_id="beat-message-1")
     version = ModelVersion.objects.get(task_id="beat-message-1")
     assert isinstance(first.result, training.TrainingError)  # nothing to train on here ...
-    assert version.trigger == "schedule" and version.status == "failed" and "events" in version.error
+    assert (
+        version.trigger == "schedule" and version.status == "failed" and "events" in version.error
+    )
     again = tasks.train.apply(task_id="beat-message-1")  # the same message, delivered again
     assert again.result == version.pk
     assert ModelVersion.objects.count() == 1

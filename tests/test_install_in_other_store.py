@@ -20,8 +20,20 @@ pytestmark = pytest.mark.slow
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
     )
     return next(out.glob("*.whl"))
 
@@ -36,15 +48,34 @@ def test_the_wheel_carries_migrations_templates_and_static_files(wheel):
 
 def test_a_bookshop_installs_migrates_records_events_and_sees_the_admin(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     work = tmp_path / "bookshop"
     shutil.copytree(BOOKSHOP, work, ignore=shutil.ignore_patterns("__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")}
     # Only the installed wheel and the bookshop are importable, not this checkout.
     env.update(PYTHONPATH=f"{site}{os.pathsep}{work}", BOOKSHOP_DIR=str(work))
-    done = subprocess.run([sys.executable, str(work / "smoke.py")],
-                          cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(work / "smoke.py")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["recommender_file"].startswith(str(site))

@@ -36,7 +36,6 @@ TINY = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 2, "pat
 TEXT_FIELDS = ("CharField", "EmailField", "TextField", "SlugField")
 
 
-
 @pytest.fixture
 def store():
     """A catalogue, 60 shoppers (half of them users with personal details), 8 events each."""
@@ -54,7 +53,8 @@ def store():
 def personal_values(user):
     """Every text field value of the user model (username, email, names, password hash...)."""
     values = {
-        getattr(user, field.attname) for field in user._meta.concrete_fields
+        getattr(user, field.attname)
+        for field in user._meta.concrete_fields
         if field.get_internal_type() in TEXT_FIELDS
     }
     values.add(user.password.rsplit("$", 1)[-1])  # the hash alone, without algorithm and salt
@@ -76,7 +76,11 @@ def leaks(secrets, blobs):
     """The secrets found in any blob, as UTF-8 or UTF-16 (how pickles and JSON write text)."""
     found = set()
     for secret in secrets:
-        forms = {secret.encode("utf-8"), secret.encode("utf-16-le"), json.dumps(secret)[1:-1].encode()}
+        forms = {
+            secret.encode("utf-8"),
+            secret.encode("utf-16-le"),
+            json.dumps(secret)[1:-1].encode(),
+        }
         if any(form in blob for form in forms for blob in blobs):
             found.add(secret)
     return found
@@ -103,7 +107,11 @@ def test_training_exports_and_artifacts_hold_only_pseudonyms_items_kinds_values_
     item_pks = {p.pk for p in products}
     for row in rows:
         shopper, item, kind, value, ts = row  # exactly five fields, each of one plain type
-        assert isinstance(shopper, str) and len(shopper) == 20 and set(shopper) <= set("0123456789abcdef")
+        assert (
+            isinstance(shopper, str)
+            and len(shopper) == 20
+            and set(shopper) <= set("0123456789abcdef")
+        )
         assert item in item_pks and kind in kinds and (value is None or isinstance(value, float))
         assert isinstance(ts, float)
     pseudonyms = {row[0] for row in rows}
@@ -145,7 +153,9 @@ def private_cache():
         yield cache
 
 
-def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifact(store, private_cache):
+def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifact(
+    store, private_cache
+):
     products, users = store
     alice, bob = users[0], users[1]
     # Alice browsed under her anonymous key before logging in (those events were attached to
@@ -158,7 +168,11 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
 
     install_version(products)
     cache = caches[recommender_settings.CACHE_ALIAS]
-    shoppers = {"alice": {"user": alice}, "alice's browser": {"session_key": alice_key}, "bob": {"user": bob}}
+    shoppers = {
+        "alice": {"user": alice},
+        "alice's browser": {"session_key": alice_key},
+        "bob": {"user": bob},
+    }
     for shopper in shoppers.values():
         for placement in ("", "home", "cart"):
             serving.recommend(**shopper, placement=placement)
@@ -167,9 +181,14 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
     generations = {name: cache.get(serving.shopper_cache_key(**s)) for name, s in shoppers.items()}
     assert all(generations.values())
     for name in shoppers:
-        assert keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), f"{name}'s lists should be cached before"
-    alice_bought = set(Event.objects.filter(user=alice, kind__in=recommender_settings.BOUGHT_TOGETHER_KINDS)
-                       .values_list("item", flat=True))
+        assert keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), (
+            f"{name}'s lists should be cached before"
+        )
+    alice_bought = set(
+        Event.objects.filter(
+            user=alice, kind__in=recommender_settings.BOUGHT_TOGETHER_KINDS
+        ).values_list("item", flat=True)
+    )
     bob_events = set(Event.objects.filter(user=bob).values_list("pk", flat=True))
 
     call_command("recommender_forget_user", alice.get_username(), stdout=io.StringIO())
@@ -177,13 +196,24 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
     assert not Event.objects.filter(Q(user=alice) | Q(session_key=alice_key)).exists()
     assert set(Event.objects.filter(user=bob).values_list("pk", flat=True)) == bob_events
     for name in ("alice", "alice's browser"):
-        assert cache.get(serving.shopper_cache_key(**shoppers[name])) is None, f"{name}'s generation key"
-        assert not keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), f"{name}'s cached lists"
-    assert not {key for pk in alice_bought for key in keys_like(f"recommender:bought_together:*:{pk}:*")}
+        assert cache.get(serving.shopper_cache_key(**shoppers[name])) is None, (
+            f"{name}'s generation key"
+        )
+        assert not keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), (
+            f"{name}'s cached lists"
+        )
+    assert not {
+        key for pk in alice_bought for key in keys_like(f"recommender:bought_together:*:{pk}:*")
+    }
     assert cache.get(serving.shopper_cache_key(user=bob)) == generations["bob"]
-    assert keys_like(serving.shopper_lists_prefix(**shoppers["bob"]) + "*"), "others' cached lists stay"
+    assert keys_like(serving.shopper_lists_prefix(**shoppers["bob"]) + "*"), (
+        "others' cached lists stay"
+    )
 
-    alice_pseudonyms = {training.shopper_pseudonym(user_id=alice.pk), training.shopper_pseudonym(session_key=alice_key)}
+    alice_pseudonyms = {
+        training.shopper_pseudonym(user_id=alice.pk),
+        training.shopper_pseudonym(session_key=alice_key),
+    }
     rows = list(training.export_interactions())
     assert not alice_pseudonyms & {row[0] for row in rows}
     version = train_tiny()
@@ -197,7 +227,9 @@ def test_the_admin_preview_counts_what_forgetting_deletes(store):
     _, users = store
     alice = users[0]
     Event.objects.filter(user=alice).update(session_key="alice-browser-0002")
-    events.record("view", Event.objects.filter(user=alice).first().item, session_key="alice-browser-0002")
+    events.record(
+        "view", Event.objects.filter(user=alice).first().item, session_key="alice-browser-0002"
+    )
     from recommender import privacy
 
     preview = privacy.preview_forget(user=alice)

@@ -14,7 +14,10 @@ pytestmark = pytest.mark.django_db
 
 def add(item, kind, *, days_ago=0, user=None, session="", recommendation=None, at=None):
     return Event.objects.create(
-        item=item, kind=kind, user=user, session_key=session if not user else "",
+        item=item,
+        kind=kind,
+        user=user,
+        session_key=session if not user else "",
         occurred_at=at or timezone.now() - timedelta(days=days_ago),
         recommendation_id=recommendation.pk if recommendation else None,
     )
@@ -76,14 +79,20 @@ def test_top_items_are_ranked_by_count_with_their_names(catalog):
 def test_carousel_ctr_per_day_divides_clicks_by_impressions(catalog):
     now = timezone.now()
     yesterday = now - timedelta(days=1)
-    shown = Recommendation.objects.create(placement="home", source="model", items=[1], impressions=8,
-                                          created_at=yesterday)
-    Recommendation.objects.create(placement="cart", source="model", items=[1], impressions=2, created_at=yesterday)
+    shown = Recommendation.objects.create(
+        placement="home", source="model", items=[1], impressions=8, created_at=yesterday
+    )
+    Recommendation.objects.create(
+        placement="cart", source="model", items=[1], impressions=2, created_at=yesterday
+    )
     add(catalog[0], "click", session="s", recommendation=shown, at=yesterday)
     add(catalog[0], "click", session="s", recommendation=shown, at=yesterday)
     add(catalog[0], "click", session="s", at=yesterday)  # not from a carousel
     start, end = reports.day_range(3)
-    rows = {day: (shown_n, clicks, ctr) for day, shown_n, clicks, ctr in reports.carousel_ctr_per_day(start, end)}
+    rows = {
+        day: (shown_n, clicks, ctr)
+        for day, shown_n, clicks, ctr in reports.carousel_ctr_per_day(start, end)
+    }
     assert len(rows) == 3
     assert rows[timezone.localtime(yesterday).date()] == (10, 2, pytest.approx(0.2))
     assert rows[timezone.localdate()] == (0, 0, None)
@@ -92,10 +101,16 @@ def test_carousel_ctr_per_day_divides_clicks_by_impressions(catalog):
 def test_online_metrics_per_version_and_placement(catalog):
     version = ModelVersion.objects.create(status="ready")
     other = ModelVersion.objects.create(status="ready")
-    home = Recommendation.objects.create(version=version, placement="home", source="model", impressions=10)
+    home = Recommendation.objects.create(
+        version=version, placement="home", source="model", impressions=10
+    )
     Recommendation.objects.create(version=version, placement="home", source="model", impressions=10)
-    cart = Recommendation.objects.create(version=version, placement="cart", source="model", impressions=5)
-    theirs = Recommendation.objects.create(version=other, placement="home", source="model", impressions=100)
+    cart = Recommendation.objects.create(
+        version=version, placement="cart", source="model", impressions=5
+    )
+    theirs = Recommendation.objects.create(
+        version=other, placement="home", source="model", impressions=100
+    )
     for rec in (home, home, cart, theirs):
         add(catalog[0], "click", session="s", recommendation=rec)
     add(catalog[0], "view", session="s", recommendation=home)  # views are not clicks
@@ -111,7 +126,10 @@ def test_online_metrics_per_version_and_placement(catalog):
     assert (rows["all"].impressions, rows["all"].clicks) == (25, 3)
     unused = ModelVersion.objects.create(status="ready")
     assert reports.online_metrics_by_placement(unused) == []
-    assert reports.with_online_metrics(ModelVersion.objects.filter(pk=unused.pk)).get().impressions == 0
+    assert (
+        reports.with_online_metrics(ModelVersion.objects.filter(pk=unused.pk)).get().impressions
+        == 0
+    )
 
 
 def test_previous_active_is_what_served_before(db):

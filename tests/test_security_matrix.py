@@ -49,7 +49,13 @@ ROLES = ("anonymous", "shopper_a", "shopper_b", "clerk", "viewer", "operator", "
 PERMISSIONS = {
     "clerk": [],
     "viewer": ["view_event", "view_modelversion"],
-    "operator": ["view_event", "delete_event", "view_modelversion", "add_modelversion", "change_modelversion"],
+    "operator": [
+        "view_event",
+        "delete_event",
+        "view_modelversion",
+        "add_modelversion",
+        "change_modelversion",
+    ],
 }
 STAFF = ("clerk", "viewer", "operator", "superuser")
 LOGIN = "login"  # 302 to the admin's login page
@@ -81,8 +87,15 @@ def everyone(code):
 
 def admin(clerk, viewer, operator, superuser=None):
     """Non-staff are sent to the admin login; staff get these answers."""
-    return {"anonymous": LOGIN, "shopper_a": LOGIN, "shopper_b": LOGIN, "clerk": clerk, "viewer": viewer,
-            "operator": operator, "superuser": operator if superuser is None else superuser}
+    return {
+        "anonymous": LOGIN,
+        "shopper_a": LOGIN,
+        "shopper_b": LOGIN,
+        "clerk": clerk,
+        "viewer": viewer,
+        "operator": operator,
+        "superuser": operator if superuser is None else superuser,
+    }
 
 
 @dataclass
@@ -108,119 +121,238 @@ def forget_form(ctx):
 
 MATRIX = {
     # ------------------------------------------------------------------ API
-    "api/recommender/events/": Row("/api/recommender/events/", {
-        "post": Check(everyone(201), data=lambda ctx: {"kind": "view", "item": ctx["product"].pk}),
-        "get": Check(everyone(405)),
-    }),
-    "api/recommender/impressions/": Row("/api/recommender/impressions/", {
-        "post": Check(everyone(200), data=lambda ctx: {"recommendations": [str(ctx["list"].pk)]}),
-        "get": Check(everyone(405)),
-    }),
-    "api/recommender/recommendations/": Row("/api/recommender/recommendations/", {
-        "get": Check(everyone(200)), "post": Check(everyone(405), data={}),
-    }),
-    "api/recommender/users/<int:user_id>/recommendations/": Row("/api/recommender/users/{a}/recommendations/", {
-        "get": Check({**everyone(403), "viewer": 200, "operator": 200, "superuser": 200}),
-        "post": Check({**everyone(403), "viewer": 405, "operator": 405, "superuser": 405}, data={}),
-    }),
-    "api/recommender/items/<str:item_id>/similar/": Row("/api/recommender/items/{product}/similar/", {
-        "get": Check(everyone(200)), "post": Check(everyone(405), data={}),
-    }),
-    "api/recommender/items/<str:item_id>/bought-together/": Row("/api/recommender/items/{product}/bought-together/", {
-        "get": Check(everyone(200)), "post": Check(everyone(405), data={}),
-    }),
-    "api/recommender/popular/": Row("/api/recommender/popular/", {
-        "get": Check(everyone(200)), "post": Check(everyone(405), data={}),
-    }),
+    "api/recommender/events/": Row(
+        "/api/recommender/events/",
+        {
+            "post": Check(
+                everyone(201), data=lambda ctx: {"kind": "view", "item": ctx["product"].pk}
+            ),
+            "get": Check(everyone(405)),
+        },
+    ),
+    "api/recommender/impressions/": Row(
+        "/api/recommender/impressions/",
+        {
+            "post": Check(
+                everyone(200), data=lambda ctx: {"recommendations": [str(ctx["list"].pk)]}
+            ),
+            "get": Check(everyone(405)),
+        },
+    ),
+    "api/recommender/recommendations/": Row(
+        "/api/recommender/recommendations/",
+        {
+            "get": Check(everyone(200)),
+            "post": Check(everyone(405), data={}),
+        },
+    ),
+    "api/recommender/users/<int:user_id>/recommendations/": Row(
+        "/api/recommender/users/{a}/recommendations/",
+        {
+            "get": Check({**everyone(403), "viewer": 200, "operator": 200, "superuser": 200}),
+            "post": Check(
+                {**everyone(403), "viewer": 405, "operator": 405, "superuser": 405}, data={}
+            ),
+        },
+    ),
+    "api/recommender/items/<str:item_id>/similar/": Row(
+        "/api/recommender/items/{product}/similar/",
+        {
+            "get": Check(everyone(200)),
+            "post": Check(everyone(405), data={}),
+        },
+    ),
+    "api/recommender/items/<str:item_id>/bought-together/": Row(
+        "/api/recommender/items/{product}/bought-together/",
+        {
+            "get": Check(everyone(200)),
+            "post": Check(everyone(405), data={}),
+        },
+    ),
+    "api/recommender/popular/": Row(
+        "/api/recommender/popular/",
+        {
+            "get": Check(everyone(200)),
+            "post": Check(everyone(405), data={}),
+        },
+    ),
     "api/recommender/schema/": Row("/api/recommender/schema/", {"get": Check(everyone(200))}),
     "api/recommender/docs/": Row("/api/recommender/docs/", {"get": Check(everyone(200))}),
     "api/recommender/^.*/$": Row("/api/recommender/no/such/thing/", {"get": Check(everyone(404))}),
     # ------------------------------------------------------------------ admin: events
-    APP_INDEX: Row("/admin/recommender/", {"get": Check(admin(clerk=404, viewer=200, operator=200))}),
-    "admin/recommender/event/": Row("/admin/recommender/event/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-        "post": Check(admin(clerk=403, viewer=200, operator=302),
-                      data=lambda ctx: {"action": "delete_selected", "_selected_action": [ctx["event"].pk], "post": "yes"},
-                      done=lambda ctx: not Event.objects.filter(pk=ctx["event"].pk).exists(),
-                      allowed=("operator", "superuser")),
-    }),
-    "admin/recommender/event/add/": Row("/admin/recommender/event/add/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=403)),
-        "post": Check(admin(clerk=403, viewer=403, operator=403, superuser=403),
-                      data=lambda ctx: {"kind": "view", "item": ctx["product"].pk, "session_key": "x"},
-                      done=lambda ctx: Event.objects.filter(session_key="x").exists()),
-    }),
-    "admin/recommender/event/<path:object_id>/history/": Row("/admin/recommender/event/{event}/history/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-    }),
-    "admin/recommender/event/<path:object_id>/delete/": Row("/admin/recommender/event/{event}/delete/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=200)),
-        "post": Check(admin(clerk=403, viewer=403, operator=302), data={"post": "yes"},
-                      done=lambda ctx: not Event.objects.filter(pk=ctx["event"].pk).exists(),
-                      allowed=("operator", "superuser")),
-    }),
-    "admin/recommender/event/<path:object_id>/change/": Row("/admin/recommender/event/{event}/change/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-        "post": Check(admin(clerk=403, viewer=403, operator=403, superuser=403),
-                      data=lambda ctx: {"kind": "click", "item": ctx["product"].pk, "session_key": "x"},
-                      done=lambda ctx: Event.objects.get(pk=ctx["event"].pk).kind == "click"),
-    }),
-    "admin/recommender/event/<path:object_id>/": Row("/admin/recommender/event/{event}/", {
-        "get": Check(admin(clerk=302, viewer=302, operator=302)),  # to the change page, which checks
-    }),
-    "admin/recommender/event/dashboard/": Row("/admin/recommender/event/dashboard/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-    }),
-    "admin/recommender/event/forget/": Row("/admin/recommender/event/forget/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=200)),
-        "post": Check(admin(clerk=403, viewer=403, operator=302), data=forget_form,
-                      done=lambda ctx: not Event.objects.filter(user=ctx["users"]["shopper_a"]).exists(),
-                      allowed=("operator", "superuser")),
-    }),
+    APP_INDEX: Row(
+        "/admin/recommender/", {"get": Check(admin(clerk=404, viewer=200, operator=200))}
+    ),
+    "admin/recommender/event/": Row(
+        "/admin/recommender/event/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=200, operator=302),
+                data=lambda ctx: {
+                    "action": "delete_selected",
+                    "_selected_action": [ctx["event"].pk],
+                    "post": "yes",
+                },
+                done=lambda ctx: not Event.objects.filter(pk=ctx["event"].pk).exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/event/add/": Row(
+        "/admin/recommender/event/add/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=403)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=403),
+                data=lambda ctx: {"kind": "view", "item": ctx["product"].pk, "session_key": "x"},
+                done=lambda ctx: Event.objects.filter(session_key="x").exists(),
+            ),
+        },
+    ),
+    "admin/recommender/event/<path:object_id>/history/": Row(
+        "/admin/recommender/event/{event}/history/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+        },
+    ),
+    "admin/recommender/event/<path:object_id>/delete/": Row(
+        "/admin/recommender/event/{event}/delete/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data={"post": "yes"},
+                done=lambda ctx: not Event.objects.filter(pk=ctx["event"].pk).exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/event/<path:object_id>/change/": Row(
+        "/admin/recommender/event/{event}/change/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=403),
+                data=lambda ctx: {"kind": "click", "item": ctx["product"].pk, "session_key": "x"},
+                done=lambda ctx: Event.objects.get(pk=ctx["event"].pk).kind == "click",
+            ),
+        },
+    ),
+    "admin/recommender/event/<path:object_id>/": Row(
+        "/admin/recommender/event/{event}/",
+        {
+            "get": Check(
+                admin(clerk=302, viewer=302, operator=302)
+            ),  # to the change page, which checks
+        },
+    ),
+    "admin/recommender/event/dashboard/": Row(
+        "/admin/recommender/event/dashboard/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+        },
+    ),
+    "admin/recommender/event/forget/": Row(
+        "/admin/recommender/event/forget/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data=forget_form,
+                done=lambda ctx: not Event.objects.filter(user=ctx["users"]["shopper_a"]).exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
     # ------------------------------------------------------------------ admin: model versions
-    "admin/recommender/modelversion/": Row("/admin/recommender/modelversion/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-        "post": Check(admin(clerk=403, viewer=200, operator=302),
-                      data=lambda ctx: {"action": "retrain_action", "_selected_action": [ctx["ready"].pk]},
-                      done=lambda ctx: ModelVersion.objects.filter(status="queued").exists(),
-                      allowed=("operator", "superuser")),
-    }),
-    "admin/recommender/modelversion/add/": Row("/admin/recommender/modelversion/add/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=403)),
-    }),
-    "admin/recommender/modelversion/<path:object_id>/history/": Row("/admin/recommender/modelversion/{ready}/history/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-    }),
-    "admin/recommender/modelversion/<path:object_id>/delete/": Row("/admin/recommender/modelversion/{ready}/delete/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=200)),
-        "post": Check(admin(clerk=403, viewer=403, operator=403, superuser=302), data={"post": "yes"},
-                      done=lambda ctx: not ModelVersion.objects.filter(pk=ctx["ready"].pk).exists(),
-                      allowed=("superuser",)),
-    }),
-    "admin/recommender/modelversion/<path:object_id>/change/": Row("/admin/recommender/modelversion/{ready}/change/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-        # Every field is read-only: those who may change a version post a form that edits nothing.
-        "post": Check(admin(clerk=403, viewer=403, operator=302), data={"status": "failed", "is_active": "on"},
-                      done=lambda ctx: ModelVersion.objects.get(pk=ctx["ready"].pk).status != "ready"),
-    }),
-    "admin/recommender/modelversion/<path:object_id>/": Row("/admin/recommender/modelversion/{ready}/", {
-        "get": Check(admin(clerk=302, viewer=302, operator=302)),
-    }),
-    "admin/recommender/modelversion/retrain/": Row("/admin/recommender/modelversion/retrain/", {
-        "get": Check(admin(clerk=405, viewer=405, operator=405)),
-        "post": Check(admin(clerk=403, viewer=403, operator=302), data={},
-                      done=lambda ctx: ModelVersion.objects.filter(status="queued").exists(),
-                      allowed=("operator", "superuser")),
-    }),
-    "admin/recommender/modelversion/<int:pk>/progress/": Row("/admin/recommender/modelversion/{ready}/progress/", {
-        "get": Check(admin(clerk=403, viewer=200, operator=200)),
-    }),
-    "admin/recommender/modelversion/<int:pk>/activate/": Row("/admin/recommender/modelversion/{ready}/activate/", {
-        "get": Check(admin(clerk=403, viewer=403, operator=200)),
-        "post": Check(admin(clerk=403, viewer=403, operator=302), data={},
-                      done=lambda ctx: ModelVersion.objects.get(pk=ctx["ready"].pk).is_active,
-                      allowed=("operator", "superuser")),
-    }),
+    "admin/recommender/modelversion/": Row(
+        "/admin/recommender/modelversion/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=200, operator=302),
+                data=lambda ctx: {
+                    "action": "retrain_action",
+                    "_selected_action": [ctx["ready"].pk],
+                },
+                done=lambda ctx: ModelVersion.objects.filter(status="queued").exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/modelversion/add/": Row(
+        "/admin/recommender/modelversion/add/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=403)),
+        },
+    ),
+    "admin/recommender/modelversion/<path:object_id>/history/": Row(
+        "/admin/recommender/modelversion/{ready}/history/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+        },
+    ),
+    "admin/recommender/modelversion/<path:object_id>/delete/": Row(
+        "/admin/recommender/modelversion/{ready}/delete/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=302),
+                data={"post": "yes"},
+                done=lambda ctx: not ModelVersion.objects.filter(pk=ctx["ready"].pk).exists(),
+                allowed=("superuser",),
+            ),
+        },
+    ),
+    "admin/recommender/modelversion/<path:object_id>/change/": Row(
+        "/admin/recommender/modelversion/{ready}/change/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            # Every field is read-only: those who may change a version post a form that edits nothing.
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data={"status": "failed", "is_active": "on"},
+                done=lambda ctx: ModelVersion.objects.get(pk=ctx["ready"].pk).status != "ready",
+            ),
+        },
+    ),
+    "admin/recommender/modelversion/<path:object_id>/": Row(
+        "/admin/recommender/modelversion/{ready}/",
+        {
+            "get": Check(admin(clerk=302, viewer=302, operator=302)),
+        },
+    ),
+    "admin/recommender/modelversion/retrain/": Row(
+        "/admin/recommender/modelversion/retrain/",
+        {
+            "get": Check(admin(clerk=405, viewer=405, operator=405)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data={},
+                done=lambda ctx: ModelVersion.objects.filter(status="queued").exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/modelversion/<int:pk>/progress/": Row(
+        "/admin/recommender/modelversion/{ready}/progress/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+        },
+    ),
+    "admin/recommender/modelversion/<int:pk>/activate/": Row(
+        "/admin/recommender/modelversion/{ready}/activate/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data={},
+                done=lambda ctx: ModelVersion.objects.get(pk=ctx["ready"].pk).is_active,
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
 }
 
 
@@ -258,28 +390,43 @@ def world(catalog):
     users["shopper_b"] = User.objects.create_user("shopper_b", "b@example.com", "pw")
     for role, codenames in PERMISSIONS.items():
         user = User.objects.create_user(role, f"{role}@example.com", "pw", is_staff=True)
-        user.user_permissions.set(Permission.objects.filter(content_type__app_label="recommender", codename__in=codenames))
+        user.user_permissions.set(
+            Permission.objects.filter(content_type__app_label="recommender", codename__in=codenames)
+        )
         users[role] = user
     users["superuser"] = User.objects.create_superuser("root", "root@example.com", "pw")
-    events.record_many([{"kind": "purchase", "item": p.pk} for p in catalog[:3]], user=users["shopper_a"])
-    events.record_many([{"kind": "view", "item": p.pk} for p in catalog[3:5]], user=users["shopper_b"])
+    events.record_many(
+        [{"kind": "purchase", "item": p.pk} for p in catalog[:3]], user=users["shopper_a"]
+    )
+    events.record_many(
+        [{"kind": "view", "item": p.pk} for p in catalog[3:5]], user=users["shopper_b"]
+    )
     install_version(catalog)  # the active version
-    ready = ModelVersion.objects.create(status="ready", model_name="cnn_dnn", metrics={"valid": {"ndcg@10": 0.2}})
+    ready = ModelVersion.objects.create(
+        status="ready", model_name="cnn_dnn", metrics={"valid": {"ndcg@10": 0.2}}
+    )
     clients = {}
     for role, user in users.items():
         clients[role] = Client()
         if user is not None:
             clients[role].force_login(user)
     return {
-        "users": users, "clients": clients, "product": catalog[0],
-        "event": Event.objects.filter(user=users["shopper_a"]).first(), "ready": ready,
+        "users": users,
+        "clients": clients,
+        "product": catalog[0],
+        "event": Event.objects.filter(user=users["shopper_a"]).first(),
+        "ready": ready,
         "list": Recommendation.objects.create(source="popular", items=[catalog[0].pk]),
     }
 
 
 def fill(path, ctx):
-    return path.format(a=ctx["users"]["shopper_a"].pk, product=ctx["product"].pk, event=ctx["event"].pk,
-                       ready=ctx["ready"].pk)
+    return path.format(
+        a=ctx["users"]["shopper_a"].pk,
+        product=ctx["product"].pk,
+        event=ctx["event"].pk,
+        ready=ctx["ready"].pk,
+    )
 
 
 def call(client, method, path, check, ctx):
@@ -309,14 +456,20 @@ def test_permission_matrix(world):
                     response = call(world["clients"][role], method, path, check, world)
                     got = outcome(response)
                     if got != check.expected[role]:
-                        mismatches.append(f"{method.upper()} {route} as {role}: {got}, expected {check.expected[role]}")
+                        mismatches.append(
+                            f"{method.upper()} {route} as {role}: {got}, expected {check.expected[role]}"
+                        )
                     if check.done is not None and check.done(world) != (role in check.allowed):
-                        mismatches.append(f"{method.upper()} {route} as {role}: the write "
-                                          f"{'happened' if check.done(world) else 'did not happen'}")
+                        mismatches.append(
+                            f"{method.upper()} {route} as {role}: the write "
+                            f"{'happened' if check.done(world) else 'did not happen'}"
+                        )
                     if route == "api/recommender/events/" and method == "post":
                         latest = Event.objects.order_by("-id").first()
                         if latest.user != world["users"][role]:
-                            mismatches.append(f"an event posted by {role} was recorded for {latest.user}")
+                            mismatches.append(
+                                f"an event posted by {role} was recorded for {latest.user}"
+                            )
                     transaction.set_rollback(True)
     assert not mismatches, "\n".join(mismatches)
 
@@ -329,11 +482,18 @@ def test_a_shopper_reads_only_their_own_recommendations(world):
     a, b = world["clients"]["shopper_a"], world["clients"]["shopper_b"]
     mine = a.get("/api/recommender/recommendations/").json()
     theirs = b.get("/api/recommender/recommendations/").json()
-    a_items = set(Event.objects.filter(user=world["users"]["shopper_a"]).values_list("item", flat=True))
-    b_items = set(Event.objects.filter(user=world["users"]["shopper_b"]).values_list("item", flat=True))
+    a_items = set(
+        Event.objects.filter(user=world["users"]["shopper_a"]).values_list("item", flat=True)
+    )
+    b_items = set(
+        Event.objects.filter(user=world["users"]["shopper_b"]).values_list("item", flat=True)
+    )
     # Each list is computed from its own shopper's history: what they saw or bought is left out.
     assert mine["source"] == theirs["source"] == "model"
-    assert not {i["id"] for i in mine["items"]} & a_items and not {i["id"] for i in theirs["items"]} & b_items
+    assert (
+        not {i["id"] for i in mine["items"]} & a_items
+        and not {i["id"] for i in theirs["items"]} & b_items
+    )
     assert mine == a.get("/api/recommender/recommendations/").json()  # cached per shopper...
     assert mine["recommendation_id"] != theirs["recommendation_id"]  # ...never shared between them
     a_pk = world["users"]["shopper_a"].pk
@@ -349,13 +509,27 @@ def test_a_shopper_cannot_record_events_as_someone_else(world):
     client = world["clients"]["shopper_b"]
     before = Event.objects.filter(user=a).count()
     for name in ("user", "user_id", "session_key", "shopper"):
-        response = client.post("/api/recommender/events/", json.dumps(
-            {"kind": "view", "item": world["product"].pk, name: a.pk}), content_type="application/json")
-        assert response.status_code == 400 and "unknown field" in response.json()["errors"]["0"]["event"]
+        response = client.post(
+            "/api/recommender/events/",
+            json.dumps({"kind": "view", "item": world["product"].pk, name: a.pk}),
+            content_type="application/json",
+        )
+        assert (
+            response.status_code == 400
+            and "unknown field" in response.json()["errors"]["0"]["event"]
+        )
     # Extra keys of the envelope are not read at all: the event is B's.
-    response = client.post("/api/recommender/events/", json.dumps(
-        {"events": [{"kind": "view", "item": world["product"].pk}], "user": a.pk, "user_id": a.pk}),
-        content_type="application/json")
+    response = client.post(
+        "/api/recommender/events/",
+        json.dumps(
+            {
+                "events": [{"kind": "view", "item": world["product"].pk}],
+                "user": a.pk,
+                "user_id": a.pk,
+            }
+        ),
+        content_type="application/json",
+    )
     assert response.status_code == 201
     assert Event.objects.order_by("-id").first().user == b
     assert Event.objects.filter(user=a).count() == before
@@ -380,21 +554,40 @@ def test_session_writes_need_the_csrf_token(world, role):
     client, token = browser(user)
     _, other_token = browser(user)  # a token of another browser's cookie
     writes = [
-        ("/api/recommender/events/", {"kind": "view", "item": world["product"].pk}, 201,
-         lambda: Event.objects.filter(user=user, item=world["product"], kind="view").count()),
-        ("/api/recommender/impressions/", {"recommendations": [str(world["list"].pk)]}, 200,
-         lambda: Recommendation.objects.get(pk=world["list"].pk).impressions),
+        (
+            "/api/recommender/events/",
+            {"kind": "view", "item": world["product"].pk},
+            201,
+            lambda: Event.objects.filter(user=user, item=world["product"], kind="view").count(),
+        ),
+        (
+            "/api/recommender/impressions/",
+            {"recommendations": [str(world["list"].pk)]},
+            200,
+            lambda: Recommendation.objects.get(pk=world["list"].pk).impressions,
+        ),
     ]
     for url, payload, ok, count in writes:
         before = count()
         for headers in ({}, {"HTTP_X_CSRFTOKEN": "x" * 32}, {"HTTP_X_CSRFTOKEN": other_token}):
-            response = client.post(url, json.dumps(payload), content_type="application/json", **headers)
-            assert response.status_code == 403 and "CSRF" in response.json()["detail"], (url, headers)
-        response = client.post(url, json.dumps({**payload, "csrf_token": "y" * 32}), content_type="application/json")
+            response = client.post(
+                url, json.dumps(payload), content_type="application/json", **headers
+            )
+            assert response.status_code == 403 and "CSRF" in response.json()["detail"], (
+                url,
+                headers,
+            )
+        response = client.post(
+            url, json.dumps({**payload, "csrf_token": "y" * 32}), content_type="application/json"
+        )
         assert response.status_code in (403, 400)
         assert count() == before, f"{url}: a refused write was written"
-        assert client.post(url, json.dumps(payload), content_type="application/json",
-                           HTTP_X_CSRFTOKEN=token).status_code == ok
+        assert (
+            client.post(
+                url, json.dumps(payload), content_type="application/json", HTTP_X_CSRFTOKEN=token
+            ).status_code
+            == ok
+        )
         assert count() == before + 1
 
 
@@ -402,15 +595,31 @@ def test_admin_posts_need_the_csrf_token(world, django_capture_on_commit_callbac
     client, token = browser(world["users"]["superuser"])
     ready, event = world["ready"], world["event"]
     posts = [
-        ("/admin/recommender/modelversion/retrain/", {}, lambda: ModelVersion.objects.filter(status="queued").exists()),
-        (f"/admin/recommender/modelversion/{ready.pk}/activate/", {},
-         lambda: ModelVersion.objects.get(pk=ready.pk).is_active),
-        ("/admin/recommender/event/forget/", forget_form(world),
-         lambda: not Event.objects.filter(user=world["users"]["shopper_a"]).exists()),
-        (f"/admin/recommender/event/{event.pk}/delete/", {"post": "yes"},
-         lambda: not Event.objects.filter(pk=event.pk).exists()),
-        ("/admin/recommender/modelversion/", {"action": "retrain_action", "_selected_action": [ready.pk]},
-         lambda: ModelVersion.objects.filter(status="queued").exists()),
+        (
+            "/admin/recommender/modelversion/retrain/",
+            {},
+            lambda: ModelVersion.objects.filter(status="queued").exists(),
+        ),
+        (
+            f"/admin/recommender/modelversion/{ready.pk}/activate/",
+            {},
+            lambda: ModelVersion.objects.get(pk=ready.pk).is_active,
+        ),
+        (
+            "/admin/recommender/event/forget/",
+            forget_form(world),
+            lambda: not Event.objects.filter(user=world["users"]["shopper_a"]).exists(),
+        ),
+        (
+            f"/admin/recommender/event/{event.pk}/delete/",
+            {"post": "yes"},
+            lambda: not Event.objects.filter(pk=event.pk).exists(),
+        ),
+        (
+            "/admin/recommender/modelversion/",
+            {"action": "retrain_action", "_selected_action": [ready.pk]},
+            lambda: ModelVersion.objects.filter(status="queued").exists(),
+        ),
     ]
     for url, data, done in posts:
         with transaction.atomic():
@@ -429,21 +638,44 @@ def test_admin_posts_need_the_csrf_token(world, django_capture_on_commit_callbac
 @recommender(EVENTS_THROTTLE_RATE="3/min")
 def test_event_bursts_get_429_with_retry_after(world, private_cache):
     client, token = browser(world["users"]["shopper_a"])
-    answers = [client.post("/api/recommender/events/", json.dumps({"kind": "view", "item": world["product"].pk}),
-                           content_type="application/json", HTTP_X_CSRFTOKEN=token) for _ in range(5)]
+    answers = [
+        client.post(
+            "/api/recommender/events/",
+            json.dumps({"kind": "view", "item": world["product"].pk}),
+            content_type="application/json",
+            HTTP_X_CSRFTOKEN=token,
+        )
+        for _ in range(5)
+    ]
     assert [r.status_code for r in answers] == [201, 201, 201, 429, 429]
-    assert 1 <= int(answers[-1]["Retry-After"]) <= 61 and "throttled" in answers[-1].json()["detail"]
+    assert (
+        1 <= int(answers[-1]["Retry-After"]) <= 61 and "throttled" in answers[-1].json()["detail"]
+    )
     assert Event.objects.filter(user=world["users"]["shopper_a"], kind="view").count() == 3
     # The same user in another browser shares the allowance.
     other, other_token = browser(world["users"]["shopper_a"])
-    assert other.post("/api/recommender/events/", json.dumps({"kind": "view", "item": world["product"].pk}),
-                      content_type="application/json", HTTP_X_CSRFTOKEN=other_token).status_code == 429
+    assert (
+        other.post(
+            "/api/recommender/events/",
+            json.dumps({"kind": "view", "item": world["product"].pk}),
+            content_type="application/json",
+            HTTP_X_CSRFTOKEN=other_token,
+        ).status_code
+        == 429
+    )
 
 
 @pytest.mark.redis
 @recommender(API_THROTTLE_RATE="2/min")
-@pytest.mark.parametrize("path", ["/api/recommender/popular/", "/api/recommender/recommendations/",
-                                  "/api/recommender/items/{product}/similar/", "/api/recommender/schema/"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/recommender/popular/",
+        "/api/recommender/recommendations/",
+        "/api/recommender/items/{product}/similar/",
+        "/api/recommender/schema/",
+    ],
+)
 def test_read_bursts_get_429_with_retry_after(world, path, private_cache):
     client = Client()
     path = fill(path, world)
@@ -454,7 +686,9 @@ def test_read_bursts_get_429_with_retry_after(world, path, private_cache):
 
 @pytest.mark.redis
 @recommender(EVENTS_THROTTLE_RATE="3/min", API_THROTTLE_RATE="3/min")
-def test_dropping_cookies_or_forging_forwarded_for_does_not_escape_the_throttle(world, private_cache):
+def test_dropping_cookies_or_forging_forwarded_for_does_not_escape_the_throttle(
+    world, private_cache
+):
     """A script that keeps no session (and so would get a fresh anonymous key every time),
     and names a new X-Forwarded-For address on every request, is still counted as one client."""
     token = "t" * 32  # a client may set its own CSRF cookie; the double submit still matches
@@ -462,13 +696,21 @@ def test_dropping_cookies_or_forging_forwarded_for_does_not_escape_the_throttle(
     for n in range(5):
         client = Client(enforce_csrf_checks=True)
         client.cookies["csrftoken"] = token
-        response = client.post("/api/recommender/events/", json.dumps({"kind": "view", "item": world["product"].pk}),
-                               content_type="application/json", HTTP_X_CSRFTOKEN=token,
-                               HTTP_X_FORWARDED_FOR=f"203.0.113.{n}")
+        response = client.post(
+            "/api/recommender/events/",
+            json.dumps({"kind": "view", "item": world["product"].pk}),
+            content_type="application/json",
+            HTTP_X_CSRFTOKEN=token,
+            HTTP_X_FORWARDED_FOR=f"203.0.113.{n}",
+        )
         codes.append(response.status_code)
     assert codes == [201, 201, 201, 429, 429]
-    reads = [Client().get("/api/recommender/popular/", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}").status_code
-             for n in range(5)]
+    reads = [
+        Client()
+        .get("/api/recommender/popular/", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}")
+        .status_code
+        for n in range(5)
+    ]
     assert reads == [200, 200, 200, 429, 429]
 
 
@@ -484,11 +726,18 @@ def test_the_write_endpoints_refuse_oversized_bodies(world):
     client, token = browser(world["users"]["shopper_a"])
     huge = {"events": [{"kind": "view", "item": world["product"].pk}], "pad": "x" * 300_000}
     for url in ("/api/recommender/events/", "/api/recommender/impressions/"):
-        response = client.post(url, json.dumps(huge), content_type="application/json", HTTP_X_CSRFTOKEN=token)
+        response = client.post(
+            url, json.dumps(huge), content_type="application/json", HTTP_X_CSRFTOKEN=token
+        )
         assert response.status_code == 400 and "too large" in response.json()["detail"], url
     # A lying Content-Length does not let more through: the body is read only up to the limit.
-    response = client.post("/api/recommender/events/", json.dumps(huge), content_type="application/json",
-                           HTTP_X_CSRFTOKEN=token, CONTENT_LENGTH="10")
+    response = client.post(
+        "/api/recommender/events/",
+        json.dumps(huge),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=token,
+        CONTENT_LENGTH="10",
+    )
     assert response.status_code == 400
     assert not Event.objects.filter(kind="view", user=world["users"]["shopper_a"]).exists()
 
@@ -498,8 +747,11 @@ def test_admin_forms_refuse_bodies_over_the_upload_limits(world):
     form = {**forget_form(world), "pad": "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)}
     assert client.post("/admin/recommender/event/forget/", form).status_code == 400
     assert Event.objects.filter(user=world["users"]["shopper_a"]).exists()
-    many = {"action": "delete_selected", "post": "yes",
-            "_selected_action": [world["event"].pk] * (settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1)}
+    many = {
+        "action": "delete_selected",
+        "post": "yes",
+        "_selected_action": [world["event"].pk] * (settings.DATA_UPLOAD_MAX_NUMBER_FIELDS + 1),
+    }
     assert client.post("/admin/recommender/event/", many).status_code == 400
     assert Event.objects.filter(pk=world["event"].pk).exists()
 
@@ -519,10 +771,18 @@ def assert_escaped(html, *payloads):
 @pytest.fixture
 def evil_shelf():
     category = Category.objects.create(name=XSS, slug="evil")
-    products = [Product.objects.create(category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3)
-                for i in range(10)]
-    products += [Product.objects.create(category=category, name=name, slug=f"evil{i}", price=Decimal(1), stock=3)
-                 for i, name in enumerate((XSS, ATTR))]
+    products = [
+        Product.objects.create(
+            category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3
+        )
+        for i in range(10)
+    ]
+    products += [
+        Product.objects.create(
+            category=category, name=name, slug=f"evil{i}", price=Decimal(1), stock=3
+        )
+        for i, name in enumerate((XSS, ATTR))
+    ]
     install_version(products)
     return products
 
@@ -533,7 +793,9 @@ def render(source, **context):
     request = RequestFactory().get("/")
     request.session = {"recommender_shopper": "s1"}
     request.user = AnonymousUser()
-    return Template("{% load recommender_tags %}" + source).render(Context({"request": request, **context}))
+    return Template("{% load recommender_tags %}" + source).render(
+        Context({"request": request, **context})
+    )
 
 
 APP_TEMPLATES_ONLY = override_settings(TEMPLATES=[{**settings.TEMPLATES[0], "DIRS": []}])
@@ -544,9 +806,11 @@ def test_every_template_tag_escapes_what_it_renders(evil_shelf, templates):
     evil = evil_shelf[-2:]
     events.record("view", evil_shelf[3], session_key="s1")  # the shopper rendering the page
     for buyer in ("s2", "s3"):  # bought together by two shoppers, so the pair may be shown
-        events.record_many([{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]], session_key=buyer)
+        events.record_many(
+            [{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]], session_key=buyer
+        )
     tags = {
-        "recommended_products": '{% recommended_products limit=20 placement=placement as items %}',
+        "recommended_products": "{% recommended_products limit=20 placement=placement as items %}",
         "similar_products": "{% similar_products product limit=20 placement=placement as items %}",
         "bought_together": "{% bought_together anchor limit=20 placement=placement as items %}",
         "popular_products": "{% popular_products limit=20 placement=placement as items %}",
@@ -557,15 +821,25 @@ def test_every_template_tag_escapes_what_it_renders(evil_shelf, templates):
             source = tag + "{% product_carousel items title=title placement=placement %}"
             if name == "a plain list":
                 source = "{% product_carousel evil title=title placement=placement %}"
-            html = render(source, product=evil_shelf[2], anchor=evil_shelf[0], evil=evil, title=XSS, placement=ATTR)
+            html = render(
+                source,
+                product=evil_shelf[2],
+                anchor=evil_shelf[0],
+                evil=evil,
+                title=XSS,
+                placement=ATTR,
+            )
             shown = [p for p in evil if f'data-rec-item="{p.pk}"' in html]
             assert shown, f"{name}: the evil products were not in the carousel"
             assert_escaped(html, XSS, ATTR, *(p.name for p in shown))  # title, placement, names
             assert "<script>alert" not in html and "<img src=x" not in html, name
         tracker = render("{% recommender_tracker flush_ms='1500' %}")
-        assert re.fullmatch(r'<script src="[^"<>]+" data-endpoint="/api/recommender/events/" '
-                            r'data-impressions-endpoint="/api/recommender/impressions/" data-csrf-token="\w+" '
-                            r'data-flush-ms="1500" defer></script>', tracker.strip()), tracker
+        assert re.fullmatch(
+            r'<script src="[^"<>]+" data-endpoint="/api/recommender/events/" '
+            r'data-impressions-endpoint="/api/recommender/impressions/" data-csrf-token="\w+" '
+            r'data-flush-ms="1500" defer></script>',
+            tracker.strip(),
+        ), tracker
 
 
 def test_admin_pages_escape_names_kinds_placements_and_run_details(world, evil_shelf):
@@ -580,17 +854,30 @@ def test_admin_pages_escape_names_kinds_placements_and_run_details(world, evil_s
     Event.objects.create(item=evil, kind=XSS[:32], session_key="s2", occurred_at=now)
     Event.objects.create(item=evil, kind="view", session_key="s3", placement=XSS, occurred_at=now)
     version = ModelVersion.objects.create(
-        status="ready", model_name=XSS[:32], decision=XSS, error=XSS,
-        metrics={"valid": {"ndcg@10": 0.1, "hr@10": 0.2}, "baselines": {XSS: {"valid": {"ndcg@10": 0.05}}}},
-        curve=[{"epoch": 1, "loss": 2.0, "val_ndcg10": 0.1, "val_hr10": 0.2}], data_stats={"shoppers": 3},
+        status="ready",
+        model_name=XSS[:32],
+        decision=XSS,
+        error=XSS,
+        metrics={
+            "valid": {"ndcg@10": 0.1, "hr@10": 0.2},
+            "baselines": {XSS: {"valid": {"ndcg@10": 0.05}}},
+        },
+        curve=[{"epoch": 1, "loss": 2.0, "val_ndcg10": 0.1, "val_hr10": 0.2}],
+        data_stats={"shoppers": 3},
     )
     Recommendation.objects.create(source="model", version=version, placement=XSS, items=[evil.pk])
     pages = {
         "/admin/recommender/event/dashboard/": [XSS[:32], XSS],  # top items, chart legend, totals
-        "/admin/recommender/event/": [XSS, XSS[:32]],  # item column, kind filter and column, placement
+        "/admin/recommender/event/": [
+            XSS,
+            XSS[:32],
+        ],  # item column, kind filter and column, placement
         f"/admin/recommender/event/{Event.objects.get(kind=XSS[:32]).pk}/change/": [XSS, XSS[:32]],
         "/admin/recommender/modelversion/": [XSS[:32]],
-        f"/admin/recommender/modelversion/{version.pk}/change/": [XSS, XSS[:32]],  # decision, error, charts, tables
+        f"/admin/recommender/modelversion/{version.pk}/change/": [
+            XSS,
+            XSS[:32],
+        ],  # decision, error, charts, tables
         f"/admin/recommender/modelversion/{version.pk}/activate/": [XSS],  # the comparison table
     }
     html = {}
@@ -604,8 +891,13 @@ def test_admin_pages_escape_names_kinds_placements_and_run_details(world, evil_s
     # The charts' own SVG text: legend entries and per-point tooltips.
     legend = re.compile(r"<text [^>]*>" + re.escape(escape(XSS)) + r"( baseline)?</text>")
     tooltip = re.compile(r"<title>" + re.escape(escape(XSS)) + r"( baseline)?, ")
-    for url in ("/admin/recommender/event/dashboard/", f"/admin/recommender/modelversion/{version.pk}/change/"):
-        assert legend.search(html[url]) and tooltip.search(html[url]), f"{url}: the chart does not name the series"
+    for url in (
+        "/admin/recommender/event/dashboard/",
+        f"/admin/recommender/modelversion/{version.pk}/change/",
+    ):
+        assert legend.search(html[url]) and tooltip.search(html[url]), (
+            f"{url}: the chart does not name the series"
+        )
 
 
 def test_the_forget_page_escapes_the_shopper_it_names(world):
@@ -613,9 +905,14 @@ def test_the_forget_page_escapes_the_shopper_it_names(world):
     victim = User.objects.create_user(XSS[:150])
     events.record("view", world["product"], user=victim)
     client = world["clients"]["superuser"]
-    preview = client.post("/admin/recommender/event/forget/", {"username": victim.username}).content.decode()
+    preview = client.post(
+        "/admin/recommender/event/forget/", {"username": victim.username}
+    ).content.decode()
     assert_escaped(preview, XSS)
-    done = client.post("/admin/recommender/event/forget/",
-                       {"username": victim.username, "confirm": f"user {victim} (id {victim.pk})"}, follow=True)
+    done = client.post(
+        "/admin/recommender/event/forget/",
+        {"username": victim.username, "confirm": f"user {victim} (id {victim.pk})"},
+        follow=True,
+    )
     assert_escaped(done.content.decode(), XSS)
     assert not Event.objects.filter(user=victim).exists()

@@ -18,17 +18,24 @@ from .serving_fixtures import install_version
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def shelf():
     """30 sellable products in 3 categories, plus one inactive and one sold out."""
     cats = [Category.objects.create(name=f"C{i}", slug=f"c{i}") for i in range(3)]
     products = [
-        Product.objects.create(category=cats[i % 3], name=f"P{i}", slug=f"p{i}", price=Decimal("1.00"), stock=5)
+        Product.objects.create(
+            category=cats[i % 3], name=f"P{i}", slug=f"p{i}", price=Decimal("1.00"), stock=5
+        )
         for i in range(30)
     ]
-    products.append(Product.objects.create(category=cats[0], name="Inactive", slug="inactive", price=1, stock=5, is_active=False))
-    products.append(Product.objects.create(category=cats[0], name="Sold out", slug="sold-out", price=1, stock=0))
+    products.append(
+        Product.objects.create(
+            category=cats[0], name="Inactive", slug="inactive", price=1, stock=5, is_active=False
+        )
+    )
+    products.append(
+        Product.objects.create(category=cats[0], name="Sold out", slug="sold-out", price=1, stock=0)
+    )
     return products
 
 
@@ -58,7 +65,11 @@ def test_a_shopper_with_history_gets_model_recommendations(shelf):
     recs = serving.recommend(session_key="s1", limit=5, placement="home")
     assert recs.source == "model" and recs.version_id == version.pk and len(recs) == 5
     saved = Recommendation.objects.get(pk=recs.recommendation_id)
-    assert saved.version == version and saved.placement == "home" and saved.items == [p.pk for p in recs.items]
+    assert (
+        saved.version == version
+        and saved.placement == "home"
+        and saved.items == [p.pk for p in recs.items]
+    )
     assert recs.scores == sorted(recs.scores, reverse=True)
 
 
@@ -77,9 +88,13 @@ def test_purchases_are_excluded_unless_the_placement_allows_rebuying(shelf):
     user = get_user_model().objects.create_user("ann")
     events.record_many([{"kind": "purchase", "item": p.pk} for p in shelf[:20]], user=user)
     events.record_many([{"kind": "view", "item": shelf[20].pk}], user=user)
-    with override_settings(RECOMMENDER={"PLACEMENTS": {"cart": {"exclude_purchased": False, "exclude_seen": False}},
-                                        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
-                                        "ITEM_CATEGORY_FIELD": "category_id"}):
+    with override_settings(
+        RECOMMENDER={
+            "PLACEMENTS": {"cart": {"exclude_purchased": False, "exclude_seen": False}},
+            "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
+            "ITEM_CATEGORY_FIELD": "category_id",
+        }
+    ):
         home = {p.pk for p in serving.recommend(user=user, limit=30, placement="home").items}
         cart = {p.pk for p in serving.recommend(user=user, limit=30, placement="cart").items}
     bought = {p.pk for p in shelf[:20]}
@@ -88,18 +103,36 @@ def test_purchases_are_excluded_unless_the_placement_allows_rebuying(shelf):
 
 
 @override_settings(RECOMMENDER={"HISTORY_LENGTH": 3})
-def test_one_query_reads_the_latest_events_in_order_and_every_purchase(shelf, django_assert_num_queries):
+def test_one_query_reads_the_latest_events_in_order_and_every_purchase(
+    shelf, django_assert_num_queries
+):
     from datetime import timedelta
 
     from django.utils import timezone
 
     start = timezone.now() - timedelta(hours=1)
-    done = [("purchase", 0), ("view", 1), ("view", 2), ("add_to_cart", 3), ("view", 4), ("purchase", 5)]
-    events.record_many([{"kind": kind, "item": shelf[i].pk, "occurred_at": start + timedelta(minutes=i)}
-                        for kind, i in reversed(done)], session_key="s1")
+    done = [
+        ("purchase", 0),
+        ("view", 1),
+        ("view", 2),
+        ("add_to_cart", 3),
+        ("view", 4),
+        ("purchase", 5),
+    ]
+    events.record_many(
+        [
+            {"kind": kind, "item": shelf[i].pk, "occurred_at": start + timedelta(minutes=i)}
+            for kind, i in reversed(done)
+        ],
+        session_key="s1",
+    )
     with django_assert_num_queries(1):
         history, purchased = serving.shopper_activity(session_key="s1")
-    assert history == [(shelf[3].pk, "add_to_cart"), (shelf[4].pk, "view"), (shelf[5].pk, "purchase")]
+    assert history == [
+        (shelf[3].pk, "add_to_cart"),
+        (shelf[4].pk, "view"),
+        (shelf[5].pk, "purchase"),
+    ]
     assert purchased == {shelf[0].pk, shelf[5].pk}  # the first purchase is older than the history
     assert serving.shopper_history(session_key="s1") == history
     assert serving.shopper_activity(session_key="nobody-yet") == ([], set())
@@ -107,11 +140,18 @@ def test_one_query_reads_the_latest_events_in_order_and_every_purchase(shelf, dj
 
 def test_a_users_activity_is_theirs_and_not_their_anonymous_sessions(shelf):
     ann = get_user_model().objects.create_user("ann")
-    events.record_many([{"kind": "view", "item": shelf[1].pk}, {"kind": "purchase", "item": shelf[2].pk}], user=ann)
+    events.record_many(
+        [{"kind": "view", "item": shelf[1].pk}, {"kind": "purchase", "item": shelf[2].pk}], user=ann
+    )
     events.record_many([{"kind": "purchase", "item": shelf[3].pk}], session_key="s-ann")
     history, purchased = serving.shopper_activity(user=ann, session_key="s-ann")
-    assert sorted(history) == sorted([(shelf[1].pk, "view"), (shelf[2].pk, "purchase")]) and purchased == {shelf[2].pk}
-    assert serving.shopper_activity(session_key="s-ann") == ([(shelf[3].pk, "purchase")], {shelf[3].pk})
+    assert sorted(history) == sorted(
+        [(shelf[1].pk, "view"), (shelf[2].pk, "purchase")]
+    ) and purchased == {shelf[2].pk}
+    assert serving.shopper_activity(session_key="s-ann") == (
+        [(shelf[3].pk, "purchase")],
+        {shelf[3].pk},
+    )
     assert serving.shopper_history(user=ann, length=1) == [history[-1]]
 
 
@@ -120,9 +160,13 @@ def test_category_filter_and_diversity(shelf):
     views("s1", shelf[:3])
     only_c1 = serving.recommend(session_key="s1", limit=5, category=shelf[1].category_id)
     assert only_c1.items and {p.category_id for p in only_c1.items} == {shelf[1].category_id}
-    with override_settings(RECOMMENDER={"PLACEMENTS": {"home": {"diversity": 2}},
-                                        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
-                                        "ITEM_CATEGORY_FIELD": "category_id"}):
+    with override_settings(
+        RECOMMENDER={
+            "PLACEMENTS": {"home": {"diversity": 2}},
+            "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
+            "ITEM_CATEGORY_FIELD": "category_id",
+        }
+    ):
         diverse = serving.recommend(session_key="s1", limit=6, placement="home")
     per_category = {}
     for p in diverse.items:
@@ -154,7 +198,12 @@ def test_cached_lists_still_obey_stock_changes(shelf):
     assert sold_out.pk not in {p.pk for p in again.items}
 
 
-@override_settings(RECOMMENDER={"VERSION_CHECK_SECONDS": 0, "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products"})
+@override_settings(
+    RECOMMENDER={
+        "VERSION_CHECK_SECONDS": 0,
+        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
+    }
+)
 def test_a_promoted_or_rolled_back_version_serves_at_once(shelf):
     old = install_version(shelf, seed=1)
     views("s1", shelf[:3])
@@ -165,12 +214,19 @@ def test_a_promoted_or_rolled_back_version_serves_at_once(shelf):
     assert serving.recommend(session_key="s1").version_id == old.pk
 
 
-@override_settings(RECOMMENDER={"VERSION_CHECK_SECONDS": 0, "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products"})
+@override_settings(
+    RECOMMENDER={
+        "VERSION_CHECK_SECONDS": 0,
+        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
+    }
+)
 def test_a_corrupt_artifact_is_refused_and_the_previous_version_keeps_serving(shelf):
     good = install_version(shelf)
     views("s1", shelf[:3])
     assert serving.recommend(session_key="s1").version_id == good.pk
-    name = default_storage.save("recommender/models/corrupt.pt", ContentFile(b"\x80\x04not a model"))
+    name = default_storage.save(
+        "recommender/models/corrupt.pt", ContentFile(b"\x80\x04not a model")
+    )
     bad = ModelVersion.objects.create(status="ready", artifact=name)
     bad.activate()
     recs = serving.recommend(session_key="s1")
@@ -182,13 +238,17 @@ def test_similar_items_are_the_nearest_by_cosine(shelf):
     recs = serving.similar(shelf[0], limit=5)
     assert recs.source == "similar" and len(recs) == 5 and shelf[0] not in recs.items
     predictor = serving.active_model.get().predictor
-    expected = [pk for pk, _ in predictor.similar(shelf[0].pk, 10) if pk not in (shelf[30].pk, shelf[31].pk)][:5]
+    expected = [
+        pk for pk, _ in predictor.similar(shelf[0].pk, 10) if pk not in (shelf[30].pk, shelf[31].pk)
+    ][:5]
     assert [p.pk for p in recs.items] == expected
 
 
 def test_bought_together_counts_shoppers_who_bought_both(shelf):
     for shopper, basket in enumerate([[0, 1, 2], [0, 1], [0, 1, 3], [0, 2], [4, 5]]):
-        events.record_many([{"kind": "purchase", "item": shelf[i].pk} for i in basket], session_key=f"b{shopper}")
+        events.record_many(
+            [{"kind": "purchase", "item": shelf[i].pk} for i in basket], session_key=f"b{shopper}"
+        )
     recs = serving.bought_together(shelf[0], limit=5)
     # P3 was bought with P0 by one shopper only: showing it would disclose their basket.
     assert [p.pk for p in recs.items] == [shelf[1].pk, shelf[2].pk]
@@ -208,7 +268,9 @@ def test_trending_favours_what_rises_today(shelf):
     assert serving.popular(limit=2, window="trending").items[0] == shelf[1]
 
 
-@pytest.mark.parametrize("kwargs", [{"limit": 0}, {"limit": "x"}, {"limit": 10_000}, {"placement": "p" * 65}])
+@pytest.mark.parametrize(
+    "kwargs", [{"limit": 0}, {"limit": "x"}, {"limit": 10_000}, {"placement": "p" * 65}]
+)
 def test_bad_parameters_raise_bad_request(shelf, kwargs):
     with pytest.raises(serving.BadRequest):
         serving.recommend(session_key="s1", **kwargs)
@@ -219,14 +281,22 @@ def test_impressions_and_clicks_give_click_through_per_version(shelf):
     views("s1", shelf[:3])
     recs = serving.recommend(session_key="s1", limit=4, placement="home")
     serving.record_impressions([recs.recommendation_id, recs.recommendation_id, uuid.uuid4()])
-    events.record("click", recs.items[0], session_key="s1", recommendation_id=str(recs.recommendation_id), placement="home")
+    events.record(
+        "click",
+        recs.items[0],
+        session_key="s1",
+        recommendation_id=str(recs.recommendation_id),
+        placement="home",
+    )
     lists = Recommendation.objects.filter(version=version, placement="home")
     assert sum(lists.values_list("impressions", flat=True)) == 1
     assert lists.clicks().count() == 1
     assert Event.objects.get(kind="click").recommendation_id == recs.recommendation_id
 
 
-@override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10, "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products"})
+@override_settings(
+    RECOMMENDER={"ANN_MIN_ITEMS": 10, "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products"}
+)
 def test_large_catalogues_are_served_from_the_approximate_index(shelf):
     install_version(shelf)
     views("s1", shelf[:3])
@@ -235,4 +305,6 @@ def test_large_catalogues_are_served_from_the_approximate_index(shelf):
     assert loaded.index is not None and recs.source == "model" and len(recs) == 5
     exact = loaded.__class__(loaded.version_id, loaded.predictor, loaded.categories, None)
     history = serving.shopper_history(session_key="s1")
-    assert ([pk for pk, _ in loaded.top_candidates(history, 5)] == [pk for pk, _ in exact.top_candidates(history, 5)])
+    assert [pk for pk, _ in loaded.top_candidates(history, 5)] == [
+        pk for pk, _ in exact.top_candidates(history, 5)
+    ]

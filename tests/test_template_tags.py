@@ -16,12 +16,20 @@ from .serving_fixtures import install_version
 pytestmark = pytest.mark.django_db
 
 
-
 @pytest.fixture
 def shelf():
     category = Category.objects.create(name="C", slug="c")
-    products = [Product.objects.create(category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3) for i in range(12)]
-    products.append(Product.objects.create(category=category, name="<script>alert(1)</script>", slug="evil", price=1, stock=3))
+    products = [
+        Product.objects.create(
+            category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3
+        )
+        for i in range(12)
+    ]
+    products.append(
+        Product.objects.create(
+            category=category, name="<script>alert(1)</script>", slug="evil", price=1, stock=3
+        )
+    )
     install_version(products)
     return products
 
@@ -29,17 +37,25 @@ def shelf():
 def render(source, **context):
     request = RequestFactory().get("/")
     request.session = {"recommender_shopper": "s1"}
-    request.user = __import__("django.contrib.auth.models", fromlist=["AnonymousUser"]).AnonymousUser()
-    return Template("{% load recommender_tags %}" + source).render(Context({"request": request, **context}))
+    request.user = __import__(
+        "django.contrib.auth.models", fromlist=["AnonymousUser"]
+    ).AnonymousUser()
+    return Template("{% load recommender_tags %}" + source).render(
+        Context({"request": request, **context})
+    )
 
 
 def test_a_carousel_of_recommendations_carries_attribution(shelf):
     events.record_many([{"kind": "view", "item": p.pk} for p in shelf[:3]], session_key="s1")
-    html = render('{% recommended_products limit=4 placement="sidebar" as products %}'
-                  '{% product_carousel products title="For you" placement="sidebar" %}')
+    html = render(
+        '{% recommended_products limit=4 placement="sidebar" as products %}'
+        '{% product_carousel products title="For you" placement="sidebar" %}'
+    )
     recs = serving.recommend(session_key="s1", limit=4, placement="sidebar")
     assert f'data-rec-recommendation="{recs.recommendation_id}"' in html
-    assert 'data-rec-placement="sidebar"' in html and f'data-rec-version="{recs.version_id}"' in html
+    assert (
+        'data-rec-placement="sidebar"' in html and f'data-rec-version="{recs.version_id}"' in html
+    )
     assert html.count('class="rec-carousel__item"') == 4 and 'aria-label="For you"' in html
     for item in recs.items:
         assert f'data-rec-item="{item.pk}"' in html
@@ -47,13 +63,18 @@ def test_a_carousel_of_recommendations_carries_attribution(shelf):
 
 def test_product_names_are_escaped(shelf):
     # A title from a variable is escaped too (literals in templates are the author's own).
-    html = render("{% product_carousel products title=title %}", products=[shelf[-1]], title="<b>t</b>")
+    html = render(
+        "{% product_carousel products title=title %}", products=[shelf[-1]], title="<b>t</b>"
+    )
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<b>t</b>" not in html
 
 
 def test_the_store_overrides_the_item_template(shelf):
-    html = render("{% similar_products product limit=3 as items %}{% product_carousel items %}", product=shelf[0])
+    html = render(
+        "{% similar_products product limit=3 as items %}{% product_carousel items %}",
+        product=shelf[0],
+    )
     assert 'class="card' in html and "image.svg" in html  # the demo's product card
 
 
@@ -66,7 +87,7 @@ def test_a_failing_service_never_breaks_the_page(shelf, monkeypatch):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(serving, "recommend", broken)
-    html = render('{% recommended_products as products %}{% product_carousel products %}ok')
+    html = render("{% recommended_products as products %}{% product_carousel products %}ok")
     assert html.strip() == "ok"
 
 

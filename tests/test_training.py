@@ -101,7 +101,9 @@ def test_a_redelivered_task_does_nothing(history):
 
 
 def test_runs_without_heartbeat_are_failed_and_free_the_lock(db):
-    stale = ModelVersion.objects.create(status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    stale = ModelVersion.objects.create(
+        status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1)
+    )
     assert training.fail_stale_runs() == 1
     stale.refresh_from_db()
     assert stale.status == "failed" and "stopped reporting" in stale.error

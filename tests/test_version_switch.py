@@ -22,11 +22,19 @@ class Watcher:
     """A process running tests/version_watcher.py; remembers the last version it printed."""
 
     def __init__(self):
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings",
-               "RECOMMENDER_TEST_DB_NAME": connection.settings_dict["NAME"],
-               "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR)}
-        self.process = subprocess.Popen([sys.executable, "-m", "tests.version_watcher", "60"], cwd=settings.BASE_DIR,
-                                        env=env, stdout=subprocess.PIPE, text=True)
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "RECOMMENDER_TEST_DB_NAME": connection.settings_dict["NAME"],
+            "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.version_watcher", "60"],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.last = None
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -49,12 +57,18 @@ class Watcher:
 
 def test_two_processes_switch_to_a_promoted_version_within_five_seconds():
     category = Category.objects.create(name="C", slug="c")
-    products = [Product.objects.create(category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3)
-                for i in range(10)]
+    products = [
+        Product.objects.create(
+            category=category, name=f"P{i}", slug=f"p{i}", price=Decimal(1), stock=3
+        )
+        for i in range(10)
+    ]
     first = install_version(products, seed=1)
     watchers = [Watcher(), Watcher()]
     try:
-        assert all(w.wait_for(first.pk, 60) for w in watchers), "the watchers never served the first version"
+        assert all(w.wait_for(first.pk, 60) for w in watchers), (
+            "the watchers never served the first version"
+        )
         second = install_version(products, seed=2)
         promoted = time.monotonic()
         assert all(w.wait_for(second.pk, 5) for w in watchers)

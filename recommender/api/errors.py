@@ -29,9 +29,12 @@ RETRY_AFTER_SECONDS = 1
 def exception_handler(exc, context):
     if isinstance(exc, (OperationalError, InterfaceError)):
         view = context.get("view")
-        logger.warning("Database unavailable in %s (%s: %s); answered 503.",
-                       type(view).__name__ if view else "an API view", type(exc).__name__,
-                       str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "")
+        logger.warning(
+            "Database unavailable in %s (%s: %s); answered 503.",
+            type(view).__name__ if view else "an API view",
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "",
+        )
         set_rollback()
         return Response(
             {"detail": "The database is unavailable for a moment; retry shortly."},

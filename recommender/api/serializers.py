@@ -9,11 +9,19 @@ from rest_framework import serializers
 
 
 class EventInSerializer(serializers.Serializer):
-    kind = serializers.CharField(help_text="view, click, add_to_cart, remove_from_cart, purchase, or a kind the store added.")
+    kind = serializers.CharField(
+        help_text="view, click, add_to_cart, remove_from_cart, purchase, or a kind the store added."
+    )
     item = serializers.CharField(help_text="Primary key of the store's item.")
-    value = serializers.FloatField(required=False, allow_null=True, help_text="Quantity, price or rating.")
-    occurred_at = serializers.CharField(required=False, help_text="ISO 8601 with time zone, or milliseconds since the epoch.")
-    event_id = serializers.UUIDField(required=False, help_text="Client-made id; a retry with the same id is stored once.")
+    value = serializers.FloatField(
+        required=False, allow_null=True, help_text="Quantity, price or rating."
+    )
+    occurred_at = serializers.CharField(
+        required=False, help_text="ISO 8601 with time zone, or milliseconds since the epoch."
+    )
+    event_id = serializers.UUIDField(
+        required=False, help_text="Client-made id; a retry with the same id is stored once."
+    )
     placement = serializers.CharField(required=False, allow_blank=True)
     page = serializers.CharField(required=False, allow_blank=True)
     recommendation_id = serializers.UUIDField(required=False, allow_null=True)
@@ -21,12 +29,16 @@ class EventInSerializer(serializers.Serializer):
 
 class EventBatchInSerializer(serializers.Serializer):
     events = EventInSerializer(many=True, help_text="At most MAX_BATCH_SIZE (default 100) events.")
-    csrf_token = serializers.CharField(required=False, help_text="For navigator.sendBeacon, which cannot set X-CSRFToken.")
+    csrf_token = serializers.CharField(
+        required=False, help_text="For navigator.sendBeacon, which cannot set X-CSRFToken."
+    )
 
 
 class EventsStoredSerializer(serializers.Serializer):
     stored = serializers.IntegerField(help_text="Events newly stored.")
-    duplicates = serializers.IntegerField(help_text="Events already stored earlier (same event_id), skipped.")
+    duplicates = serializers.IntegerField(
+        help_text="Events already stored earlier (same event_id), skipped."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -47,15 +59,21 @@ class RecommendedItemSerializer(serializers.Serializer):
 
 
 class RecommendationListSerializer(serializers.Serializer):
-    recommendation_id = serializers.UUIDField(allow_null=True, help_text="Send it back with clicks (recommendation_id) to attribute them.")
-    model_version = serializers.IntegerField(allow_null=True, help_text="The model version that produced the list; null for popularity.")
+    recommendation_id = serializers.UUIDField(
+        allow_null=True, help_text="Send it back with clicks (recommendation_id) to attribute them."
+    )
+    model_version = serializers.IntegerField(
+        allow_null=True, help_text="The model version that produced the list; null for popularity."
+    )
     source = serializers.ChoiceField(choices=["model", "similar", "bought_together", "popular"])
     placement = serializers.CharField()
     items = RecommendedItemSerializer(many=True)
 
 
 class ImpressionsCountedSerializer(serializers.Serializer):
-    counted = serializers.IntegerField(help_text="Lists whose impressions were counted (unknown ids are skipped).")
+    counted = serializers.IntegerField(
+        help_text="Lists whose impressions were counted (unknown ids are skipped)."
+    )
 
 
 class ImpressionsInSerializer(serializers.Serializer):
@@ -82,5 +100,8 @@ def recommendation_list_as_json(recs):
         "model_version": recs.version_id,
         "source": recs.source,
         "placement": recs.placement,
-        "items": [{**item_as_json(item), "score": round(float(score), 6)} for item, score in zip(recs.items, recs.scores, strict=False)],
+        "items": [
+            {**item_as_json(item), "score": round(float(score), 6)}
+            for item, score in zip(recs.items, recs.scores, strict=False)
+        ],
     }

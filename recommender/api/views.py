@@ -56,8 +56,10 @@ class DeferredCsrfSessionScheme(SessionScheme):
     name = "sessionCookieWithCsrf"
 
     def get_security_definition(self, auto_schema):
-        return {**super().get_security_definition(auto_schema),
-                "description": "The session cookie; writes also send the CSRF token (X-CSRFToken, or csrf_token in the body)."}
+        return {
+            **super().get_security_definition(auto_schema),
+            "description": "The session cookie; writes also send the CSRF token (X-CSRFToken, or csrf_token in the body).",
+        }
 
 
 def _enforce_csrf(request, body_token=None):
@@ -149,26 +151,35 @@ class EventIngestView(SessionWriteMixin, APIView):
             response = self.get_exception_handler()(exc, self.get_exception_handler_context())
             if response is None:
                 raise
-            headers = {name: value for name, value in response.items() if name.lower() != "content-type"}
+            headers = {
+                name: value for name, value in response.items() if name.lower() != "content-type"
+            }
             return JsonResponse(response.data, status=response.status_code, headers=headers)
         return JsonResponse(data, status=status_code)
 
     def _cookie_shopper(self, request):
         return "HTTP_AUTHORIZATION" not in request.META and any(
-            issubclass(auth, SessionAuthentication) for auth in self.authentication_classes)
+            issubclass(auth, SessionAuthentication) for auth in self.authentication_classes
+        )
 
     @extend_schema(
         request={"application/json": EventBatchInSerializer},
         responses={201: EventsStoredSerializer, **WRITE_ERRORS},
-        examples=[OpenApiExample("A view", value={"events": [{"kind": "view", "item": "42"}]}, request_only=True)],
+        examples=[
+            OpenApiExample(
+                "A view", value={"events": [{"kind": "view", "item": "42"}]}, request_only=True
+            )
+        ],
         summary="Record shopper events",
         description=(
-            "One event object, a list of events, or {\"events\": [...]} (at most MAX_BATCH_SIZE). "
+            'One event object, a list of events, or {"events": [...]} (at most MAX_BATCH_SIZE). '
             "The shopper is the logged-in user or the anonymous session; a batch is stored whole or not at all."
         ),
     )
     def post(self, request):
-        data, status_code = self._ingest(request._request, token_authenticated=self._token_authenticated(request))
+        data, status_code = self._ingest(
+            request._request, token_authenticated=self._token_authenticated(request)
+        )
         return Response(data, status=status_code)
 
     def _ingest(self, request, token_authenticated=False):
@@ -180,7 +191,10 @@ class EventIngestView(SessionWriteMixin, APIView):
         try:
             result = events.record_many(items, **shopper_of(request))
         except events.EventValidationError as exc:
-            return {"detail": str(exc), "errors": {str(k): v for k, v in exc.errors.items()}}, status.HTTP_400_BAD_REQUEST
+            return {
+                "detail": str(exc),
+                "errors": {str(k): v for k, v in exc.errors.items()},
+            }, status.HTTP_400_BAD_REQUEST
         return {"stored": result.stored, "duplicates": result.duplicates}, status.HTTP_201_CREATED
 
     @staticmethod
@@ -195,7 +209,7 @@ class EventIngestView(SessionWriteMixin, APIView):
         elif isinstance(payload, dict):
             payload = [payload]
         elif not isinstance(payload, list):
-            raise ParseError("Send an event object, a list of events or {\"events\": [...]}.")
+            raise ParseError('Send an event object, a list of events or {"events": [...]}.')
         limit = recommender_settings.MAX_BATCH_SIZE
         if len(payload) > limit:
             raise ParseError(f"At most {limit} events per request, got {len(payload)}.")
@@ -209,23 +223,29 @@ class ImpressionsView(SessionWriteMixin, APIView):
 
     throttle_classes = [EventsRateThrottle]
 
-    @extend_schema(request={"application/json": ImpressionsInSerializer},
-                   responses={200: ImpressionsCountedSerializer, **WRITE_ERRORS},
-                   summary="Count impressions of recommendation lists")
+    @extend_schema(
+        request={"application/json": ImpressionsInSerializer},
+        responses={200: ImpressionsCountedSerializer, **WRITE_ERRORS},
+        summary="Count impressions of recommendation lists",
+    )
     def post(self, request):
         payload = self._read_json(request._request)
         if not isinstance(payload, dict):
-            raise ParseError("Send {\"recommendations\": [ids]}.")
+            raise ParseError('Send {"recommendations": [ids]}.')
         serializer = ImpressionsInSerializer(data=payload)
         if not serializer.is_valid():
-            return Response({"detail": "Invalid impressions.", "errors": serializer.errors}, status=400)
+            return Response(
+                {"detail": "Invalid impressions.", "errors": serializer.errors}, status=400
+            )
         self.check_csrf(request, serializer.validated_data.get("csrf_token"))
         counted = serving.record_impressions(serializer.validated_data["recommendations"])
         return Response({"counted": counted})
 
 
 LIMIT = OpenApiParameter("limit", int, description="How many items (1..MAX_LIMIT, default 10).")
-PLACEMENT = OpenApiParameter("placement", str, description="Where the list is shown (home, product, cart...).")
+PLACEMENT = OpenApiParameter(
+    "placement", str, description="Where the list is shown (home, product, cart...)."
+)
 CATEGORY = OpenApiParameter("category", str, description="Only items of this category.")
 
 
@@ -275,10 +295,17 @@ class ServingView(APIView):
 class MyRecommendationsView(ServingView):
     """The current shopper's recommendations (logged-in user, or anonymous session)."""
 
-    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY], responses={200: RecommendationListSerializer, **READ_ERRORS})
+    @extend_schema(
+        parameters=[LIMIT, PLACEMENT, CATEGORY],
+        responses={200: RecommendationListSerializer, **READ_ERRORS},
+    )
     def get(self, request):
-        return self.answer(lambda: serving.recommend(
-            **shopper_of(request._request, create=False), **self.params(request, "limit", "placement", "category")))
+        return self.answer(
+            lambda: serving.recommend(
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement", "category"),
+            )
+        )
 
 
 class CanViewShopperData(BasePermission):
@@ -290,7 +317,12 @@ class CanViewShopperData(BasePermission):
 
     def has_permission(self, request, view):
         user = request.user
-        return bool(user and user.is_authenticated and user.is_staff and user.has_perm("recommender.view_event"))
+        return bool(
+            user
+            and user.is_authenticated
+            and user.is_staff
+            and user.has_perm("recommender.view_event")
+        )
 
 
 class UserRecommendationsView(ServingView):
@@ -298,36 +330,66 @@ class UserRecommendationsView(ServingView):
 
     permission_classes = [CanViewShopperData]
 
-    @extend_schema(parameters=[LIMIT, PLACEMENT, CATEGORY],
-                   responses={200: RecommendationListSerializer, **READ_ERRORS, 403: ErrorSerializer, 404: ErrorSerializer})
+    @extend_schema(
+        parameters=[LIMIT, PLACEMENT, CATEGORY],
+        responses={
+            200: RecommendationListSerializer,
+            **READ_ERRORS,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
+    )
     def get(self, request, user_id):
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
             raise Http404("No such user.")
-        return self.answer(lambda: serving.recommend(user=user, **self.params(request, "limit", "placement", "category")))
+        return self.answer(
+            lambda: serving.recommend(
+                user=user, **self.params(request, "limit", "placement", "category")
+            )
+        )
 
 
 class SimilarItemsView(ServingView):
-    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer})
+    @extend_schema(
+        parameters=[LIMIT, PLACEMENT],
+        responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer},
+    )
     def get(self, request, item_id):
         item = self.get_item(item_id)
-        return self.answer(lambda: serving.similar(item, **self.params(request, "limit", "placement")))
+        return self.answer(
+            lambda: serving.similar(item, **self.params(request, "limit", "placement"))
+        )
 
 
 class BoughtTogetherView(ServingView):
-    @extend_schema(parameters=[LIMIT, PLACEMENT], responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer})
+    @extend_schema(
+        parameters=[LIMIT, PLACEMENT],
+        responses={200: RecommendationListSerializer, **READ_ERRORS, 404: ErrorSerializer},
+    )
     def get(self, request, item_id):
         item = self.get_item(item_id)
-        return self.answer(lambda: serving.bought_together(item, **self.params(request, "limit", "placement")))
+        return self.answer(
+            lambda: serving.bought_together(item, **self.params(request, "limit", "placement"))
+        )
 
 
 class PopularItemsView(ServingView):
     @extend_schema(
-        parameters=[LIMIT, PLACEMENT, CATEGORY, OpenApiParameter("window", str, enum=["popular", "trending"])],
+        parameters=[
+            LIMIT,
+            PLACEMENT,
+            CATEGORY,
+            OpenApiParameter("window", str, enum=["popular", "trending"]),
+        ],
         responses={200: RecommendationListSerializer, **READ_ERRORS},
     )
     def get(self, request):
-        return self.answer(lambda: serving.popular(**self.params(request, "limit", "placement", "category", "window")))
+        return self.answer(
+            lambda: serving.popular(
+                **self.params(request, "limit", "placement", "category", "window")
+            )
+        )
 
 
 def not_found(request, *args, **kwargs):

@@ -102,9 +102,14 @@ class IVFIndex:
         """
         if queries is None:
             mixed = torch.randint(len(vectors), (n_queries, 3), generator=gen)
-            weights = (torch.rand(n_queries, 3, generator=gen) < torch.tensor([1.0, 0.6, 0.3])).float()
+            weights = (
+                torch.rand(n_queries, 3, generator=gen) < torch.tensor([1.0, 0.6, 0.3])
+            ).float()
             queries = (vectors[mixed] * weights.unsqueeze(2)).sum(1) / weights.sum(1, keepdim=True)
-            queries = queries + torch.randn(n_queries, vectors.shape[1], generator=gen) * vectors.std() * 0.5
+            queries = (
+                queries
+                + torch.randn(n_queries, vectors.shape[1], generator=gen) * vectors.std() * 0.5
+            )
         queries = queries.detach().float()
         n_queries = len(queries)
         exact = torch.topk(queries @ self.vectors.T, k, dim=1).indices  # rows of self.vectors

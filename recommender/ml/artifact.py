@@ -118,7 +118,11 @@ def load_artifact(fileobj) -> Artifact:
         # torch's own message for a refused pickle advises weights_only=False: exactly what
         # must never be done with an untrusted file, so it is not passed on to operators.
         text = str(exc).strip()
-        detail = "refused by the safe loader" if "weights_only" in text else (text.splitlines() or [""])[0][:200]
+        detail = (
+            "refused by the safe loader"
+            if "weights_only" in text
+            else (text.splitlines() or [""])[0][:200]
+        )
         raise ArtifactError(
             f"not a readable model artifact (corrupt, truncated, not produced by "
             f"recommender.ml, or containing code): {type(exc).__name__}: {detail}"

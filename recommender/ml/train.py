@@ -105,8 +105,17 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
 
 def _validate(model, split: Split, config: TrainConfig, **options) -> dict:
     """Full-ranking metrics@10 on the validation part (never the test part)."""
-    return evaluate(model, split.validation, 10, "full", n_items=split.n_items, max_users=config.val_max_users,
-                    seed=config.seed, batch_size=config.eval_batch_size, **options)
+    return evaluate(
+        model,
+        split.validation,
+        10,
+        "full",
+        n_items=split.n_items,
+        max_users=config.val_max_users,
+        seed=config.seed,
+        batch_size=config.eval_batch_size,
+        **options,
+    )
 
 
 def _fit_baseline(model, split: Split, config: TrainConfig, progress) -> FitResult:

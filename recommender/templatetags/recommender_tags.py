@@ -55,8 +55,12 @@ def recommended_products(context, limit=8, placement="", category=None):
     """``{% recommended_products limit=8 placement="home" as products %}``: for this shopper."""
     from .. import serving
 
-    return _safely(lambda: serving.recommend(**_shopper(context), limit=limit, placement=placement,
-                                             category=category), "recommendations")
+    return _safely(
+        lambda: serving.recommend(
+            **_shopper(context), limit=limit, placement=placement, category=category
+        ),
+        "recommendations",
+    )
 
 
 @register.simple_tag
@@ -72,7 +76,9 @@ def bought_together(item, limit=8, placement=""):
     """``{% bought_together product as products %}``: what buyers of this item also bought."""
     from .. import serving
 
-    return _safely(lambda: serving.bought_together(item, limit=limit, placement=placement), "bought together")
+    return _safely(
+        lambda: serving.bought_together(item, limit=limit, placement=placement), "bought together"
+    )
 
 
 @register.simple_tag
@@ -80,12 +86,19 @@ def popular_products(limit=8, placement="", category=None, window="popular"):
     """``{% popular_products limit=8 as products %}``: popular or trending items."""
     from .. import serving
 
-    return _safely(lambda: serving.popular(limit=limit, placement=placement, category=category, window=window),
-                   "popular items")
+    return _safely(
+        lambda: serving.popular(limit=limit, placement=placement, category=category, window=window),
+        "popular items",
+    )
 
 
 @register.inclusion_tag("recommender/carousel.html")
-def product_carousel(products, title="Recommended for you", placement=None, item_template="recommender/carousel_item.html"):
+def product_carousel(
+    products,
+    title="Recommended for you",
+    placement=None,
+    item_template="recommender/carousel_item.html",
+):
     """An accessible, scrollable row of products carrying the recommendation's id.
 
     Override ``recommender/carousel_item.html`` in your templates to render your items.

@@ -48,7 +48,11 @@ class Product(models.Model):
     # product, refills follow a consumable. A real store would not need this.
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MAIN)
     companion = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="companions",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="companions",
         help_text="The main product an accessory fits, or the consumable a refill refills.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -57,7 +61,9 @@ class Product(models.Model):
 
     class Meta:
         ordering = ["name"]
-        indexes = [models.Index(fields=["category", "is_active"], name="catalog_product_cat_active")]
+        indexes = [
+            models.Index(fields=["category", "is_active"], name="catalog_product_cat_active")
+        ]
 
     def __str__(self):
         return self.name
@@ -67,7 +73,9 @@ class Product(models.Model):
 
 
 class Order(models.Model):
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -37,5 +37,7 @@ def product_as_json(product):
 def _product_url_formats(script_prefix):
     """The product page and image URLs with ``{}`` for the slug (slugs need no quoting)."""
     marker = "slug-marker"
-    return tuple(reverse(name, args=[marker]).replace(marker, "{}")
-                 for name in ("catalog:product", "catalog:product_image"))
+    return tuple(
+        reverse(name, args=[marker]).replace(marker, "{}")
+        for name in ("catalog:product", "catalog:product_image")
+    )

@@ -16,8 +16,12 @@ from django.conf import settings
 
 CHROMIUM = os.environ.get("RECOMMENDER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "mobile": {"width": 390, "height": 844}}
@@ -33,8 +37,10 @@ def browser():
         pytest.skip("The playwright package is not installed (pip install -r requirements.txt).")
     executable = shutil.which(CHROMIUM)
     if executable is None:
-        pytest.skip(f"No Chromium at {CHROMIUM}: install Debian's (apt-get install chromium) "
-                    "or point RECOMMENDER_CHROMIUM at one.")
+        pytest.skip(
+            f"No Chromium at {CHROMIUM}: install Debian's (apt-get install chromium) "
+            "or point RECOMMENDER_CHROMIUM at one."
+        )
     # Playwright's sync API runs an event loop in this thread while it is started, which
     # Django takes for an async context; the tests' own ORM calls are plain sync code.
     # Both last only as long as this package's tests.

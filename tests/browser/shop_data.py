@@ -26,8 +26,14 @@ from ..store_data import FAST_CONFIG
 # it, whatever the initial weights (checked over 20 seeds; fewer steps failed for some).
 BROWSER_TRAINING = {
     **FAST_CONFIG,
-    "TRAINING": {**FAST_CONFIG["TRAINING"], "batch_size": 8, "lr": 0.03, "epochs": 8, "patience": 8,
-                 "num_threads": 1},
+    "TRAINING": {
+        **FAST_CONFIG["TRAINING"],
+        "batch_size": 8,
+        "lr": 0.03,
+        "epochs": 8,
+        "patience": 8,
+        "num_threads": 1,
+    },
 }
 
 
@@ -40,7 +46,9 @@ def department_history(n_shoppers=240, length=10, seed=0):
     """Anonymous shoppers who each view (and sometimes cart) items of one category only."""
     rng = random.Random(seed)
     by_category = {}
-    for pk, category_id in Product.objects.filter(is_active=True).order_by("pk").values_list("pk", "category_id"):
+    for pk, category_id in (
+        Product.objects.filter(is_active=True).order_by("pk").values_list("pk", "category_id")
+    ):
         by_category.setdefault(category_id, []).append(pk)
     categories = sorted(by_category)
     now = timezone.now()
@@ -49,11 +57,15 @@ def department_history(n_shoppers=240, length=10, seed=0):
         items = by_category[categories[s % len(categories)]]
         last_day = rng.uniform(0.1, 10)  # ends in the last 10 days: some fall in the holdout
         for step in range(length):
-            events.append(Event(
-                event_id=uuid.uuid4(), session_key=f"history{s:05d}", item_id=rng.choice(items),
-                kind="add_to_cart" if rng.random() < 0.1 else "view",
-                occurred_at=now - timedelta(days=last_day + (length - 1 - step) * 0.7),
-            ))
+            events.append(
+                Event(
+                    event_id=uuid.uuid4(),
+                    session_key=f"history{s:05d}",
+                    item_id=rng.choice(items),
+                    kind="add_to_cart" if rng.random() < 0.1 else "view",
+                    occurred_at=now - timedelta(days=last_day + (length - 1 - step) * 0.7),
+                )
+            )
     Event.objects.bulk_create(events)
     return events
 
@@ -67,6 +79,8 @@ def train_first_version():
     import torch
 
     torch.manual_seed(0)
-    version = training.run_training(training.request_training(config=BROWSER_TRAINING, enqueue=False).pk)
+    version = training.run_training(
+        training.request_training(config=BROWSER_TRAINING, enqueue=False).pk
+    )
     assert version.status == "ready" and version.is_active, version.error or version.decision
     return version

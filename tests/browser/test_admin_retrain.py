@@ -21,7 +21,10 @@ from .conftest import check_and_capture
 from .shop_data import BROWSER_TRAINING, build_shop, department_history, train_first_version
 
 pytestmark = [
-    pytest.mark.browser, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow,
+    pytest.mark.browser,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
 ]
 
@@ -63,9 +66,27 @@ def training_worker():
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     output = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--pool", "solo", "--queues", queue,
-         "--loglevel", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"],
-        env=env, cwd=settings.BASE_DIR, stdout=output, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "shop_demo",
+            "worker",
+            "--pool",
+            "solo",
+            "--queues",
+            queue,
+            "--loglevel",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=output,
+        stderr=subprocess.STDOUT,
     )
     process.output = output
     with override_settings(RECOMMENDER={**settings.RECOMMENDER, "TRAINING_QUEUE": queue}):
@@ -97,7 +118,11 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
     with page.expect_navigation():
         page.click("input[type=submit]")
     page.click(f"a[href='{CHANGELIST}']")
-    assert page.locator("#recommender-active-version").inner_text().startswith(f"Serving: ★ v{first.pk}")
+    assert (
+        page.locator("#recommender-active-version")
+        .inner_text()
+        .startswith(f"Serving: ★ v{first.pk}")
+    )
 
     page.context.add_init_script(WATCH_PROGRESS)
     with page.expect_navigation():
@@ -115,8 +140,10 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
         if training_worker.poll() is not None:
             pytest.fail(f"The worker exited:\n{worker_output(training_worker)}")
         if time.monotonic() > deadline:
-            pytest.fail(f"v{version_id} did not finish in 180 s: {ModelVersion.objects.get(pk=version_id).progress}\n"
-                        f"{worker_output(training_worker)}")
+            pytest.fail(
+                f"v{version_id} did not finish in 180 s: {ModelVersion.objects.get(pk=version_id).progress}\n"
+                f"{worker_output(training_worker)}"
+            )
         page.wait_for_timeout(250)
     version = ModelVersion.objects.get(pk=version_id)
     assert version.status == "ready", version.error
@@ -124,7 +151,13 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
     seen = page.evaluate("window.recProgressSeen")
     assert seen[0]["status"] in ("queued", "running") and seen[0]["percent"] < 100, seen
     epochs = f"{len(version.curve)} / {BROWSER_TRAINING['TRAINING']['epochs']}"
-    assert seen[-1] == {"status": "ready", "stage": "done", "epoch": epochs, "percent": 100, "done": True}, seen
+    assert seen[-1] == {
+        "status": "ready",
+        "stage": "done",
+        "epoch": epochs,
+        "percent": 100,
+        "done": True,
+    }, seen
     percents = [s["percent"] for s in seen]
     assert percents == sorted(percents), seen
     assert not page.js_errors
@@ -135,7 +168,11 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
     assert page.locator("#recommender-progress").count() == 0
     assert page.locator("#recommender-curves svg.rec-chart").count() == 2
     assert page.locator("#recommender-offline-metrics svg.rec-chart").count() == 1
-    assert page.locator("#recommender-curves svg.rec-loss-chart circle").count() == len(version.curve) > 0
+    assert (
+        page.locator("#recommender-curves svg.rec-loss-chart circle").count()
+        == len(version.curve)
+        > 0
+    )
     assert f"v{first.pk}" in page.locator("#recommender-offline-metrics").inner_text()
     check_and_capture(page, "admin-version")
 
@@ -143,7 +180,11 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
     page.goto(CHANGELIST)
     rows = page.locator("#result_list tbody tr")
     assert rows.count() == 2
-    assert page.locator(f"#result_list a[href$='/{version_id}/change/']").inner_text().startswith(f"v{version_id}")
+    assert (
+        page.locator(f"#result_list a[href$='/{version_id}/change/']")
+        .inner_text()
+        .startswith(f"v{version_id}")
+    )
     new_row = rows.filter(has=page.locator(f"a[href$='/{version_id}/change/']"))
     assert new_row.locator(".rec-badge.rec-status-ready").count() == 1
     assert page.locator("#recommender-retrain").is_enabled()

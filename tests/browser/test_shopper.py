@@ -61,11 +61,17 @@ def test_views_of_one_category_steer_the_home_carousel_and_clicks_are_attributed
         page.goto(product.get_absolute_url())  # leaving each page flushes its view (sendBeacon)
         assert page.locator("main").get_attribute("data-rec-view") == str(product.pk)
     page.evaluate("window.recommenderTracker.flush()")  # the last page's view, without leaving
-    wait_until(lambda: Event.objects.filter(kind="view").exclude(page="").count() >= VIEWS,
-               message=f"the tracker's {VIEWS} views to be stored")
+    wait_until(
+        lambda: Event.objects.filter(kind="view").exclude(page="").count() >= VIEWS,
+        message=f"the tracker's {VIEWS} views to be stored",
+    )
     views = list(Event.objects.filter(kind="view").exclude(page="").order_by("occurred_at"))
     assert [e.item_id for e in views] == [p.pk for p in viewed]
-    assert len({e.session_key for e in views}) == 1 and views[0].session_key and views[0].user_id is None
+    assert (
+        len({e.session_key for e in views}) == 1
+        and views[0].session_key
+        and views[0].user_id is None
+    )
 
     page.goto("/")
     after = carousel(page)
@@ -74,9 +80,13 @@ def test_views_of_one_category_steer_the_home_carousel_and_clicks_are_attributed
     shown_after = Counter(item["category"] for item in after["items"])
     # The model ranks the browsed category first: the top slots, up to the placement's
     # per-category cap, are all of it, and it is shown more than before.
-    assert [item["category"] for item in after["items"][:diversity]] == [wanted] * diversity, after["items"]
+    assert [item["category"] for item in after["items"][:diversity]] == [wanted] * diversity, after[
+        "items"
+    ]
     assert shown_after[wanted] == diversity > shown_before[wanted]
-    assert not {item["pk"] for item in after["items"]} & {p.pk for p in viewed}  # seen items are not offered
+    assert not {item["pk"] for item in after["items"]} & {
+        p.pk for p in viewed
+    }  # seen items are not offered
     assert not page.js_errors
 
     check_and_capture(page, "home")
@@ -87,7 +97,9 @@ def test_views_of_one_category_steer_the_home_carousel_and_clicks_are_attributed
         first.click()
     assert page.locator("main").get_attribute("data-rec-view") == str(clicked_pk)
     page.evaluate("window.recommenderTracker.flush()")
-    click = wait_until(lambda: Event.objects.filter(kind="click").first(), message="the click event")
+    click = wait_until(
+        lambda: Event.objects.filter(kind="click").first(), message="the click event"
+    )
     assert click.item_id == clicked_pk and click.placement == "home" and click.page == "/"
     assert str(click.recommendation_id) == after["recommendation"]
     assert click.session_key == views[0].session_key

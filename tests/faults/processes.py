@@ -21,7 +21,9 @@ def _test_env(**extra):
         **os.environ,
         "RECOMMENDER_TEST_DB_NAME": connection.settings_dict["NAME"],
         "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(settings.BASE_DIR), os.environ.get("PYTHONPATH")])),
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(settings.BASE_DIR), os.environ.get("PYTHONPATH")])
+        ),
         **extra,
     }
 
@@ -37,10 +39,29 @@ class Worker:
             FAULTS_RECOMMENDER=json.dumps(recommender or {}),
         )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--pool", "solo",
-             "--queues", ",".join(queues), "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-             "--without-heartbeat", "--hostname", f"faults-{os.getpid()}-{time.monotonic_ns()}@localhost"],
-            env=env, cwd=settings.BASE_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "shop_demo",
+                "worker",
+                "--pool",
+                "solo",
+                "--queues",
+                ",".join(queues),
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "--without-heartbeat",
+                "--hostname",
+                f"faults-{os.getpid()}-{time.monotonic_ns()}@localhost",
+            ],
+            env=env,
+            cwd=settings.BASE_DIR,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def output(self):
@@ -77,13 +98,33 @@ class Gunicorn:
 
     def __init__(self, workers=2, settings_module="tests.faults.web_settings", **env):
         self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix="fault-gunicorn-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(
+            prefix="fault-gunicorn-", suffix=".log", delete=False
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "shop_demo.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "--worker-class", "sync", "--log-level", "warning",
-             "--timeout", "30", "--graceful-timeout", "5"],
-            env=_test_env(DJANGO_SETTINGS_MODULE=settings_module, **env), cwd=settings.BASE_DIR,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "shop_demo.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--worker-class",
+                "sync",
+                "--log-level",
+                "warning",
+                "--timeout",
+                "30",
+                "--graceful-timeout",
+                "5",
+            ],
+            env=_test_env(DJANGO_SETTINGS_MODULE=settings_module, **env),
+            cwd=settings.BASE_DIR,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.workers = workers
 

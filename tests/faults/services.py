@@ -52,9 +52,23 @@ class PrivateRedis:
 
     def start(self):
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--logfile",
+                os.path.join(self.dir, "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port)
         return self
@@ -105,13 +119,19 @@ class DatabaseFaults:
 
         self.name = settings_dict["NAME"]
         self.conn = psycopg.connect(
-            host=settings_dict["HOST"], port=settings_dict["PORT"], user=settings_dict["USER"],
-            password=settings_dict["PASSWORD"] or None, dbname="postgres", autocommit=True,
+            host=settings_dict["HOST"],
+            port=settings_dict["PORT"],
+            user=settings_dict["USER"],
+            password=settings_dict["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
         )
         self.terminated = 0
 
     def backends(self):
-        return self.conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [self.name]).fetchone()[0]
+        return self.conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [self.name]
+        ).fetchone()[0]
 
     def terminate(self, keep_pids=()):
         rows = self.conn.execute(
@@ -124,8 +144,11 @@ class DatabaseFaults:
     def refuse(self, refuse=True):
         from psycopg import sql
 
-        self.conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-            sql.Identifier(self.name), sql.SQL("false" if refuse else "true")))
+        self.conn.execute(
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
+                sql.Identifier(self.name), sql.SQL("false" if refuse else "true")
+            )
+        )
 
     def close(self):
         try:

@@ -56,24 +56,38 @@ class TrackerClient:
         return response.status, {"body": data, "retry_after": response.getheader("Retry-After")}
 
     def send_batch(self, number, size=10, max_tries=30):
-        events = [{"kind": "view", "item": self.items[(number * size + i) % len(self.items)],
-                   "event_id": str(uuid.uuid4())} for i in range(size)]
+        events = [
+            {
+                "kind": "view",
+                "item": self.items[(number * size + i) % len(self.items)],
+                "event_id": str(uuid.uuid4()),
+            }
+            for i in range(size)
+        ]
         self.sent_ids |= {e["event_id"] for e in events}
         body = json.dumps({"events": events}).encode()
-        headers = {"Content-Type": "application/json", "X-CSRFToken": self.cookies["csrftoken"],
-                   "Origin": self.origin, "Referer": self.referer}
+        headers = {
+            "Content-Type": "application/json",
+            "X-CSRFToken": self.cookies["csrftoken"],
+            "Origin": self.origin,
+            "Referer": self.referer,
+        }
         delay = 0.05
         for _ in range(max_tries):
             started = time.monotonic()
             status, extra = self._request("POST", "/api/recommender/events/", body, headers)
-            self.attempts.append((number, status, time.monotonic() - started, extra.get("retry_after"), started))
+            self.attempts.append(
+                (number, status, time.monotonic() - started, extra.get("retry_after"), started)
+            )
             if status == 201:
                 answer = json.loads(extra["body"])
                 self.stored += answer["stored"]
                 self.duplicates += answer["duplicates"]
                 return True
             if isinstance(status, int) and 400 <= status < 500 and status != 429:
-                raise AssertionError(f"batch {number} refused with {status}: {extra['body'][:300]!r}")
+                raise AssertionError(
+                    f"batch {number} refused with {status}: {extra['body'][:300]!r}"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
         raise AssertionError(f"batch {number} was never stored after {max_tries} tries")

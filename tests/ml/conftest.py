@@ -34,5 +34,13 @@ def chain_split():
 def small_net(split, name="cnn_dnn"):
     """A seeded net small enough to train on ``chain_split`` in a second."""
     torch.manual_seed(0)
-    return nets.build_model(name, split.n_items, split.n_kinds, dim=16, max_len=8, tower_hidden=32,
-                            dropout=0.1, emb_dropout=0.1)
+    return nets.build_model(
+        name,
+        split.n_items,
+        split.n_kinds,
+        dim=16,
+        max_len=8,
+        tower_hidden=32,
+        dropout=0.1,
+        emb_dropout=0.1,
+    )

@@ -45,7 +45,10 @@ def test_an_artifact_from_before_the_attention_summary_loads_as_the_mean_it_was_
     config = {k: v for k, v in old.config.items() if k != "summary"}  # as written before
     model, raw = saved(model_config=config, state_dict=old.state_dict())
     rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
-    assert rebuilt.summary_kind == "mean" and nets.build_model("cnn_dnn", 5, 3).summary_kind == "attention"
+    assert (
+        rebuilt.summary_kind == "mean"
+        and nets.build_model("cnn_dnn", 5, 3).summary_kind == "attention"
+    )
     x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.eval().full_sort_predict(x, k))
 

@@ -60,7 +60,9 @@ def test_encoding_is_causal_and_kind_aware(name, cfg):
         assert not torch.allclose(before, model._vectors(oldest, kinds, select))
 
 
-@pytest.mark.parametrize("name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})])
+@pytest.mark.parametrize(
+    "name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})]
+)
 def test_left_padding_does_not_change_the_shopper_vector(name, cfg):
     model = make(name, **cfg).eval()
     items, kinds = batch(b=1, length=5)
@@ -91,7 +93,9 @@ def test_fused_full_softmax_matches_autograd_cross_entropy():
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})])
+@pytest.mark.parametrize(
+    "name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})]
+)
 def test_loss_is_finite_and_sampled_mode_works(name, cfg):
     model = make(name, **cfg).train()
     items, kinds = batch()

@@ -31,16 +31,30 @@ class Command(BaseCommand):
         parser.add_argument("path", help='File to write, or "-" for standard output.')
         parser.add_argument("--since", help="Only events from this date or time on (ISO 8601).")
         parser.add_argument("--format", choices=["csv", "jsonl"], default="csv")
-        parser.add_argument("--with-user-ids", action="store_true",
-                            help="Identify shoppers by user id / session key instead of a pseudonym.")
+        parser.add_argument(
+            "--with-user-ids",
+            action="store_true",
+            help="Identify shoppers by user id / session key instead of a pseudonym.",
+        )
 
     def handle(self, *args, path, since, format, with_user_ids, verbosity, **options):
         events = Event.objects.order_by("occurred_at", "id")
         if since:
             events = events.filter(occurred_at__gte=_parse_since(since))
         columns = IDENTIFIED_COLUMNS if with_user_ids else PSEUDONYMOUS_COLUMNS
-        fields = ["user_id", "session_key", "item_id", "kind", "occurred_at", "value", "event_id", "placement"]
-        rows = events.values_list(*fields).iterator(chunk_size=recommender_settings.EXPORT_CHUNK_SIZE)
+        fields = [
+            "user_id",
+            "session_key",
+            "item_id",
+            "kind",
+            "occurred_at",
+            "value",
+            "event_id",
+            "placement",
+        ]
+        rows = events.values_list(*fields).iterator(
+            chunk_size=recommender_settings.EXPORT_CHUNK_SIZE
+        )
         to_stdout = path == "-"
         try:
             out = self.stdout if to_stdout else open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
@@ -51,8 +65,13 @@ class Command(BaseCommand):
         try:
             write = _csv_writer(out, columns) if format == "csv" else _jsonl_writer(out, columns)
             convert = _identified if with_user_ids else _pseudonymous()
-            with tqdm(total=total, unit="event", desc="export", disable=verbosity == 0 or to_stdout,
-                      dynamic_ncols=True) as bar:
+            with tqdm(
+                total=total,
+                unit="event",
+                desc="export",
+                disable=verbosity == 0 or to_stdout,
+                dynamic_ncols=True,
+            ) as bar:
                 for row in rows:
                     write(convert(*row))
                     written += 1
@@ -64,7 +83,9 @@ class Command(BaseCommand):
                 out.close()
         if not to_stdout:
             who = "user ids" if with_user_ids else "pseudonymous shoppers"
-            self.stdout.write(self.style.SUCCESS(f"Exported {written} event(s) with {who} to {path}."))
+            self.stdout.write(
+                self.style.SUCCESS(f"Exported {written} event(s) with {who} to {path}.")
+            )
 
 
 def _parse_since(text):
@@ -72,7 +93,9 @@ def _parse_since(text):
     if when is None:
         day = parse_date(text)
         if day is None:
-            raise CommandError(f"--since {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01).")
+            raise CommandError(
+                f"--since {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01)."
+            )
         when = datetime.combine(day, time.min)
     if timezone.is_naive(when):
         when = timezone.make_aware(when)
@@ -111,4 +134,3 @@ def _jsonl_writer(out, columns):
         out.write(json.dumps(dict(zip(columns, values, strict=True)), default=str) + "\n")
 
     return write
-

@@ -19,7 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("username", nargs="?", help="The user's username.")
         parser.add_argument("--user-id", type=int, help="The user's primary key.")
         parser.add_argument("--session", help="An anonymous shopper's session key.")
-        parser.add_argument("--dry-run", action="store_true", help="Only print what would be deleted.")
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Only print what would be deleted."
+        )
 
     def handle(self, *args, username, user_id, session, dry_run, **options):
         given = [v for v in (username, user_id, session) if v not in (None, "")]
@@ -33,14 +35,22 @@ class Command(BaseCommand):
             lookup = {"pk": user_id} if user_id is not None else {User.USERNAME_FIELD: username}
             user = User._default_manager.filter(**lookup).first()
             if user is None:
-                raise CommandError(f"No user with {', '.join(f'{k}={v!r}' for k, v in lookup.items())}.")
+                raise CommandError(
+                    f"No user with {', '.join(f'{k}={v!r}' for k, v in lookup.items())}."
+                )
             who = f"user {user} (id {user.pk})"
         if dry_run:
             preview = privacy.preview_forget(user=user, session_key=session_key)
             self.stdout.write(f"Would delete {preview.describe()} of {who}.")
             return
         result = privacy.forget_shopper(user=user, session_key=session_key)
-        self.stdout.write(self.style.SUCCESS(
-            f"Forgot {who}: deleted {result.describe()}; cleared cached recommendations"
-            + (f" (also of {len(result.sessions)} session key(s) they used)." if result.sessions else ".")
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Forgot {who}: deleted {result.describe()}; cleared cached recommendations"
+                + (
+                    f" (also of {len(result.sessions)} session key(s) they used)."
+                    if result.sessions
+                    else "."
+                )
+            )
+        )

@@ -82,10 +82,18 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("path", help='File to import ("-" reads standard input).')
         parser.add_argument("--format", choices=["csv", "sequence"], default="csv")
-        parser.add_argument("--start", type=int, default=1, metavar="LINE",
-                            help="Skip the lines before LINE (1-based, the header is line 1): resume a long import.")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Validate every batch exactly as an import would, then roll it back.")
+        parser.add_argument(
+            "--start",
+            type=int,
+            default=1,
+            metavar="LINE",
+            help="Skip the lines before LINE (1-based, the header is line 1): resume a long import.",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Validate every batch exactly as an import would, then roll it back.",
+        )
 
     def handle(self, *args, path, format, start, dry_run, verbosity, **options):
         if start < 1:
@@ -129,8 +137,14 @@ class Command(BaseCommand):
                 total = os.path.getsize(path)
             except OSError:
                 total = None
-        return tqdm(total=total, unit="B", unit_scale=True, desc="import", disable=self.verbosity == 0,
-                    dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc="import",
+            disable=self.verbosity == 0,
+            dynamic_ncols=True,
+        )
 
     def _lines(self, handle, bar):
         for text in handle:
@@ -144,7 +158,9 @@ class Command(BaseCommand):
             try:
                 header = [name.strip().lower() for name in next(reader)]
             except StopIteration:
-                raise CommandError(f"{path} is empty: expected a header row with {', '.join(REQUIRED_COLUMNS)}.") from None
+                raise CommandError(
+                    f"{path} is empty: expected a header row with {', '.join(REQUIRED_COLUMNS)}."
+                ) from None
             except (csv.Error, UnicodeDecodeError) as exc:
                 raise CommandError(f"{path} line 1: {exc}") from exc
             missing = [name for name in REQUIRED_COLUMNS if name not in header]
@@ -153,8 +169,15 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"{path}: the header must have the columns {', '.join(REQUIRED_COLUMNS)} "
                     f"(optionally {', '.join(OPTIONAL_COLUMNS)}); "
-                    + "; ".join(filter(None, [missing and f"missing: {', '.join(missing)}",
-                                              unknown and f"unknown: {', '.join(unknown)}"]))
+                    + "; ".join(
+                        filter(
+                            None,
+                            [
+                                missing and f"missing: {', '.join(missing)}",
+                                unknown and f"unknown: {', '.join(unknown)}",
+                            ],
+                        )
+                    )
                 )
             while True:
                 try:
@@ -187,9 +210,14 @@ class Command(BaseCommand):
         if (row.get("placement") or "").strip():
             event["placement"] = row["placement"].strip()
         event_id = (row.get("event_id") or "").strip()
-        event["event_id"] = event_id or str(uuid.uuid5(
-            IMPORT_NAMESPACE, "|".join([row["user"].strip(), event["item"], event["kind"], when.isoformat(), value])
-        ))
+        event["event_id"] = event_id or str(
+            uuid.uuid5(
+                IMPORT_NAMESPACE,
+                "|".join(
+                    [row["user"].strip(), event["item"], event["kind"], when.isoformat(), value]
+                ),
+            )
+        )
         return shopper, event, None
 
     def _shopper(self, text):
@@ -197,14 +225,14 @@ class Command(BaseCommand):
         if not text:
             return None, "user: empty."
         if text.startswith(SESSION_PREFIX):
-            key = text[len(SESSION_PREFIX):]
+            key = text[len(SESSION_PREFIX) :]
             if not key or len(key) > 40:
                 return None, "user: a session key must have 1 to 40 characters."
             return ("session", key), None
         if text not in self.users:
             User = get_user_model()
             if text.startswith(USER_ID_PREFIX):
-                lookup = {"pk": text[len(USER_ID_PREFIX):]}
+                lookup = {"pk": text[len(USER_ID_PREFIX) :]}
                 if not lookup["pk"].isdigit():
                     return None, f"user: {text!r} is not {USER_ID_PREFIX}<number>."
             else:
@@ -212,7 +240,10 @@ class Command(BaseCommand):
             self.users[text] = User._default_manager.filter(**lookup).first()
         user = self.users[text]
         if user is None:
-            return None, f"user: no user {text!r} (prefix anonymous shoppers with {SESSION_PREFIX!r})."
+            return (
+                None,
+                f"user: no user {text!r} (prefix anonymous shoppers with {SESSION_PREFIX!r}).",
+            )
         return ("user", user), None
 
     def _sequence_rows(self, path, bar):
@@ -236,13 +267,21 @@ class Command(BaseCommand):
                 user, item = fields
                 key = f"{SEQUENCE_PREFIX}{user}"
                 if len(key) > 40:
-                    yield line, None, None, f"user {user[:40]!r} is longer than {40 - len(SEQUENCE_PREFIX)} characters."
+                    yield (
+                        line,
+                        None,
+                        None,
+                        f"user {user[:40]!r} is longer than {40 - len(SEQUENCE_PREFIX)} characters.",
+                    )
                     continue
                 position = positions[user] = positions.get(user, -1) + 1
                 event = {
-                    "kind": "view", "item": item,
+                    "kind": "view",
+                    "item": item,
                     "occurred_at": now - timedelta(minutes=lengths[user] - 1 - position),
-                    "event_id": str(uuid.uuid5(IMPORT_NAMESPACE, f"sequence|{user}|{position}|{item}")),
+                    "event_id": str(
+                        uuid.uuid5(IMPORT_NAMESPACE, f"sequence|{user}|{position}|{item}")
+                    ),
                 }
                 yield line, ("session", key), event, None
 
@@ -271,7 +310,10 @@ class Command(BaseCommand):
             try:
                 result = self._record([event for _, event, _ in batch], identity)
             except EventValidationError as exc:
-                problems = [(batch[index][0], _reason(errors)) for index, errors in sorted(exc.errors.items())]
+                problems = [
+                    (batch[index][0], _reason(errors))
+                    for index, errors in sorted(exc.errors.items())
+                ]
             else:
                 self.report.stored += result.stored
                 self.report.duplicates += result.duplicates
@@ -293,9 +335,16 @@ class Command(BaseCommand):
     def _print_report(self):
         r = self.report
         verb = "Would store" if self.dry_run else "Stored"
-        summary = (f"{verb} {r.stored} event(s); {r.duplicates} duplicate(s) skipped; {r.rejected} rejected"
-                   + (f" ({r.invalid} invalid, {r.rejected_with_batch} in their batches)" if r.rejected else "")
-                   + (f"; {r.skipped} line(s) before --start skipped" if r.skipped else "") + ".")
+        summary = (
+            f"{verb} {r.stored} event(s); {r.duplicates} duplicate(s) skipped; {r.rejected} rejected"
+            + (
+                f" ({r.invalid} invalid, {r.rejected_with_batch} in their batches)"
+                if r.rejected
+                else ""
+            )
+            + (f"; {r.skipped} line(s) before --start skipped" if r.skipped else "")
+            + "."
+        )
         if not r.rejected:
             self.stdout.write(self.style.SUCCESS(summary))
             return
@@ -304,8 +353,10 @@ class Command(BaseCommand):
             self.stdout.write(f"  line {line}: {reason}")
         if r.invalid > len(r.rejects):
             self.stdout.write(f"  ... and {r.invalid - len(r.rejects)} more invalid line(s).")
-        raise CommandError(f"{r.rejected} row(s) rejected; fix the lines above and import again "
-                           "(events already stored are recognised and skipped).")
+        raise CommandError(
+            f"{r.rejected} row(s) rejected; fix the lines above and import again "
+            "(events already stored are recognised and skipped)."
+        )
 
 
 def _parse_timestamp(text):

@@ -19,8 +19,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--timeout", type=float, default=2.0, help="Seconds to wait for the broker and workers.")
-        parser.add_argument("--no-queue-check", action="store_true", help="Do not contact the broker.")
+        parser.add_argument(
+            "--timeout", type=float, default=2.0, help="Seconds to wait for the broker and workers."
+        )
+        parser.add_argument(
+            "--no-queue-check", action="store_true", help="Do not contact the broker."
+        )
 
     def handle(self, *args, timeout, no_queue_check, **options):
         self._active()
@@ -35,7 +39,9 @@ class Command(BaseCommand):
     def _active(self):
         active = ModelVersion.objects.active()
         if active is None:
-            self.stdout.write(self.style.WARNING("Active version: none (shoppers get popular items)."))
+            self.stdout.write(
+                self.style.WARNING("Active version: none (shoppers get popular items).")
+            )
             return
         valid = active.metrics.get("valid") or {}
         self.stdout.write(
@@ -52,12 +58,17 @@ class Command(BaseCommand):
         line = f"Last training: v{last.pk} {last.status} ({last.trigger}), created {_when(last.created_at)}"
         if last.duration is not None:
             line += f", took {int(last.duration.total_seconds())}s"
-        if last.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING) and last.progress:
+        if (
+            last.status in (ModelVersion.Status.QUEUED, ModelVersion.Status.RUNNING)
+            and last.progress
+        ):
             progress = last.progress
             line += f", stage {progress.get('stage')}"
             if progress.get("epochs"):
                 line += f" epoch {progress.get('epoch', 0)}/{progress['epochs']}"
-        style = self.style.ERROR if last.status == ModelVersion.Status.FAILED else (lambda text: text)
+        style = (
+            self.style.ERROR if last.status == ModelVersion.Status.FAILED else (lambda text: text)
+        )
         self.stdout.write(style(line + "."))
         if last.error:
             self.stdout.write(style(f"  error: {last.error.splitlines()[0][:300]}"))
@@ -84,10 +95,18 @@ class Command(BaseCommand):
             replies = current_app.control.inspect(timeout=timeout).active_queues() or {}
         except Exception as exc:  # noqa: BLE001
             replies = {}
-            self.stdout.write(self.style.WARNING(f"Workers: no answer ({type(exc).__name__}: {exc})."))
-        consumers = sorted(worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
+            self.stdout.write(
+                self.style.WARNING(f"Workers: no answer ({type(exc).__name__}: {exc}).")
+            )
+        consumers = sorted(
+            worker
+            for worker, queues in replies.items()
+            if any(q.get("name") == queue for q in queues or [])
+        )
         if replies:
-            self.stdout.write(f"Workers answering: {len(replies)}; consuming {queue!r}: {', '.join(consumers) or 'none'}.")
+            self.stdout.write(
+                f"Workers answering: {len(replies)}; consuming {queue!r}: {', '.join(consumers) or 'none'}."
+            )
         if not consumers:
             message = f"No worker consumes the training queue {queue!r}: training runs would wait forever."
             self.stdout.write(self.style.ERROR(message))

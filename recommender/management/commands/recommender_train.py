@@ -11,11 +11,15 @@ class Command(BaseCommand):
     help = "Train a recommender model on the stored events; promote it if it beats the active one."
 
     def add_arguments(self, parser):
-        parser.add_argument("--queue", action="store_true", help="Send the run to the Celery worker instead.")
+        parser.add_argument(
+            "--queue", action="store_true", help="Send the run to the Celery worker instead."
+        )
         parser.add_argument("--model", help="Model to train (cnn_dnn, cnn, popularity, itemknn).")
         parser.add_argument("--max-seconds", type=float, help="Training time budget.")
         parser.add_argument("--epochs", type=int, help="Most epochs to train.")
-        parser.add_argument("--if-no-active", action="store_true", help="Do nothing if a version is active.")
+        parser.add_argument(
+            "--if-no-active", action="store_true", help="Do nothing if a version is active."
+        )
 
     def handle(self, *args, queue, model, max_seconds, epochs, if_no_active, verbosity, **options):
         if if_no_active and ModelVersion.objects.active() is not None:
@@ -24,11 +28,15 @@ class Command(BaseCommand):
         config = {}
         if model:
             config["MODEL"] = model
-        overrides = {k: v for k, v in (("max_seconds", max_seconds), ("epochs", epochs)) if v is not None}
+        overrides = {
+            k: v for k, v in (("max_seconds", max_seconds), ("epochs", epochs)) if v is not None
+        }
         if overrides:
             config["TRAINING"] = {**training.recommender_settings.TRAINING, **overrides}
         try:
-            version = training.request_training(ModelVersion.Trigger.COMMAND, config=config, enqueue=queue)
+            version = training.request_training(
+                ModelVersion.Trigger.COMMAND, config=config, enqueue=queue
+            )
         except training.TrainingError as exc:
             raise CommandError(str(exc)) from exc
         if queue:
@@ -48,7 +56,9 @@ class Command(BaseCommand):
             f"HR@10 {valid.get('hr@10', 0):.4f}, coverage@10 {valid.get('coverage@10') or 0:.3f}"
         )
         for name, result in version.metrics.get("baselines", {}).items():
-            self.stdout.write(f"  baseline {name}: validation NDCG@10 {result['valid']['ndcg@10']:.4f}")
+            self.stdout.write(
+                f"  baseline {name}: validation NDCG@10 {result['valid']['ndcg@10']:.4f}"
+            )
         style = self.style.SUCCESS if version.is_active else self.style.WARNING
         self.stdout.write(style(version.decision))
 

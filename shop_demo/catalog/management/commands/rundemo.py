@@ -16,14 +16,37 @@ class Command(BaseCommand):
         parser.add_argument("--port", default="8000")
 
     def handle(self, *args, host, port, **options):
-        for folder in ("celery-broker", "celery-broker/processed", "celery-broker/control", "media"):
+        for folder in (
+            "celery-broker",
+            "celery-broker/processed",
+            "celery-broker/control",
+            "media",
+        ):
             (settings.VAR_DIR / folder).mkdir(parents=True, exist_ok=True)
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "shop_demo", "worker", "--beat",
-             "--loglevel", "INFO", "--concurrency", "1", "--queues", "celery,recommender-training",
-             "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "shop_demo",
+                "worker",
+                "--beat",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                "1",
+                "--queues",
+                "celery,recommender-training",
+                "--schedule",
+                str(settings.VAR_DIR / "celerybeat-schedule"),
+            ],
         )
-        self.stdout.write(self.style.SUCCESS(f"\n  The demo shop runs at http://{host}:{port}/  (admin: /admin/, admin/admin)\n"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\n  The demo shop runs at http://{host}:{port}/  (admin: /admin/, admin/admin)\n"
+            )
+        )
         try:
             call_command("runserver", f"{host}:{port}", use_reloader=False)
         finally:
