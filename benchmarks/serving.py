@@ -657,15 +657,13 @@ def model_share(args, model, data, bar):
                 served += len(set(a) & set(b))
             out["served_recall_at_10"] = served / (LIMIT * len(cases))
             # Three kinds of query vector, one index: what the served model makes; the model's
-            # own history summary (the DNN branch: a kind-weighted mean of the history's item
-            # vectors, near what a trained tower outputs); item-like vectors as the index's
+            # own history summary (the DNN branch's input to the tower: attention over, or a
+            # kind-weighted mean of, the history's events, near what a trained tower outputs); item-like vectors as the index's
             # nprobe tuning makes them (an item plus noise).
             summaries = []
             for history, _ in cases:
                 item_seq, kind_seq, _seen = predictor.encode(history)
-                select = torch.zeros_like(item_seq, dtype=torch.bool)
-                select[:, -1] = True
-                summaries.append(predictor.model._summary(item_seq, kind_seq, select)[0])
+                summaries.append(predictor.model.history_summary(item_seq, kind_seq)[0])
             gen = torch.Generator().manual_seed(args.seed + 11)
             real = items[1:]
             picks = torch.randint(len(real), (len(cases),), generator=gen)
@@ -1094,7 +1092,7 @@ def render(args, results, started, elapsed, load_before):
         add("|---|---:|" + "---|" * len(nprobes))
         labels = {
             "shopper": "shopper vectors of the served model (random CNN + tower)",
-            "summary": "the model's history summary (DNN branch: kind-weighted mean of history items)",
+            "summary": "the model's history summary (the DNN branch's input to the tower)",
             "item_like": "item + noise (reference)",
         }
         for name, curve in recall.items():
