@@ -409,12 +409,13 @@ def smoke_output(name):
     return str(out / f"{name}.md")
 
 
-def smoke_user_item_file(shoppers=2000, items=300, seed=0):
+def smoke_user_item_file(shoppers=1000, items=300, seed=0):
     """A small ``user item`` file (the Beauty format) for the offline benchmarks' smoke runs:
     shoppers browse within a few item groups, so that the models have something to learn."""
     import random
 
-    path = Path(tempfile.gettempdir()) / "recommender-bench-smoke" / f"user-item-{seed}.txt"
+    name = f"user-item-{shoppers}-{items}-{seed}.txt"
+    path = Path(tempfile.gettempdir()) / "recommender-bench-smoke" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = random.Random(seed)
