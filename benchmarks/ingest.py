@@ -18,6 +18,7 @@ disturbed by other work on the machine than the wall-clock rates.
     .venv/bin/python -m benchmarks.ingest [--events 50000] [--requests 3000]
         [--concurrency 4] [--database-url postgres://postgres@127.0.0.1:5432/recommender_bench]
         [--worker-class sync,gthread] [--throttle-rate none] [--skip-http | --skip-record-many]
+        [--smoke]  (tiny sizes, seconds; the report goes to a temporary directory)
 
 It creates and migrates the database, seeds a catalogue when there is none, empties the
 events and sessions tables of that (benchmark-only) database, and writes the table to

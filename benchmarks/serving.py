@@ -45,6 +45,7 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
 
     .venv/bin/python -m benchmarks.serving [--sizes demo,54542,1000000] [--requests 400]
         [--clients 1,8] [--rounds 3]
+        [--smoke]  (one 2,000-item catalogue served from the index, tiny counts, seconds)
 
 Each size runs in its own Python process (one Django settings/database per process); the
 table is printed and written to benchmarks/results/serving.md.

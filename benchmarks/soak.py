@@ -17,6 +17,7 @@ growth under 10 %). Prints the table and writes benchmarks/results/soak.md.
 
     .venv/bin/python -m benchmarks.soak [--minutes 10] [--rate 20] [--clients 4]
         [--database-url postgres://postgres@127.0.0.1:5432/recommender_soak] [--redis-url URL]
+        [--smoke]  (a small store in recommender_soak_smoke, 18 s of traffic)
 
 The database is created, migrated and seeded (``seed_demo``) when empty; it is a
 benchmark-only database. Each run first trains a deliberately weak version (one epoch at
