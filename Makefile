@@ -1,6 +1,8 @@
 # Two commands set everything up on a bare machine with Python 3.11:
 #   make demo   virtualenv, install, migrate SQLite, seed the demo shop, train, serve
 #   make test   the whole test suite (PostgreSQL and Redis used when reachable)
+#   make lint   ruff: formatting and lint rules (CI runs it before the tests)
+#   make benchmarks   every benchmark's --smoke run (seconds each; reports under $TMPDIR)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -30,7 +32,15 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser" -x
 
 lint: install
-	$(BIN)/ruff check recommender shop_demo tests benchmarks
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+# Tiny sizes through each benchmark's real code, to see that they still run. The real runs
+# (README "Benchmarks") take minutes each and write benchmarks/results/.
+benchmarks: install
+	for name in quality train_step ingest serving soak; do \
+	  $(BIN)/python -m benchmarks.$$name --smoke || exit 1; \
+	done
 
 clean:
 	rm -rf var .pytest_cache

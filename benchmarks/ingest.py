@@ -18,6 +18,7 @@ disturbed by other work on the machine than the wall-clock rates.
     .venv/bin/python -m benchmarks.ingest [--events 50000] [--requests 3000]
         [--concurrency 4] [--database-url postgres://postgres@127.0.0.1:5432/recommender_bench]
         [--worker-class sync,gthread] [--throttle-rate none] [--skip-http | --skip-record-many]
+        [--smoke]  (tiny sizes, seconds; the report goes to a temporary directory)
 
 It creates and migrates the database, seeds a catalogue when there is none, empties the
 events and sessions tables of that (benchmark-only) database, and writes the table to
@@ -26,35 +27,36 @@ benchmarks/results/ingest.md.
 
 import argparse
 import datetime as dt
-import multiprocessing
 import os
 import platform
-import queue
 import random
 import secrets
 import shlex
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import loadclient  # noqa: E402
+from benchmarks import harness, loadclient
+from benchmarks.harness import cpu_delta, percentile, proc_cpu, proc_cpu_seconds
 
 SETTINGS_MODULE = "benchmarks.bench_site.settings"
-RESULTS = ROOT / "benchmarks" / "results" / "ingest.md"
+RESULTS = harness.ROOT / "benchmarks" / "results" / "ingest.md"
 BATCH = 100
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+# --smoke: tiny sizes through the same code, in seconds (the test suite runs it).
+SMOKE = dict(
+    events=1000,
+    requests=24,
+    batch_requests=4,
+    concurrency=2,
+    rounds=1,
+    products=200,
+    time_limit=60.0,
+    worker_class="sync",
+)
 
 
 def parse_args(argv=None):
@@ -119,8 +121,16 @@ def parse_args(argv=None):
     parser.add_argument(
         "--profile", action="store_true", help="cProfile record_many and print the top functions"
     )
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--output", default=None, help=f"report file (default {RESULTS})")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds: checks that the benchmark runs"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)  # explicit options still win over the smoke sizes
+    if args.output is None:
+        args.output = harness.smoke_output("ingest") if args.smoke else str(RESULTS)
     if args.batch_requests is None:
         args.batch_requests = max(args.requests // 10, args.concurrency * args.rounds)
     args.worker_classes = [w.strip() for w in args.worker_class.split(",") if w.strip()]
@@ -134,30 +144,16 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------- set-up
 
 
-def ensure_database(url):
-    """Create the benchmark database when missing (connecting to the server's ``postgres`` db)."""
-    import psycopg
-    from psycopg import sql
-
-    parts = urlparse(url)
-    name = parts.path.lstrip("/")
-    admin = parts._replace(path="/postgres").geturl()
-    with psycopg.connect(admin, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
 def setup_django(args):
-    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
-    os.environ["DATABASE_URL"] = args.database_url
-    os.environ["REDIS_URL"] = args.redis_url
-    os.environ["BENCH_EVENTS_THROTTLE_RATE"] = args.throttle_rate
-    os.environ["DJANGO_DEBUG"] = "0"
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", interactive=False, verbosity=0)
+    harness.setup_django(
+        {
+            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+            "DATABASE_URL": args.database_url,
+            "REDIS_URL": args.redis_url,
+            "BENCH_EVENTS_THROTTLE_RATE": args.throttle_rate,
+            "DJANGO_DEBUG": "0",
+        }
+    )
 
 
 def seed_catalogue(n_products):
@@ -214,73 +210,6 @@ def event_count():
     return Event.objects.count()
 
 
-# ---------------------------------------------------------------- CPU accounting
-
-
-def proc_cpu(pids):
-    """{pid: CPU seconds (user + system)} of the processes still alive."""
-    seconds = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            seconds[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-        except (OSError, IndexError, ValueError):
-            pass
-    return seconds
-
-
-def proc_cpu_seconds(pids):
-    return sum(proc_cpu(pids).values())
-
-
-def cpu_delta(before, after):
-    """CPU used between two ``proc_cpu`` readings; a process that exited in between is not counted."""
-    return sum(max(0.0, seconds - before.get(pid, 0.0)) for pid, seconds in after.items())
-
-
-def children_of(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def postgres_backends(exclude_self=True):
-    """PIDs of the server processes serving the benchmark database (same machine only)."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            + (" AND pid <> pg_backend_pid()" if exclude_self else "")
-        )
-        return [row[0] for row in cursor.fetchall()]
-
-
-def own_backend_pid():
-    from django.db import connection
-
-    connection.ensure_connection()
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()")
-        return cursor.fetchone()[0]
-
-
-def redis_pids():
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "redis-server":
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
 # ---------------------------------------------------------------- part 1: record_many
 
 
@@ -333,7 +262,7 @@ def bench_record_many(args, items, progress):
     warm = 3
     rm_batches = [as_payload(rows) for rows in make_rows(rng, items, args.events + warm * BATCH)]
     raw_batches = make_rows(rng, items, args.events + warm * BATCH)
-    pg_pid = own_backend_pid()
+    pg_pid = harness.own_backend_pid()
 
     def run_record_many(batches):
         for session, events in batches:
@@ -414,158 +343,22 @@ class _TqdmStream:
 # ---------------------------------------------------------------- part 2: HTTP
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    """gunicorn serving the demo store in its own process group, always stopped on exit."""
-
-    def __init__(self, args, worker_class):
-        self.args, self.worker_class = args, worker_class
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(
-            prefix="bench-gunicorn-", suffix=".log", delete=False
-        )
-        self.proc = None
-
-    def command(self):
-        cmd = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "shop_demo.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{self.port}",
-            "--workers",
-            str(self.args.workers),
-            "--worker-class",
-            self.worker_class,
-            "--log-level",
-            "warning",
-            "--timeout",
-            "60",
-            "--graceful-timeout",
-            "5",
-        ]
-        if self.worker_class == "gthread":
-            cmd += ["--threads", str(self.args.threads)]
-        return cmd
-
-    def start(self):
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
-            "DATABASE_URL": self.args.database_url,
-            "REDIS_URL": self.args.redis_url,
-            "BENCH_EVENTS_THROTTLE_RATE": self.args.throttle_rate,
-            "DJANGO_DEBUG": "0",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        }
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{self.port}/bench/ping/"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200 and len(self.worker_pids()) >= self.args.workers:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn not ready after 60 s:\n{self.log_tail()}")
-
-    def worker_pids(self):
-        return children_of(self.proc.pid) if self.proc else []
-
-    def log_tail(self, lines=30):
-        try:
-            return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-
-class ClientPool:
-    """``concurrency`` spawned client processes, fed jobs over queues, always stopped on exit."""
-
-    def __init__(self, concurrency):
-        ctx = multiprocessing.get_context("spawn")
-        self.jobs = [ctx.Queue() for _ in range(concurrency)]
-        self.results = ctx.Queue()
-        self.progress = ctx.Queue()
-        self.procs = [
-            ctx.Process(
-                target=loadclient.client_main, args=(jobs, self.results, self.progress), daemon=True
-            )
-            for jobs in self.jobs
-        ]
-        for proc in self.procs:
-            proc.start()
-
-    def run(self, jobs, bar, timeout):
-        for q, job in zip(self.jobs, jobs, strict=True):
-            q.put(job)
-        results, deadline = [], time.monotonic() + timeout
-        while len(results) < len(jobs):
-            if time.monotonic() > deadline:
-                raise RuntimeError("load clients did not finish in time")
-            self._drain(bar)
-            try:
-                result = self.results.get(timeout=0.1)
-            except queue.Empty:
-                if not all(p.is_alive() for p in self.procs):
-                    raise RuntimeError("a load client process died") from None
-                continue
-            if "fatal" in result:
-                raise RuntimeError(f"load client failed: {result['fatal']}")
-            results.append(result)
-        self._drain(bar)
-        return results
-
-    def _drain(self, bar):
-        while True:
-            try:
-                bar.update(self.progress.get_nowait())
-            except queue.Empty:
-                return
-
-    def stop(self):
-        for q in self.jobs:
-            try:
-                q.put(None)
-            except (OSError, ValueError):
-                pass
-        for proc in self.procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
+def start_server(args, worker_class):
+    """gunicorn serving the benchmark store, ready (every worker forked and answering)."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+        "DATABASE_URL": args.database_url,
+        "REDIS_URL": args.redis_url,
+        "BENCH_EVENTS_THROTTLE_RATE": args.throttle_rate,
+        "DJANGO_DEBUG": "0",
+    }
+    server = harness.Gunicorn(env, args.workers, worker_class, args.threads, timeout=60)
+    try:
+        return server.wait_ready("/bench/ping/")
+    except BaseException:
+        server.stop()
+        raise
 
 
 SCENARIOS = [
@@ -578,9 +371,8 @@ SCENARIOS = [
 
 def bench_http(args, items, clients, worker_class, time_limit, progress_factory):
     """All scenarios against one gunicorn, interleaved in rounds; stops early at ``time_limit``."""
-    server = Gunicorn(args, worker_class)
+    server = start_server(args, worker_class)
     try:
-        server.start()
         counts = {
             key: args.requests if batch == 1 else args.batch_requests
             for key, _, _, batch, _ in SCENARIOS
@@ -634,11 +426,11 @@ def bench_http(args, items, clients, worker_class, time_limit, progress_factory)
             }
             for key, *_ in SCENARIOS
         }
-        totals["_meta"] = {"command": server.command(), "cut": False}
+        totals["_meta"] = {"command": server.command, "cut": False}
         bar = progress_factory(
             total=sum(per_round[k] * args.rounds for k in counts), desc=f"{worker_class} HTTP"
         )
-        redis = redis_pids()
+        redis = harness.redis_pids()
         keys = [s[0] for s in SCENARIOS]
         for r in range(args.rounds):
             order = keys[r % len(keys) :] + keys[: r % len(keys)]
@@ -648,13 +440,17 @@ def bench_http(args, items, clients, worker_class, time_limit, progress_factory)
                     totals["_meta"]["cut"] = True
                     break
                 workers = server.worker_pids()
-                cpu0 = (proc_cpu(workers), proc_cpu(postgres_backends()), proc_cpu(redis))
+                cpu0 = (
+                    proc_cpu(workers),
+                    proc_cpu(harness.postgres_backends()),
+                    proc_cpu(redis),
+                )
                 before = event_count()
                 results = clients.run(jobs_for(key, per_round[key], remaining), bar, remaining + 30)
                 stored = event_count() - before
                 cpu1 = (
                     proc_cpu(set(workers) | set(server.worker_pids())),
-                    proc_cpu(set(cpu0[1]) | set(postgres_backends())),
+                    proc_cpu(set(cpu0[1]) | set(harness.postgres_backends())),
                     proc_cpu(redis),
                 )
                 total = totals[key]
@@ -688,29 +484,19 @@ def bench_http(args, items, clients, worker_class, time_limit, progress_factory)
 # ---------------------------------------------------------------- report
 
 
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
 def render(args, part1, part2, started, elapsed, load_before):
     lines = []
     add = lines.append
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     argv = [shlex.quote(a) for a in sys.argv[1:]]
     add("# Ingest benchmark")
     add("")
     add(
-        f"- run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s, commit {commit or '?'}, "
-        f"{os.cpu_count()} CPU cores shared with other work; load average before/after: {load_before} / {_loadavg()}"
+        f"- run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s, commit {harness.git_commit()}, "
+        f"{os.cpu_count()} CPU cores shared with other work; load average before/after: {load_before} / {harness.loadavg()}"
     )
     add(f"- command: `{' '.join(['.venv/bin/python -m benchmarks.ingest', *argv])}`")
     add(
-        f"- Python {platform.python_version()}, Django {_version('django')}, PostgreSQL at {_redact(args.database_url)}, "
+        f"- Python {platform.python_version()}, Django {_version('django')}, PostgreSQL at {harness.redact(args.database_url)}, "
         f"Redis at {args.redis_url}"
     )
     add(
@@ -821,13 +607,6 @@ def render(args, part1, part2, started, elapsed, load_before):
     return "\n".join(lines)
 
 
-def _loadavg():
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def _version(module):
     try:
         return __import__(module).get_version()
@@ -835,25 +614,18 @@ def _version(module):
         return "?"
 
 
-def _redact(url):
-    parts = urlparse(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
-    return parts.geturl()
-
-
 def main(argv=None):
     args = parse_args(argv)
     from tqdm import tqdm
 
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
-    load_before = _loadavg()
+    load_before = harness.loadavg()
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    ensure_database(args.database_url)
+    harness.ensure_database(args.database_url)
     setup_django(args)
     items = seed_catalogue(args.products)
     reset_events()
@@ -864,7 +636,7 @@ def main(argv=None):
         ) as bar:
             part1 = bench_record_many(args, items, bar)
     if not args.skip_http:
-        clients = ClientPool(args.concurrency)
+        clients = harness.ClientPool(args.concurrency)
         try:
             limit_end = time.monotonic() + args.time_limit
             for i, worker_class in enumerate(args.worker_classes):

@@ -10,8 +10,10 @@ history at test time includes the validation item. ``--refit-baselines`` instead
 the baselines on all test-time inputs (training + validation events) after their grid,
 which favours them: the nets are not retrained on validation events.
 
-    python benchmarks/quality.py --seed 0 --max-train-minutes 20 \\
+    python -m benchmarks.quality --seed 0 --max-train-minutes 20 \\
         --models popularity,itemknn,als,cnn,cnn_dnn
+
+``--smoke`` runs every model on a small synthetic file with tiny budgets (seconds).
 
 Prints one table and writes it to benchmarks/results/quality.md.
 """
@@ -32,10 +34,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
+from benchmarks import harness  # noqa: E402
 from recommender.ml import baselines, data, metrics, nets, train  # noqa: E402
+
+ROOT = harness.ROOT
 
 DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "Beauty.txt"
 ALL_MODELS = ("popularity", "itemknn", "als", "cnn", "cnn_dnn")
@@ -278,7 +280,20 @@ def main(argv=None):
     ap.add_argument("--net-config", default=None, help="JSON overrides for the nets")
     ap.add_argument("--train-config", default=None, help="JSON overrides for TrainConfig")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny data and budgets, seconds: checks that it runs"
+    )
     args = ap.parse_args(argv)
+    if args.smoke:  # explicit options still win over the smoke sizes
+        ap.set_defaults(
+            data=harness.smoke_user_item_file(),
+            max_train_minutes=0.05,
+            train_config='{"epochs": 2}',
+            blend=True,
+            threads=1,
+            out=harness.smoke_output("quality"),
+        )
+        args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -347,7 +362,7 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
 
-    cmd = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -45,6 +45,7 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
 
     .venv/bin/python -m benchmarks.serving [--sizes demo,54542,1000000] [--requests 400]
         [--clients 1,8] [--rounds 3]
+        [--smoke]  (one 2,000-item catalogue served from the index, tiny counts, seconds)
 
 Each size runs in its own Python process (one Django settings/database per process); the
 table is printed and written to benchmarks/results/serving.md.
@@ -69,14 +70,27 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import ingest  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import ROOT, cpu_delta, loadavg, percentile, proc_cpu
+from benchmarks.loadclient import LOOPBACK
 
 SETTINGS_MODULE = "benchmarks.bench_site.settings"
 RESULTS = ROOT / "benchmarks" / "results" / "serving.md"
+# --smoke: one small synthetic catalogue served from the IVF index (ANN_MIN_ITEMS lowered),
+# tiny request counts; the same code in seconds (the test suite runs it).
+SMOKE = dict(
+    sizes="2000",
+    ann_min_items=1000,
+    requests=6,
+    rounds=2,
+    clients="1,2",
+    shoppers=40,
+    events_per_shopper=10,
+    model_queries=10,
+    workers=1,
+    time_limit=60.0,
+    worker_timeout=120,
+)
 BEAUTY_ITEMS = 54_542
 MODEL_HEADER, SERVICE_HEADER, GC_HEADER = "X-Bench-Model-Ms", "X-Bench-Service-Ms", "X-Bench-GC-Ms"
 LIMIT = 10
@@ -154,6 +168,12 @@ def parse_args(argv=None):
         ),
         help="SHOP_VAR_DIR of the served store: crafted artifacts are kept here between runs",
     )
+    parser.add_argument(
+        "--ann-min-items",
+        type=int,
+        default=None,
+        help="the served store's ANN_MIN_ITEMS (default: the app's setting)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--time-limit",
@@ -161,11 +181,19 @@ def parse_args(argv=None):
         default=300.0,
         help="seconds per size for the HTTP part (default 300)",
     )
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--output", default=None, help=f"report file (default {RESULTS})")
     parser.add_argument("--json", help="also write the raw results (JSON) to this path")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds: checks that the benchmark runs"
+    )
     parser.add_argument("--one-size", help=argparse.SUPPRESS)
     parser.add_argument("--result-json", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)  # explicit options still win over the smoke sizes
+    if args.output is None:
+        args.output = harness.smoke_output("serving") if args.smoke else str(RESULTS)
     args.size_list = [s.strip() for s in args.sizes.split(",") if s.strip()]
     for size in args.size_list:
         if size != "demo" and not size.isdigit():
@@ -181,7 +209,7 @@ def parse_args(argv=None):
         )
     if urlparse(args.database_url).scheme not in ("postgres", "postgresql"):
         parser.error("--database-url must be a PostgreSQL URL")
-    if urlparse(args.redis_url).hostname not in ingest.loadclient.LOOPBACK:
+    if urlparse(args.redis_url).hostname not in LOOPBACK:
         parser.error("--redis-url must be on this machine")
     return args
 
@@ -194,37 +222,33 @@ def size_database_url(base, size):
 # ================================================================ one size (child process)
 
 
-class ServingGunicorn(ingest.Gunicorn):
-    """The ingest benchmark's gunicorn, with a worker timeout long enough to load the model."""
-
-    def __init__(self, args, timeout):
-        super().__init__(args, "sync")
-        self.timeout = timeout
-
-    def command(self):
-        cmd = super().command()
-        cmd[cmd.index("--timeout") + 1] = str(self.timeout)
-        return cmd
+def start_server(args):
+    """gunicorn serving this size's store (the environment ``setup_django`` made), with a
+    worker timeout long enough to load the model; ready once every worker answers."""
+    server = harness.Gunicorn(dict(os.environ), args.workers, timeout=args.worker_timeout)
+    try:
+        return server.wait_ready("/bench/ping/")
+    except BaseException:
+        server.stop()
+        raise
 
 
 def setup_django(args, size, database_url):
-    os.environ.update(
-        DJANGO_SETTINGS_MODULE=SETTINGS_MODULE,
-        DATABASE_URL=database_url,
-        REDIS_URL=args.redis_url,
-        SHOP_VAR_DIR=str(Path(args.var_dir) / size),
-        BENCH_EVENTS_THROTTLE_RATE="1000000/min",
-        BENCH_API_THROTTLE_RATE=args.api_throttle_rate,
-        BENCH_MODEL_TIMING="1",
-        DJANGO_DEBUG="0",
-        RECOMMENDER_LOG_LEVEL="WARNING",
-    )
-    Path(os.environ["SHOP_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", interactive=False, verbosity=0)
+    env = {
+        "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": args.redis_url,
+        "SHOP_VAR_DIR": str(Path(args.var_dir) / size),
+        "BENCH_EVENTS_THROTTLE_RATE": "1000000/min",
+        "BENCH_API_THROTTLE_RATE": args.api_throttle_rate,
+        "BENCH_MODEL_TIMING": "1",
+        "DJANGO_DEBUG": "0",
+        "RECOMMENDER_LOG_LEVEL": "WARNING",
+    }
+    if args.ann_min_items is not None:
+        env["BENCH_ANN_MIN_ITEMS"] = str(args.ann_min_items)
+    Path(env["SHOP_VAR_DIR"]).mkdir(parents=True, exist_ok=True)
+    harness.setup_django(env)
 
 
 def prepare_data(args, size, bar):
@@ -330,8 +354,7 @@ def wait_for_workers(server, workers, timeout):
             errors.append(repr(exc))
 
     while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited while loading the model:\n{server.log_tail()}")
+        server.check_alive("loading the model")
         pids = set(server.worker_pids())
         if len(pids) >= workers and pids <= set(ready):
             return [ready[pid] for pid in sorted(pids)]
@@ -341,10 +364,8 @@ def wait_for_workers(server, workers, timeout):
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if errors and len(errors) > 20:
-            raise RuntimeError(
-                f"workers did not load the model: {errors[-3:]}\n{server.log_tail()}"
-            )
-    raise RuntimeError(f"workers not ready after {timeout} s:\n{server.log_tail()}")
+            raise RuntimeError(f"workers did not load the model: {errors[-3:]}\n{server.tail()}")
+    raise RuntimeError(f"workers not ready after {timeout} s:\n{server.tail()}")
 
 
 class Workload:
@@ -447,9 +468,9 @@ def run_scenario(pool, server, workload, key, n, clients, deadline_s, bar, measu
     if measure:
         workers = server.worker_pids()
         cpu0 = (
-            ingest.proc_cpu(workers),
-            ingest.proc_cpu(ingest.postgres_backends()),
-            ingest.proc_cpu(ingest.redis_pids()),
+            proc_cpu(workers),
+            proc_cpu(harness.postgres_backends()),
+            proc_cpu(harness.redis_pids()),
         )
         lists0 = recommendation_lists()
     results = pool.run(jobs, bar, deadline_s + 60)
@@ -457,9 +478,9 @@ def run_scenario(pool, server, workload, key, n, clients, deadline_s, bar, measu
         return None
     lists = recommendation_lists() - lists0
     cpu1 = (
-        ingest.proc_cpu(set(workers) | set(server.worker_pids())),
-        ingest.proc_cpu(set(cpu0[1]) | set(ingest.postgres_backends())),
-        ingest.proc_cpu(ingest.redis_pids()),
+        proc_cpu(set(workers) | set(server.worker_pids())),
+        proc_cpu(set(cpu0[1]) | set(harness.postgres_backends())),
+        proc_cpu(harness.redis_pids()),
     )
     out = {
         "latencies": [x for r in results for x in r["latencies"]],
@@ -474,7 +495,7 @@ def run_scenario(pool, server, workload, key, n, clients, deadline_s, bar, measu
         "cpu": {"client": sum(r["cpu_s"] for r in results)},
     }
     for name, before, after in zip(("gunicorn", "postgres", "redis"), cpu0, cpu1, strict=True):
-        out["cpu"][name] = ingest.cpu_delta(before, after)
+        out["cpu"][name] = cpu_delta(before, after)
     for r in results:
         out["errors"] += r["errors"]
         for status, count in r["statuses"].items():
@@ -488,7 +509,7 @@ def bench_http(args, server, workload, clients, deadline, progress):
     """All scenarios for one client count, interleaved in rounds (order rotates)."""
     keys = list(SCENARIOS) if clients == 1 else list(CONCURRENT_SCENARIOS)
     per_round = max(clients, args.requests // args.rounds)
-    pool = ingest.ClientPool(clients)
+    pool = harness.ClientPool(clients)
     try:
         warm_n = max(2 * clients, 20)
         bar = progress(total=warm_n * len(keys), desc=f"{clients} client(s): warm-up")
@@ -546,14 +567,6 @@ def bench_http(args, server, workload, clients, deadline, progress):
         return {key: summarize(key, t) for key, t in totals.items()} | {"_cut": cut}
     finally:
         pool.stop()
-
-
-def percentile(values, q):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def summarize(key, t):
@@ -657,15 +670,13 @@ def model_share(args, model, data, bar):
                 served += len(set(a) & set(b))
             out["served_recall_at_10"] = served / (LIMIT * len(cases))
             # Three kinds of query vector, one index: what the served model makes; the model's
-            # own history summary (the DNN branch: a kind-weighted mean of the history's item
-            # vectors, near what a trained tower outputs); item-like vectors as the index's
+            # own history summary (the DNN branch's input to the tower: attention over, or a
+            # kind-weighted mean of, the history's events, near what a trained tower outputs); item-like vectors as the index's
             # nprobe tuning makes them (an item plus noise).
             summaries = []
             for history, _ in cases:
                 item_seq, kind_seq, _seen = predictor.encode(history)
-                select = torch.zeros_like(item_seq, dtype=torch.bool)
-                select[:, -1] = True
-                summaries.append(predictor.model._summary(item_seq, kind_seq, select)[0])
+                summaries.append(predictor.model.history_summary(item_seq, kind_seq)[0])
             gen = torch.Generator().manual_seed(args.seed + 11)
             real = items[1:]
             picks = torch.randint(len(real), (len(cases),), generator=gen)
@@ -768,7 +779,7 @@ def run_size(args, size):
 
     database_url = size_database_url(args.database_url, size)
     result = {"size": size, "database": database_url, "load_before": loadavg()}
-    ingest.ensure_database(database_url)
+    harness.ensure_database(database_url)
     setup_django(args, size, database_url)
     steps = tqdm(
         total=6, desc=f"{size}: set-up", unit="step"
@@ -785,20 +796,12 @@ def run_size(args, size):
     reset_serving_state(data)
     steps.update(1)
 
-    server_args = SimpleNamespace(
-        workers=args.workers,
-        threads=1,
-        database_url=database_url,
-        redis_url=args.redis_url,
-        throttle_rate="1000000/min",
-    )
-    server = ServingGunicorn(server_args, args.worker_timeout)
+    steps.set_description(f"{size}: gunicorn up, workers load the model")
+    server = start_server(args)
     pidfile = os.environ.get("BENCH_SERVING_PIDFILE")
     try:
-        steps.set_description(f"{size}: gunicorn up, workers load the model")
-        server.start()
         if pidfile:
-            Path(pidfile).write_text(str(server.proc.pid))
+            Path(pidfile).write_text(str(server.pid))
         t0 = time.monotonic()
         loaded = {}
         warm = threading.Thread(
@@ -811,7 +814,7 @@ def run_size(args, size):
         model = load_in_process(data.version)  # meanwhile: the same code as the workers
         warm.join(args.worker_timeout)
         if "workers" not in loaded:
-            raise RuntimeError(f"workers did not load the model:\n{server.log_tail()}")
+            raise RuntimeError(f"workers did not load the model:\n{server.tail()}")
         result["workers"] = loaded["workers"]
         result["worker_load_s"] = round(time.monotonic() - t0, 1)
         steps.update(1)
@@ -833,7 +836,7 @@ def run_size(args, size):
                 lambda **kw: tqdm(unit="req", leave=False, **kw),
             )
         result["reused_items"] = workload.reused_items
-        result["server_command"] = server.command()[1:]
+        result["server_command"] = server.command[1:]
     finally:
         server.stop()
         if pidfile:
@@ -870,11 +873,7 @@ def run_child(args, size, argv, workdir):
         "--result-json",
         str(out),
     ]
-    env = {
-        **os.environ,
-        "BENCH_SERVING_PIDFILE": str(pidfile),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    }
+    env = {**os.environ, "BENCH_SERVING_PIDFILE": str(pidfile)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     try:
         code = proc.wait()
@@ -912,13 +911,6 @@ def kill_leftover_gunicorn(pidfile):
     Path(pidfile).unlink(missing_ok=True)
 
 
-def loadavg():
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def cpu_model():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -940,27 +932,18 @@ def size_label(result):
 def render(args, results, started, elapsed, load_before):
     lines = []
     add = lines.append
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     argv = [shlex.quote(a) for a in sys.argv[1:]]
     add("# Serving benchmark")
     add("")
     add(
-        f"- run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s, commit {commit or '?'}"
-        f"{' (with uncommitted changes)' if dirty else ''}; load average before/after: {load_before} / {loadavg()}"
+        f"- run: {started:%Y-%m-%d %H:%M} UTC, {elapsed:.0f} s, commit {harness.git_commit()}"
+        f"; load average before/after: {load_before} / {loadavg()}"
     )
     add(f"- command: `{' '.join(['.venv/bin/python -m benchmarks.serving', *argv])}`")
     add(
         f"- machine: {os.cpu_count()} CPU cores ({cpu_model()}) shared with other work: every figure stands "
         f"beside the baseline measured in the same interleaved rounds. Python {platform.python_version()}, "
-        f"Django {ingest._version('django')}, torch {torch_version()}, PostgreSQL {postgres_version(args)}, "
+        f"Django {django_version()}, torch {torch_version()}, PostgreSQL {postgres_version(args)}, "
         f"Redis at {args.redis_url}."
     )
     add(
@@ -1094,7 +1077,7 @@ def render(args, results, started, elapsed, load_before):
         add("|---|---:|" + "---|" * len(nprobes))
         labels = {
             "shopper": "shopper vectors of the served model (random CNN + tower)",
-            "summary": "the model's history summary (DNN branch: kind-weighted mean of history items)",
+            "summary": "the model's history summary (the DNN branch's input to the tower)",
             "item_like": "item + noise (reference)",
         }
         for name, curve in recall.items():
@@ -1121,7 +1104,7 @@ def render(args, results, started, elapsed, load_before):
         )
         note = ""
         add(
-            f"- {size_label(result)}: database `{ingest._redact(result['database'])}`, {result['events']:,} "
+            f"- {size_label(result)}: database `{harness.redact(result['database'])}`, {result['events']:,} "
             f"events; set-up {result['setup']}; workers ready {result['worker_load_s']} s after start ({workers})"
             f"{note}; load average {result['load_before']} → {result['load_after']}"
             + (
@@ -1256,6 +1239,12 @@ def target_lines(results):
                 f"{fmt(http_miss['p50'])} / {fmt(http_miss['p99'])} ms request."
             )
     return out
+
+
+def django_version():
+    import django
+
+    return django.get_version()
 
 
 def torch_version():

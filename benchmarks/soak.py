@@ -17,6 +17,7 @@ growth under 10 %). Prints the table and writes benchmarks/results/soak.md.
 
     .venv/bin/python -m benchmarks.soak [--minutes 10] [--rate 20] [--clients 4]
         [--database-url postgres://postgres@127.0.0.1:5432/recommender_soak] [--redis-url URL]
+        [--smoke]  (a small store in recommender_soak_smoke, 18 s of traffic)
 
 The database is created, migrated and seeded (``seed_demo``) when empty; it is a
 benchmark-only database. Each run first trains a deliberately weak version (one epoch at
@@ -33,28 +34,34 @@ import platform
 import queue
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks import harness
+from benchmarks.harness import loadavg, percentile, rss_kib
+from benchmarks.loadclient import LOOPBACK, Shopper
 
-from benchmarks.ingest import children_of, ensure_database, free_port  # noqa: E402
-from benchmarks.loadclient import LOOPBACK, Shopper  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results" / "soak.md"
+RESULTS = harness.ROOT / "benchmarks" / "results" / "soak.md"
 SETTINGS_MODULE = "shop_demo.settings"
 EVENTS_PATH = "/api/recommender/events/"
 RECS_PATH = "/api/recommender/recommendations/?limit=8&placement=home"
 SWITCH_GRACE_S = 30.0  # "during" lasts until this long after the promotion
 WEAK = {"TRAINING": {"epochs": 1, "lr": 0.0, "max_seconds": 60, "num_threads": 1}}
+# --smoke: a small store, a short run and a short retrain; the same code in seconds (the
+# test suite runs it).
+SMOKE = dict(
+    minutes=0.3,
+    rate=6.0,
+    clients=2,
+    workers=1,
+    train_at=0.2,
+    train_seconds=2.0,
+    seed_products=300,
+    seed_shoppers=150,
+)
 
 
 def parse_args(argv=None):
@@ -84,9 +91,15 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--database-url",
-        default=os.environ.get(
-            "SOAK_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender_soak"
-        ),
+        default=None,
+        help="benchmark-only database (default $SOAK_DATABASE_URL or "
+        "postgres://postgres@127.0.0.1:5432/recommender_soak, with _smoke for --smoke)",
+    )
+    parser.add_argument(
+        "--seed-products", type=int, default=None, help="seed_demo --products for an empty store"
+    )
+    parser.add_argument(
+        "--seed-shoppers", type=int, default=None, help="seed_demo --shoppers for an empty store"
     )
     parser.add_argument(
         "--redis-url",
@@ -100,8 +113,20 @@ def parse_args(argv=None):
         ),
         help="media (model artifacts) of the benchmark store",
     )
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--output", default=None, help=f"report file (default {RESULTS})")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes, seconds: checks that the benchmark runs"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)  # explicit options still win over the smoke sizes
+    if args.output is None:
+        args.output = harness.smoke_output("soak") if args.smoke else str(RESULTS)
+    if args.database_url is None:  # a smoke run seeds a small store: not the real run's
+        args.database_url = os.environ.get(
+            "SOAK_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/recommender_soak"
+        ) + ("_smoke" if args.smoke else "")
     if args.minutes <= 0 or args.rate <= 0 or args.clients < 1:
         parser.error("--minutes and --rate must be positive, --clients at least 1")
     args.duration = args.minutes * 60.0
@@ -277,107 +302,19 @@ def client_main(job, results):
     )
 
 
-# ---------------------------------------------------------------- services
-
-
-class Service:
-    """A subprocess in its own process group, logged to a file, always stopped."""
-
-    def __init__(self, name, command, env, log_dir):
-        self.name = name
-        self.log_path = Path(log_dir) / f"{name}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def tail(self, lines=30):
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.log.close()
-
-
-def wait_http(url, service, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not service.alive():
-            raise RuntimeError(f"{service.name} exited:\n{service.tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=10) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{service.name} not ready after {timeout} s:\n{service.tail()}")
-
-
-def rss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def load_average():
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 # ---------------------------------------------------------------- the store
 
 
 def setup_django(args, env):
-    os.environ.update(
-        {
-            k: env[k]
-            for k in (
-                "DJANGO_SETTINGS_MODULE",
-                "DATABASE_URL",
-                "REDIS_URL",
-                "DJANGO_DEBUG",
-                "SHOP_VAR_DIR",
-                "RECOMMENDER_LOG_LEVEL",
-            )
-        }
-    )
-    import django
+    harness.setup_django(env)
     from django.core.management import call_command
 
-    django.setup()
-    call_command("migrate", interactive=False, verbosity=0)
     from shop_demo.catalog.models import Product
 
     if not Product.objects.exists():
         print("Seeding the benchmark store (seed_demo) ...", flush=True)
-        call_command("seed_demo", verbosity=0)
+        sizes = {"products": args.seed_products, "shoppers": args.seed_shoppers}
+        call_command("seed_demo", verbosity=0, **{k: v for k, v in sizes.items() if v})
 
 
 def sellable_products(limit=400):
@@ -425,13 +362,6 @@ def stored_count(event_ids):
 # ---------------------------------------------------------------- report
 
 
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * (len(ordered) - 1)))))]
-
-
 def summarise(requests):
     latencies = [r[3] * 1000 for r in requests]
     errors = sum(1 for r in requests if r[2] not in (200, 201))
@@ -440,12 +370,12 @@ def summarise(requests):
         "errors": errors,
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
-        "max": max(latencies, default=float("nan")),
+        "max": max(latencies, default=None),
     }
 
 
 def ms(value):
-    return "-" if value != value else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def build_report(args, run):
@@ -552,7 +482,7 @@ def build_report(args, run):
 def main(argv=None):
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
-    load_before = load_average()
+    load_before = loadavg()
     log_dir = tempfile.mkdtemp(prefix="soak-logs-")
     services = []
     redis_server = None
@@ -571,8 +501,8 @@ def main(argv=None):
             binary = shutil.which("redis-server")
             if binary is None:
                 raise SystemExit("redis-server is not installed; pass --redis-url")
-            port = free_port()
-            redis_server = Service(
+            port = harness.free_port()
+            redis_server = harness.Service(
                 "redis",
                 [
                     binary,
@@ -588,12 +518,12 @@ def main(argv=None):
                     log_dir,
                 ],
                 dict(os.environ),
-                log_dir,
+                log_dir=log_dir,
             )
             redis_url = f"redis://127.0.0.1:{port}/0"
             run["redis"] = f"a private redis-server ({redis_url})"
             time.sleep(0.5)
-        ensure_database(args.database_url)
+        harness.ensure_database(args.database_url)
         env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": SETTINGS_MODULE,
@@ -602,7 +532,6 @@ def main(argv=None):
             "DJANGO_DEBUG": "0",
             "SHOP_VAR_DIR": args.var_dir,
             "RECOMMENDER_LOG_LEVEL": "WARNING",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         setup_django(args, env)
         import django
@@ -612,66 +541,21 @@ def main(argv=None):
         from recommender.models import Event, ModelVersion
 
         run["django"] = django.get_version()
-        run["commit"] = (
-            subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-            ).stdout.strip()
-            or "?"
-        )
+        run["commit"] = harness.git_commit()
         print("Training the weak starting version ...", flush=True)
         weak = weak_baseline()
         products = sellable_products()
         connection.close()
 
-        worker = Service(
-            "celery",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "shop_demo",
-                "worker",
-                "--pool",
-                "solo",
-                "--queues",
-                "recommender-training,celery",
-                "--loglevel",
-                "WARNING",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            env,
-            log_dir,
+        worker = harness.CeleryWorker(
+            env, ["recommender-training", "celery"], loglevel="WARNING", log_dir=log_dir
         )
         services.append(worker)
-        web_port = free_port()
-        web = Service(
-            "gunicorn",
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "shop_demo.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{web_port}",
-                "--workers",
-                str(args.workers),
-                "--worker-class",
-                "sync",
-                "--log-level",
-                "warning",
-                "--timeout",
-                "60",
-                "--graceful-timeout",
-                "5",
-            ],
-            env,
-            log_dir,
-        )
+        web = harness.Gunicorn(env, args.workers, timeout=60, log_dir=log_dir)
         services.append(web)
-        wait_http(f"http://127.0.0.1:{web_port}/", web)
-        worker_pids = children_of(web.proc.pid)
+        web.wait_ready("/", timeout=90)
+        web_port = web.port
+        worker_pids = web.worker_pids()
         events_before = Event.objects.count()
 
         ctx = multiprocessing.get_context("spawn")
@@ -743,7 +627,7 @@ def main(argv=None):
             if now >= next_report:
                 print(
                     f"  {now - t0:5.0f} s: gunicorn RSS {sum(v for v in rss.values() if v) / 1024:.0f} MiB, "
-                    f"load {load_average()}",
+                    f"load {loadavg()}",
                     flush=True,
                 )
                 next_report += 60
@@ -767,7 +651,7 @@ def main(argv=None):
         for client in clients:
             client.join(timeout=10)
         run["clients"] = client_results
-        run["load_after"] = load_average()
+        run["load_after"] = loadavg()
         sent = set().union(*(set(c["sent"]) for c in client_results))
         run["stored_sent"] = stored_count(sent)
         run["events_growth"] = Event.objects.count() - events_before

@@ -5,23 +5,20 @@ batches, after warm-up, for each (batch size, negatives) setting, and prints CPU
 microseconds per training position and the epoch time that implies. The figures behind
 ``TrainConfig.sampled_softmax_above`` come from here.
 
-    .venv/bin/python -m benchmarks.train_step [--data PATH] [--threads 2] [--steps 25]
+    .venv/bin/python -m benchmarks.train_step [--data PATH] [--threads 2] [--steps 25] [--smoke]
+
+``--smoke``: a small synthetic file, one step per setting, one thread (seconds).
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.quality import DEFAULT_DATA, NET_CONFIG  # noqa: E402
-from recommender.ml import data, nets, train  # noqa: E402
+from benchmarks import harness
+from benchmarks.quality import DEFAULT_DATA, NET_CONFIG
+from recommender.ml import data, nets, train
 
 SETTINGS = [
     (128, 0),
@@ -39,6 +36,7 @@ def time_setting(split, windows, batch_size, negatives, steps, seed=0):
     model = nets.build_model("cnn_dnn", split.n_items, split.n_kinds, **NET_CONFIG["cnn_dnn"])
     optim = torch.optim.Adam(model.parameters(), lr=3e-3)
     batches = train._batches(lengths, batch_size, np.random.default_rng(seed))[: steps + 3]
+    warm = min(3, len(batches) - 1)  # a small data set may not have 3 batches to spare
     spent = {"forward": 0.0, "backward": 0.0, "adam": 0.0}
     positions = 0
     for i, idx in enumerate(batches):
@@ -62,7 +60,7 @@ def time_setting(split, windows, batch_size, negatives, steps, seed=0):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optim.step()
         t3 = time.perf_counter()
-        if i >= 3:  # warm-up steps are not counted
+        if i >= warm:  # warm-up steps are not counted
             spent["forward"] += t1 - t0
             spent["backward"] += t2 - t1
             spent["adam"] += t3 - t2
@@ -75,7 +73,11 @@ def main(argv=None):
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--smoke", action="store_true", help="tiny data and steps: checks that it runs")
     args = ap.parse_args(argv)
+    if args.smoke:  # explicit options still win over the smoke sizes
+        ap.set_defaults(data=harness.smoke_user_item_file(), steps=1, threads=1)
+        args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     split = data.leave_one_out(data.read_user_item_file(args.data))
     arrays = train.training_windows(
@@ -90,7 +92,7 @@ def main(argv=None):
     print("| batch | softmax | µs/position (forward · backward · Adam) | epoch, training only |")
     print("|---:|---|---|---:|")
     for batch_size, negatives in SETTINGS:
-        steps = args.steps if batch_size <= 128 else max(args.steps // 2, 5)
+        steps = args.steps if batch_size <= 128 else max(args.steps // 2, 1)
         per = time_setting(split, windows, batch_size, negatives, steps)
         total = sum(per.values())
         parts = " · ".join(f"{v * 1e6:.0f}" for v in per.values())

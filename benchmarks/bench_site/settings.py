@@ -5,7 +5,8 @@ BENCH_EVENTS_THROTTLE_RATE ("none" disables the events throttle; any DRF rate su
 "1000000/min" keeps the throttle and its cache round trips but never cuts the benchmark),
 BENCH_API_THROTTLE_RATE (the same for the read endpoints; default "none"), and
 BENCH_MODEL_TIMING=1 (time in the model and the service per request, in response headers:
-see timing.py).
+see timing.py) and BENCH_ANN_MIN_ITEMS (the store's ANN_MIN_ITEMS, so that a small catalogue
+is served from the IVF index in the serving benchmark's smoke run).
 """
 
 import os
@@ -23,6 +24,8 @@ RECOMMENDER = {
     "EVENTS_THROTTLE_RATE": None if _rate.lower() == "none" else _rate,
     "API_THROTTLE_RATE": None if _api_rate.lower() == "none" else _api_rate,
 }
+if os.environ.get("BENCH_ANN_MIN_ITEMS"):
+    RECOMMENDER["ANN_MIN_ITEMS"] = int(os.environ["BENCH_ANN_MIN_ITEMS"])
 
 if os.environ.get("BENCH_MODEL_TIMING") == "1":
     MIDDLEWARE = ["benchmarks.bench_site.timing.ModelTimingMiddleware", *MIDDLEWARE]  # noqa: F405

@@ -351,13 +351,23 @@ class CNNDNN(SequenceNet):
         weights = torch.softmax(scores.masked_fill(~visible, -1e9), dim=1)  # [M, L]
         return torch.einsum("ml,mld->md", weights, x[rows])
 
-    def _vectors(self, item_seq, kind_seq, select):
+    def _cnn_and_summary(self, item_seq, kind_seq, select):  # -> ([M, d], [M, d])
         x = self._embed(item_seq, kind_seq)  # [B, L, d]
         h = self.encoder(x, select, item_seq > 0)  # [M, d]
         if self.summary_kind == "attention":
-            m = self._attention_summary(x, item_seq, select, h)
-        else:
-            m = self._summary(item_seq, kind_seq, select)  # [M, d]
+            return h, self._attention_summary(x, item_seq, select, h)
+        return h, self._summary(item_seq, kind_seq, select)
+
+    def history_summary(self, item_seq, kind_seq) -> torch.Tensor:
+        """The long-range summary of each history at its latest event ([B, d]), whichever
+        ``summary`` the net uses: the DNN branch's input to the tower, before mixing."""
+        item_seq, kind_seq = self._clip(item_seq, kind_seq)
+        select = torch.zeros_like(item_seq, dtype=torch.bool)
+        select[:, -1] = True
+        return self._cnn_and_summary(item_seq, kind_seq, select)[1]
+
+    def _vectors(self, item_seq, kind_seq, select):
+        h, m = self._cnn_and_summary(item_seq, kind_seq, select)  # [M, d] each
         z = torch.cat([h, m, h * m], dim=1)  # [M, 3d]
         return self.out_norm(h + self.tower(z))  # [M, d]
 

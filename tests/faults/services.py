@@ -14,11 +14,7 @@ import time
 
 import pytest
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.harness import free_port
 
 
 def wait_for_port(port, up=True, timeout=10.0):

@@ -120,3 +120,19 @@ def test_build_model_rejects_unknown_names_and_roundtrips_config():
         again = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, **model.config)
         again.load_state_dict(model.state_dict())
     assert set(nets.NET_NAMES) <= set(nets.MODEL_NAMES)
+
+
+@pytest.mark.parametrize("summary", ["mean", "attention"])
+def test_history_summary_is_the_dnn_branch_input_for_either_summary(summary):
+    """The serving benchmark reads the summary of real histories; it must exist for both kinds
+    (it once called the mean summary's weights on an attention net and died)."""
+    model = make("cnn_dnn", encoder="caser", window=4, summary=summary).eval()
+    items, kinds = batch()
+    with torch.no_grad():
+        m = model.history_summary(items, kinds)
+    assert m.shape == (3, 16) and torch.isfinite(m).all()
+    if summary == "mean":  # per-kind weights start equal: the plain mean of the history's items
+        expected = torch.stack([model.item_emb(row[row > 0]).mean(0) for row in items]).detach()
+        assert torch.allclose(m, expected, atol=1e-5)
+    else:  # attention over each history's own events: different histories, different summaries
+        assert not torch.allclose(m[1], m[2])
