@@ -17,6 +17,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event
 
@@ -119,7 +120,7 @@ class _BatchValidator:
 
     def __init__(self):
         self.item_model = get_item_model()
-        self.to_pk = self.item_model._meta.pk.to_python
+        self.to_pk = itemkeys.from_json
         self.pk_range = _integer_range(self.item_model._meta.pk)
         self.kinds = frozenset(recommender_settings.EVENT_KINDS)
         self.max_value = recommender_settings.MAX_EVENT_VALUE

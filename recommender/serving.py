@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.core.cache import caches
+from django.core.exceptions import ValidationError
 from django.db import connections, router
 from django.db.models import Case, FloatField, Sum, Value, When
 from django.utils import timezone
 
+from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
 
@@ -252,7 +254,8 @@ def load_version(version_id, artifact_name, sha256=""):
             f"artifact {artifact_name!r} in storage is not the one verified at training "
             f"(sha256 {hashlib.sha256(payload).hexdigest()[:12]}..., expected {sha256[:12]}...): damaged or replaced"
         )
-    predictor = Predictor.from_artifact(io.BytesIO(payload))
+    # The artifact holds item keys as JSON; requests look items up by the ORM's keys.
+    predictor = Predictor.from_artifact(io.BytesIO(payload), item_key=itemkeys.from_json)
     if not hasattr(predictor, "_items"):
         raise ValueError(
             f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
@@ -342,6 +345,14 @@ def clean_placement(placement):
     return placement
 
 
+def _item_key(value):
+    """An item key as the ORM gives it (a URL's or template's text may name the item)."""
+    try:
+        return itemkeys.from_json(value)
+    except ValidationError:
+        raise BadRequest(f"{str(value)[:40]!r} is not a valid item id.") from None
+
+
 def allowed_items(pks):
     """The store's items among ``pks`` that its rules allow to be shown, by pk."""
     queryset = get_item_model()._default_manager.filter(pk__in=list(pks))
@@ -357,7 +368,7 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
     Candidates are checked against the store's rules in growing chunks, so a long cached
     list (150 similar items) costs a query for about twice the items shown, not all.
     """
-    exclude = set(exclude)
+    exclude = {_item_key(pk) for pk in exclude}
     field_name = recommender_settings.ITEM_CATEGORY_FIELD
     per_category, kept, scores = {}, [], []
     candidates = [(pk, score) for pk, score in candidates if pk not in exclude]
@@ -387,7 +398,10 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
 
 def _save_list(source, placement, version_id, pks):
     rec = Recommendation.objects.create(
-        source=source, placement=placement, version_id=version_id, items=list(pks)
+        source=source,
+        placement=placement,
+        version_id=version_id,
+        items=[itemkeys.to_json(pk) for pk in pks],
     )
     return rec.pk
 
@@ -431,7 +445,7 @@ def shopper_activity(user=None, session_key="", length=None, with_purchases=True
     with database.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    to_pk = _item_pk_from_db()
+    to_pk = itemkeys.from_json  # a UUID key comes back from SQLite's raw SQL as text
     # UNION ALL promises no order: the latest events are put back in time order here.
     recent = sorted((row for row in rows if row[0] == 0), key=lambda row: (row[3], row[4]))
     return [(to_pk(pk), kind) for _, pk, kind, _, _ in recent], {
@@ -468,14 +482,6 @@ def _activity_sql(by_user, with_purchases, alias):
     return sql
 
 
-@functools.cache
-def _item_pk_from_db():
-    """Item keys as the ORM returns them (a UUID key comes back from SQLite as text)."""
-    target = Event._meta.get_field("item").target_field
-    to_python = target.to_python
-    return lambda value: value if isinstance(value, int) else to_python(value)
-
-
 def recommend(*, user=None, session_key="", limit=10, category=None, placement="", exclude=()):
     """Personal recommendations from the shopper's latest events, at request time.
 
@@ -486,7 +492,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         user = None
     limit, placement = clean_limit(limit), clean_placement(placement)
     rules = placement_rules(placement)
-    exclude = tuple(exclude)
+    exclude = tuple(_item_key(pk) for pk in exclude)
     model = active_model.get()
     if user is None and not session_key:
         return popular(limit=limit, category=category, placement=placement, exclude=exclude)
@@ -563,7 +569,7 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     limit, placement = clean_limit(limit), clean_placement(placement)
     model = active_model.get()
     version_id = model.version_id if model else None
-    pk = getattr(item, "pk", item)
+    pk = _item_key(getattr(item, "pk", item))
     key = f"recommender:{source}:{version_id}:{pk}:{_key_part(placement)}"
     cached = _cache().get(key)
     if cached is None:

@@ -21,6 +21,7 @@ from django.core.files.storage import storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from . import itemkeys
 from .conf import recommender_settings
 from .models import Event, ModelVersion
 
@@ -141,12 +142,14 @@ def export_interactions(since=None, chunk_size=None):
     """Yield ``(shopper, item, kind, value, ts)`` rows for training, in bounded memory.
 
     Only pseudonymous shoppers, item ids, kinds, values and times leave the database.
+    Item ids are in their JSON form (``itemkeys.to_json``): the artifact stores them as JSON.
     """
     chunk_size = chunk_size or recommender_settings.EXPORT_CHUNK_SIZE
     events = Event.objects.order_by()
     if since is not None:
         events = events.filter(occurred_at__gte=since)
     pseudonyms = {}
+    item_key = itemkeys.to_json
     rows = events.values_list("user_id", "session_key", "item_id", "kind", "value", "occurred_at")
     for user_id, session_key, item_id, kind, value, occurred_at in rows.iterator(
         chunk_size=chunk_size
@@ -155,7 +158,7 @@ def export_interactions(since=None, chunk_size=None):
         shopper = pseudonyms.get(key)
         if shopper is None:
             shopper = pseudonyms[key] = shopper_pseudonym(*key)
-        yield (shopper, item_id, kind, value, occurred_at.timestamp())
+        yield (shopper, item_key(item_id), kind, value, occurred_at.timestamp())
 
 
 # --------------------------------------------------------------------------- running

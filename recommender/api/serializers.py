@@ -83,12 +83,13 @@ class ImpressionsInSerializer(serializers.Serializer):
 
 def item_as_json(item):
     """The store's ITEM_SERIALIZER, or id / name / url."""
+    from .. import itemkeys
     from ..conf import recommender_settings
 
     custom = recommender_settings.ITEM_SERIALIZER
     if custom is not None:
         return custom(item)
-    data = {"id": item.pk, "name": str(item)}
+    data = {"id": itemkeys.to_json(item.pk), "name": str(item)}
     if hasattr(item, "get_absolute_url"):
         data["url"] = item.get_absolute_url()
     return data

@@ -15,7 +15,7 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import events, serving
+from .. import events, itemkeys, serving
 from ..conf import get_item_model, recommender_settings
 from ..shoppers import shopper_of
 from .serializers import (
@@ -283,7 +283,7 @@ class ServingView(APIView):
     def get_item(pk):
         model = get_item_model()
         try:
-            pk = model._meta.pk.to_python(pk)
+            pk = itemkeys.from_json(pk)
         except ValidationError:
             raise Http404("No such item.") from None
         item = model._default_manager.filter(pk=pk).first()

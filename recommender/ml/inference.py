@@ -39,10 +39,15 @@ class Predictor:
                 self._items = model.item_embeddings().detach()  # [N+1, d]
 
     @classmethod
-    def from_artifact(cls, source, **kwargs) -> Predictor:
-        """``source``: an Artifact, or a path / binary file object to load one from."""
+    def from_artifact(cls, source, *, item_key=None, **kwargs) -> Predictor:
+        """``source``: an Artifact, or a path / binary file object to load one from.
+
+        ``item_key`` turns each id as the artifact's JSON holds it into the store's own
+        key (a store keyed by UUIDs stores their text), so requests look items up by key.
+        """
         art = source if isinstance(source, Artifact) else load_artifact(source)
-        return cls(art.build_model(), art.item_ids, art.kind_names, **kwargs)
+        item_ids = art.item_ids if item_key is None else [item_key(i) for i in art.item_ids]
+        return cls(art.build_model(), item_ids, art.kind_names, **kwargs)
 
     @property
     def n_items(self) -> int:

@@ -9,6 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from tqdm import tqdm
 
+from recommender import itemkeys
 from recommender.conf import recommender_settings
 from recommender.models import Event
 from recommender.training import shopper_pseudonym
@@ -109,14 +110,15 @@ def _pseudonymous():
         key = (user_id, session_key if user_id is None else "")
         if key not in cache:
             cache[key] = shopper_pseudonym(*key)
-        return [cache[key], item_id, kind, occurred_at.isoformat(), value]
+        return [cache[key], itemkeys.to_json(item_id), kind, occurred_at.isoformat(), value]
 
     return convert
 
 
 def _identified(user_id, session_key, item_id, kind, occurred_at, value, event_id, placement):
     who = f"id:{user_id}" if user_id is not None else f"session:{session_key}"
-    return [who, item_id, kind, occurred_at.isoformat(), value, str(event_id), placement]
+    item = itemkeys.to_json(item_id)
+    return [who, item, kind, occurred_at.isoformat(), value, str(event_id), placement]
 
 
 def _csv_writer(out, columns):

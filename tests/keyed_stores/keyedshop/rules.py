@@ -1,0 +1,2 @@
+def in_stock(queryset):
+    return queryset.filter(in_stock=True)
