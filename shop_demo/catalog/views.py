@@ -106,8 +106,11 @@ def product_detail(request, slug):
 
 @require_GET
 def product_image(request, slug):
-    """The product's generated picture; the same for a slug on every request, so cacheable."""
-    product = get_object_or_404(Product.objects.select_related("category"), slug=slug)
+    """The product's generated picture; the same for a slug on every request, so cacheable.
+
+    Only listed products have one: an inactive product's name must not be disclosed.
+    """
+    product = get_object_or_404(listed_products(), slug=slug)
     body = product_svg(product)
     etag = quote_etag(f"{stable_number(body):08x}")
     response = get_conditional_response(request, etag=etag) or HttpResponse(
