@@ -610,10 +610,11 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
 
 
 def _personal_list(entry, limit, *, rules, category):
-    """The model's candidates under the rules, cut to ``limit``, filled up with popular items."""
-    listed = _from_cached(
-        entry, limit, diversity=rules["diversity"], category=category, exclude=entry["banned"]
-    )
+    """The model's candidates under the rules, cut to ``limit``, filled up with popular items.
+
+    The candidates already leave out what the shopper saw, bought or excluded ("banned").
+    """
+    listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
     if len(listed) < limit:
         fallback = popular(
             limit=limit,
