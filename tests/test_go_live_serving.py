@@ -184,6 +184,16 @@ def test_the_demo_does_not_draw_an_inactive_products_picture(client, shelf):
     assert client.get("/p/sold-out/image.svg").status_code == 200
 
 
+def test_the_demo_cart_does_not_name_an_inactive_product(client, shelf):
+    def message_after_adding(pk):
+        answer = client.post("/cart/", {"action": "add", "product": pk}, follow=True)
+        return [str(m) for m in answer.context["messages"]]
+
+    assert message_after_adding(shelf[30].pk) == message_after_adding(999999)
+    assert message_after_adding(999999) == ["That product does not exist."]
+    assert client.session.get("cart", {}) == {}
+
+
 # --------------------------------------------------------------------------- 12: fall back
 
 

@@ -156,10 +156,11 @@ def cart(request):
 def change_cart(request, session_cart, *, action, product, quantity):
     """Apply one cart change and record what it meant: items added or removed."""
     item = Product.objects.filter(pk=product).first()
-    if item is None:
+    current = session_cart.quantity_of(item) if item is not None else 0
+    # An inactive product not in the cart answers like a missing one: its name is not shown.
+    if item is None or (not item.is_active and not current):
         messages.error(request, "That product does not exist.")
         return
-    current = session_cart.quantity_of(item)
     if action == CartActionForm.ADD:
         wanted = current + quantity
     elif action == CartActionForm.REMOVE:
