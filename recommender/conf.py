@@ -82,8 +82,10 @@ DEFAULTS = {
     "TRENDING_HOURS": 24,
     # Event kinds that make two items "bought together" for the same shopper.
     "BOUGHT_TOGETHER_KINDS": ["purchase", "add_to_cart"],
-    # A pair of items is shown as bought together only once this many distinct shoppers
-    # bought both: a pair from one shopper would disclose what they bought.
+    # A pair of items is shown as bought together only once this many distinct signed-in
+    # users bought both: a pair from one shopper would disclose what they bought. Anonymous
+    # sessions never count (anyone can open as many as they like); raise this where
+    # anyone can create accounts at will.
     "BOUGHT_TOGETHER_MIN_SHOPPERS": 2,
     # Most items one list may hold (API ?limit= and template tags).
     "MAX_LIMIT": 50,
@@ -91,6 +93,23 @@ DEFAULTS = {
     # Keys: exclude_purchased (default True), exclude_seen (default True), diversity
     # (at most this many items per category; default None).
     "PLACEMENTS": {},
+    # Placement names the serving API and template tags accept besides the keys of
+    # PLACEMENTS (and none, ""). Any other is a 400: each list served is stored with its
+    # placement, so clients must not be able to invent names.
+    "PLACEMENT_NAMES": [
+        "home",
+        "category",
+        "product",
+        "product-similar",
+        "product-bought-together",
+        "cart",
+        "checkout",
+        "search",
+    ],
+    # Recommendation rows (one per list served, for click-through per version and
+    # placement) older than this are deleted by the recommender.delete_old_recommendations
+    # task (daily in schedule.periodic_tasks); the admin's online metrics cover this window.
+    "RECOMMENDATION_RETENTION_DAYS": 90,
     # Catalogues with more items than this are served from an approximate
     # nearest-neighbour index built at promotion (exact scoring below it). Exact scoring
     # is memory-bound: 2.2 ms per request at 54,542 items on one core of the benchmark

@@ -14,7 +14,8 @@ from .conf import recommender_settings
 
 
 def periodic_tasks():
-    """Nightly retraining (RECOMMENDER["TRAIN_SCHEDULE"]) and the stale-run sweeper."""
+    """Nightly retraining (RECOMMENDER["TRAIN_SCHEDULE"]), the stale-run sweeper, and the
+    daily deletion of recommendation lists older than RECOMMENDATION_RETENTION_DAYS."""
     return {
         "recommender-train": {
             "task": "recommender.train",
@@ -24,5 +25,9 @@ def periodic_tasks():
         "recommender-fail-stale-runs": {
             "task": "recommender.fail_stale_runs",
             "schedule": crontab(minute="*/5"),
+        },
+        "recommender-delete-old-recommendations": {
+            "task": "recommender.delete_old_recommendations",
+            "schedule": crontab(minute="45", hour="4"),
         },
     }

@@ -25,7 +25,7 @@ from datetime import timedelta
 from django.core.cache import caches
 from django.core.exceptions import ValidationError
 from django.db import connections, router
-from django.db.models import Case, FloatField, Sum, Value, When
+from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
 from . import itemkeys
@@ -36,8 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Weight of each event kind in popularity (a purchase says more than a view).
 POPULARITY_WEIGHTS = {"purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "view": 1.0}
-# Candidates fetched from the model per requested item, before business rules filter.
+# Candidates kept per item a list may hold (MAX_LIMIT), before business rules filter.
 OVERFETCH = 3
+# Start of ModelVersion.error when a web process refused to load the version.
+REFUSED = "Refused by a web process: "
 
 
 class BadRequest(ValueError):
@@ -165,17 +167,17 @@ class _ActiveModel:
         pk = active[0]
         if self.loaded is not None and self.loaded.version_id == pk:
             return
-        if pk in self.refused:
-            return
-        if self._load(*active):
-            return
-        if self.loaded is None:
-            self._fall_back(pk)
+        if pk in self.refused or not self._load(*active):
+            if self.loaded is None:
+                # Retried at every check: each try loads versions not yet refused here.
+                self._fall_back(pk)
 
     def _load(self, pk, artifact_name, sha256):
         """Load a version in place of the current one; a refused version is logged, recorded, skipped."""
         try:
             self.loaded = load_version(pk, artifact_name, sha256=sha256)
+            # A refusal recorded earlier (say, while the file was damaged) no longer holds.
+            ModelVersion.objects.filter(pk=pk, error__startswith=REFUSED).update(error="")
             # The model's many long-lived objects would otherwise be re-scanned by every
             # full garbage collection: pauses of 130-190 ms measured on pages, 9 ms frozen.
             gc.collect()
@@ -193,9 +195,7 @@ class _ActiveModel:
                 exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)),
             )
             self.refused.add(pk)
-            ModelVersion.objects.filter(pk=pk, error="").update(
-                error=f"Refused by a web process: {reason}"
-            )
+            ModelVersion.objects.filter(pk=pk, error="").update(error=f"{REFUSED}{reason}")
             return False
         logger.info("Serving model version v%s", pk)
         return True
@@ -204,15 +204,18 @@ class _ActiveModel:
         """A process that starts while the active version is broken serves the last good one.
 
         Processes that were running keep the version they had; a new one (a restart, a
-        recycled worker) would otherwise have none and serve popular items only.
+        recycled worker) would otherwise have none and serve popular items only. Every
+        version that once served is a candidate until this process has refused it: one
+        that another process refused earlier (its file may have been restored since) is
+        only tried after those with no refusal recorded.
         """
         candidates = (
             ModelVersion.objects.filter(
-                status=ModelVersion.Status.READY, activated_at__isnull=False, error=""
-            )  # a refused version has its reason recorded
+                status=ModelVersion.Status.READY, activated_at__isnull=False
+            )
             .exclude(pk__in=self.refused | {refused_pk})
             .exclude(artifact="")
-            .order_by("-activated_at")
+            .order_by(Case(When(error="", then=0), default=1), "-activated_at")
             .values_list("pk", "artifact", "artifact_sha256")[:attempts]
         )
         for candidate in candidates:
@@ -334,6 +337,15 @@ def clean_limit(limit):
     return limit
 
 
+def accepted_placements():
+    """Placement names lists may be served for: "" (none), PLACEMENT_NAMES, PLACEMENTS' keys.
+
+    Every list served is stored with its placement (click-through per placement), and its
+    caches are keyed by it, so the names are the store's, never a client's invention.
+    """
+    return {"", *recommender_settings.PLACEMENT_NAMES, *recommender_settings.PLACEMENTS}
+
+
 def clean_placement(placement):
     placement = placement or ""
     if not isinstance(placement, str) or len(placement) > recommender_settings.MAX_PLACEMENT_LENGTH:
@@ -342,6 +354,13 @@ def clean_placement(placement):
         )
     if "\x00" in placement:
         raise BadRequest("placement must not contain NUL characters.")
+    accepted = accepted_placements()
+    if placement not in accepted:
+        names = ", ".join(repr(name) for name in sorted(accepted - {""}))
+        raise BadRequest(
+            f"Unknown placement {placement[:40]!r}: use one of {names}, or none "
+            '(the store lists its own in RECOMMENDER["PLACEMENT_NAMES"] or "PLACEMENTS").'
+        )
     return placement
 
 
@@ -360,6 +379,20 @@ def allowed_items(pks):
     if item_filter is not None:
         queryset = item_filter(queryset)
     return {item.pk: item for item in queryset}
+
+
+def visible_item(pk):
+    """The item ``pk`` if shoppers may look at it, else None (unknown or hidden alike).
+
+    Its lists are asked for by id, so an inactive item must answer like a missing one.
+    Shoppers may look at what RECORDABLE_ITEMS allows (a sold-out item's page, say), or,
+    where the store has not set it, at what ITEM_FILTER allows to be shown.
+    """
+    queryset = get_item_model()._default_manager.filter(pk=pk)
+    rule = recommender_settings.RECORDABLE_ITEMS or recommender_settings.ITEM_FILTER
+    if rule is not None:
+        queryset = rule(queryset)
+    return queryset.first()
 
 
 def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()):
@@ -404,6 +437,39 @@ def _save_list(source, placement, version_id, pks):
         items=[itemkeys.to_json(pk) for pk in pks],
     )
     return rec.pk
+
+
+def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
+    """A list's cached candidates, with the Recommendation row of this placement.
+
+    The candidates (the costly part) are cached once under ``key`` for every placement
+    and limit; each placement gets its own row (clicks are counted per placement), made
+    the first time the placement is served these candidates. ``compute() -> [(pk, score)]``.
+    """
+    row_key = f"{key}:{_key_part(placement)}"
+    found = _cache().get_many([key, row_key])
+    entry, row = found.get(key), found.get(row_key)
+    if entry is None:
+        candidates = compute()
+        entry = {
+            "pks": [pk for pk, _ in candidates],
+            "scores": [score for _, score in candidates],
+            "stamp": uuid.uuid4().hex[:12],
+        }
+        _cache().set(key, entry, timeout)
+    if row is None or row["stamp"] != entry["stamp"]:
+        row = {
+            "stamp": entry["stamp"],
+            "rid": _save_list(source, placement, version_id, entry["pks"]),
+        }
+        _cache().set(row_key, row, timeout)
+    return {
+        **entry,
+        "rid": row["rid"],
+        "version": version_id,
+        "source": source,
+        "placement": placement,
+    }
 
 
 def _from_cached(entry, limit, *, diversity=None, category=None, exclude=()):
@@ -486,7 +552,9 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     """Personal recommendations from the shopper's latest events, at request time.
 
     Shoppers with no history, and every shopper while no model is active, get the
-    popular items under the same rules.
+    popular items under the same rules. The model's candidates are cached for every
+    limit (the rules and the cut to ``limit`` apply on the way out), so a short list
+    asked for first never shortens a longer one asked for next.
     """
     if user is not None and not user.is_authenticated:
         user = None
@@ -506,9 +574,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     found = _cache().get_many([generation_key, key])
     generation, cached = found.get(generation_key), found.get(key)
     if generation is not None and cached is not None and cached.get("generation") == generation:
-        return _from_cached(
-            cached, limit, diversity=rules["diversity"], category=category, exclude=exclude
-        )
+        return _personal_list(cached, limit, rules=rules, category=category)
     if generation is None:
         # Set before computing: an event recorded meanwhile deletes it, so this list is
         # never served for the newer history.
@@ -525,40 +591,48 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         banned |= {pk for pk, _ in history}
     candidates = []
     if model is not None and history:
-        wanted = max(limit * OVERFETCH, limit + 20)
-        candidates = model.top_candidates(history, wanted, exclude_pks=banned, category=category)
-    items, scores = _apply_rules(
-        candidates, limit, diversity=rules["diversity"], category=category, exclude=banned
-    )
-    if len(items) < limit:
+        candidates = model.top_candidates(
+            history,
+            recommender_settings.MAX_LIMIT * OVERFETCH,
+            exclude_pks=banned,
+            category=category,
+        )
+    if not candidates:
+        return popular(limit=limit, category=category, placement=placement, exclude=banned)
+    pks = [pk for pk, _ in candidates]
+    entry = {
+        "pks": pks,
+        "scores": [score for _, score in candidates],
+        # What popular items filling a short list must leave out, as the model did.
+        "banned": list(banned),
+        "rid": _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks),
+        "version": model.version_id,
+        "source": Recommendation.Source.MODEL,
+        "placement": placement,
+        "generation": generation,
+    }
+    _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
+    return _personal_list(entry, limit, rules=rules, category=category)
+
+
+def _personal_list(entry, limit, *, rules, category):
+    """The model's candidates under the rules, cut to ``limit``, filled up with popular items.
+
+    The candidates already leave out what the shopper saw, bought or excluded ("banned").
+    """
+    listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
+    if len(listed) < limit:
         fallback = popular(
             limit=limit,
             category=category,
-            placement=placement,
-            exclude=banned | {i.pk for i in items},
+            placement=entry["placement"],
+            exclude=set(entry["banned"]) | {item.pk for item in listed.items},
         )
-        if not items:
+        if not listed:
             return fallback
-        items += fallback.items[: limit - len(items)]
-        scores += [0.0] * (len(items) - len(scores))
-    pks = [item.pk for item in items]
-    rid = _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks)
-    _cache().set(
-        key,
-        {
-            "pks": pks,
-            "scores": scores,
-            "rid": rid,
-            "version": model.version_id,
-            "source": Recommendation.Source.MODEL,
-            "placement": placement,
-            "generation": generation,
-        },
-        recommender_settings.RECOMMENDATIONS_CACHE_SECONDS,
-    )
-    return RecommendationList(
-        items, rid, model.version_id, Recommendation.Source.MODEL, placement, scores
-    )
+        listed.items += fallback.items[: limit - len(listed)]
+        listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
+    return listed
 
 
 # --------------------------------------------------------------------------- items
@@ -570,20 +644,15 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     model = active_model.get()
     version_id = model.version_id if model else None
     pk = _item_key(getattr(item, "pk", item))
-    key = f"recommender:{source}:{version_id}:{pk}:{_key_part(placement)}"
-    cached = _cache().get(key)
-    if cached is None:
-        candidates = compute(pk, model)
-        rid = _save_list(source, placement, version_id, [c for c, _ in candidates])
-        cached = {
-            "pks": [c for c, _ in candidates],
-            "scores": [s for _, s in candidates],
-            "rid": rid,
-            "version": version_id,
-            "source": source,
-            "placement": placement,
-        }
-        _cache().set(key, cached, recommender_settings.ITEM_LISTS_CACHE_SECONDS)
+    # privacy.forget_shopper deletes "recommender:bought_together:*:<pk>:*": keep the layout.
+    cached = _cached_candidates(
+        f"recommender:{source}:{version_id}:{pk}:candidates",
+        lambda: compute(pk, model),
+        recommender_settings.ITEM_LISTS_CACHE_SECONDS,
+        source=source,
+        placement=placement,
+        version_id=version_id,
+    )
     return _from_cached(cached, limit, exclude=set(exclude) | {pk})
 
 
@@ -606,39 +675,27 @@ def similar(item, *, limit=10, placement="", exclude=()):
 
 
 def bought_together(item, *, limit=10, placement="", exclude=()):
-    """Items the shoppers who bought (or carted) ``item`` also bought: co-occurrence."""
+    """Items the signed-in users who bought (or carted) ``item`` also bought: co-occurrence.
+
+    Only signed-in users count. A pair shown once BOUGHT_TOGETHER_MIN_SHOPPERS shoppers
+    did it would otherwise disclose one shopper's basket to anyone who opens one anonymous
+    session and carts the item with every other item: that session would be the second
+    "shopper" of each of the victim's pairs.
+    """
 
     def compute(pk, model):
-        # Two index-friendly branches (the buyers' users, their anonymous sessions) joined
-        # by UNION ALL: an OR across both made PostgreSQL scan the whole events table.
         kinds = recommender_settings.BOUGHT_TOGETHER_KINDS
-        buyers = Event.objects.filter(item_id=pk, kind__in=kinds).order_by()
-        others = Event.objects.filter(kind__in=kinds).exclude(item_id=pk).order_by()
-        by_users = others.filter(user_id__in=buyers.filter(user__isnull=False).values("user_id"))
-        by_sessions = others.filter(
-            user__isnull=True,
-            session_key__in=buyers.filter(user__isnull=True).values("session_key"),
+        buyers = Event.objects.filter(item_id=pk, kind__in=kinds, user__isnull=False).order_by()
+        rows = (
+            Event.objects.filter(kind__in=kinds, user_id__in=buyers.values("user_id"))
+            .exclude(item_id=pk)
+            .order_by()
+            .values("item_id")
+            .annotate(shoppers=Count("user_id", distinct=True))
+            .filter(shoppers__gte=recommender_settings.BOUGHT_TOGETHER_MIN_SHOPPERS)
+            .order_by("-shoppers", "item_id")[: recommender_settings.MAX_LIMIT * OVERFETCH]
         )
-        pairs = by_users.values_list("item_id", "user_id", "session_key").union(
-            by_sessions.values_list("item_id", "user_id", "session_key"), all=True
-        )
-        shoppers = {}
-        for other, user_id, session_key in pairs:
-            shoppers.setdefault(other, set()).add(
-                f"u{user_id}" if user_id is not None else f"s{session_key}"
-            )
-        # A pair seen with a single shopper would disclose that shopper's purchases.
-        ranked = sorted(
-            (
-                (other, len(who))
-                for other, who in shoppers.items()
-                if len(who) >= recommender_settings.BOUGHT_TOGETHER_MIN_SHOPPERS
-            ),
-            key=lambda pair: (-pair[1], pair[0]),
-        )
-        return [
-            (other, float(n)) for other, n in ranked[: recommender_settings.MAX_LIMIT * OVERFETCH]
-        ]
+        return [(row["item_id"], float(row["shoppers"])) for row in rows]
 
     return _item_list(
         Recommendation.Source.BOUGHT_TOGETHER,
@@ -655,22 +712,14 @@ def popular(*, limit=10, category=None, placement="", window="popular", exclude=
     limit, placement = clean_limit(limit), clean_placement(placement)
     if window not in ("popular", "trending"):
         raise BadRequest("window must be 'popular' or 'trending'.")
-    key = f"recommender:popular:{window}:{_key_part(placement)}"
-    cached = _cache().get(key)
-    if cached is None:
-        candidates = popularity_ranking(trending=window == "trending")
-        rid = _save_list(
-            Recommendation.Source.POPULAR, placement, None, [pk for pk, _ in candidates]
-        )
-        cached = {
-            "pks": [pk for pk, _ in candidates],
-            "scores": [s for _, s in candidates],
-            "rid": rid,
-            "version": None,
-            "source": Recommendation.Source.POPULAR,
-            "placement": placement,
-        }
-        _cache().set(key, cached, recommender_settings.POPULAR_CACHE_SECONDS)
+    cached = _cached_candidates(
+        f"recommender:popular:{window}",
+        lambda: popularity_ranking(trending=window == "trending"),
+        recommender_settings.POPULAR_CACHE_SECONDS,
+        source=Recommendation.Source.POPULAR,
+        placement=placement,
+        version_id=None,
+    )
     if category is not None and not recommender_settings.ITEM_CATEGORY_FIELD:
         raise BadRequest("This store's items have no category (ITEM_CATEGORY_FIELD is not set).")
     return _from_cached(
@@ -727,6 +776,23 @@ def record_impressions(recommendation_ids):
 
     ids = {str(rid) for rid in recommendation_ids}
     return Recommendation.objects.filter(pk__in=ids).update(impressions=F("impressions") + 1)
+
+
+def delete_old_recommendations(batch_size=5_000):
+    """Delete Recommendation rows older than RECOMMENDATION_RETENTION_DAYS; return how many.
+
+    One row is stored per list served, so without this the table grows with traffic.
+    Batches keep each delete (and its locks) short on a large table. Click events keep
+    their ``recommendation_id``; only the lists' rows go.
+    """
+    since = timezone.now() - timedelta(days=recommender_settings.RECOMMENDATION_RETENTION_DAYS)
+    old = Recommendation.objects.filter(created_at__lt=since).order_by()
+    deleted = 0
+    while True:
+        batch = list(old.values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return deleted
+        deleted += Recommendation.objects.filter(pk__in=batch).delete()[0]
 
 
 def connect_cache_invalidation():

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import training
+from . import serving, training
 
 
 @shared_task(
@@ -41,3 +41,9 @@ def train(self, version_id=None):
 def fail_stale_runs():
     """Periodic: mark runs whose worker died as failed, which frees the training lock."""
     return training.fail_stale_runs()
+
+
+@shared_task(name="recommender.delete_old_recommendations", ignore_result=True)
+def delete_old_recommendations():
+    """Periodic: keep the Recommendation table to RECOMMENDATION_RETENTION_DAYS."""
+    return serving.delete_old_recommendations()

@@ -802,12 +802,15 @@ APP_TEMPLATES_ONLY = override_settings(TEMPLATES=[{**settings.TEMPLATES[0], "DIR
 
 
 @pytest.mark.parametrize("templates", ["the store's item template", "the app's own item template"])
+# A store may name its placements anything (they are attributes of the carousel).
+@override_settings(RECOMMENDER={**settings.RECOMMENDER, "PLACEMENT_NAMES": [ATTR]})
 def test_every_template_tag_escapes_what_it_renders(evil_shelf, templates):
     evil = evil_shelf[-2:]
     events.record("view", evil_shelf[3], session_key="s1")  # the shopper rendering the page
-    for buyer in ("s2", "s3"):  # bought together by two shoppers, so the pair may be shown
+    for buyer in ("s2", "s3"):  # bought together by two users, so the pair may be shown
         events.record_many(
-            [{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]], session_key=buyer
+            [{"kind": "purchase", "item": p.pk} for p in [evil_shelf[0], *evil]],
+            user=get_user_model().objects.create_user(buyer),
         )
     tags = {
         "recommended_products": "{% recommended_products limit=20 placement=placement as items %}",

@@ -48,13 +48,13 @@ def render(source, **context):
 def test_a_carousel_of_recommendations_carries_attribution(shelf):
     events.record_many([{"kind": "view", "item": p.pk} for p in shelf[:3]], session_key="s1")
     html = render(
-        '{% recommended_products limit=4 placement="sidebar" as products %}'
-        '{% product_carousel products title="For you" placement="sidebar" %}'
+        '{% recommended_products limit=4 placement="product" as products %}'
+        '{% product_carousel products title="For you" placement="product" %}'
     )
-    recs = serving.recommend(session_key="s1", limit=4, placement="sidebar")
+    recs = serving.recommend(session_key="s1", limit=4, placement="product")
     assert f'data-rec-recommendation="{recs.recommendation_id}"' in html
     assert (
-        'data-rec-placement="sidebar"' in html and f'data-rec-version="{recs.version_id}"' in html
+        'data-rec-placement="product"' in html and f'data-rec-version="{recs.version_id}"' in html
     )
     assert html.count('class="rec-carousel__item"') == 4 and 'aria-label="For you"' in html
     for item in recs.items:

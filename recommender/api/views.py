@@ -244,7 +244,13 @@ class ImpressionsView(SessionWriteMixin, APIView):
 
 LIMIT = OpenApiParameter("limit", int, description="How many items (1..MAX_LIMIT, default 10).")
 PLACEMENT = OpenApiParameter(
-    "placement", str, description="Where the list is shown (home, product, cart...)."
+    "placement",
+    str,
+    description=(
+        "Where the list is shown: one of the store's placement names (PLACEMENT_NAMES, "
+        "PLACEMENTS; by default home, category, product, product-similar, "
+        "product-bought-together, cart, checkout, search). Any other is a 400."
+    ),
 )
 CATEGORY = OpenApiParameter("category", str, description="Only items of this category.")
 
@@ -281,12 +287,13 @@ class ServingView(APIView):
 
     @staticmethod
     def get_item(pk):
+        """The item, or the same 404 for an unknown item and one the store hides."""
         model = get_item_model()
         try:
             pk = itemkeys.from_json(pk)
         except ValidationError:
             raise Http404("No such item.") from None
-        item = model._default_manager.filter(pk=pk).first()
+        item = serving.visible_item(pk)
         if item is None:
             raise Http404("No such item.")
         return item

@@ -39,15 +39,17 @@ def _shopper(context):
 
 def _safely(make_list, what):
     """A carousel must never break the page: on an error, log it and show nothing."""
-    from ..serving import RecommendationList
+    import logging
+
+    from ..serving import BadRequest, RecommendationList
 
     try:
         return make_list()
+    except BadRequest as exc:  # the template asks for something the settings do not allow
+        logging.getLogger("recommender").error("Could not compute %s: %s", what, exc)
     except Exception:
-        import logging
-
         logging.getLogger("recommender").exception("Could not compute %s", what)
-        return RecommendationList([])
+    return RecommendationList([])
 
 
 @register.simple_tag(takes_context=True)

@@ -106,8 +106,11 @@ def product_detail(request, slug):
 
 @require_GET
 def product_image(request, slug):
-    """The product's generated picture; the same for a slug on every request, so cacheable."""
-    product = get_object_or_404(Product.objects.select_related("category"), slug=slug)
+    """The product's generated picture; the same for a slug on every request, so cacheable.
+
+    Only listed products have one: an inactive product's name must not be disclosed.
+    """
+    product = get_object_or_404(listed_products(), slug=slug)
     body = product_svg(product)
     etag = quote_etag(f"{stable_number(body):08x}")
     response = get_conditional_response(request, etag=etag) or HttpResponse(
@@ -153,10 +156,11 @@ def cart(request):
 def change_cart(request, session_cart, *, action, product, quantity):
     """Apply one cart change and record what it meant: items added or removed."""
     item = Product.objects.filter(pk=product).first()
-    if item is None:
+    current = session_cart.quantity_of(item) if item is not None else 0
+    # An inactive product not in the cart answers like a missing one: its name is not shown.
+    if item is None or (not item.is_active and not current):
         messages.error(request, "That product does not exist.")
         return
-    current = session_cart.quantity_of(item)
     if action == CartActionForm.ADD:
         wanted = current + quantity
     elif action == CartActionForm.REMOVE:
