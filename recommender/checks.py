@@ -122,9 +122,9 @@ def check_dict_settings(app_configs=None, **kwargs):
     own constructor, which imports torch: only when the store sets them.
     """
     problems = []  # (path, message)
-    for name, default in DEFAULTS.items():
-        if isinstance(default, dict) and not isinstance(getattr(recommender_settings, name), dict):
-            value = getattr(recommender_settings, name)
+    for name in (name for name, default in DEFAULTS.items() if isinstance(default, dict)):
+        value = getattr(recommender_settings, name)
+        if not isinstance(value, dict):
             problems.append(((name,), f"must be a dict, not {type(value).__name__}"))
     if not problems:
         problems += _training_problems() + _schedule_problems() + _placement_problems()
