@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test test-fast lint benchmarks clean
+.PHONY: install demo test test-fast test-ml lint benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The model code's tests alone: no Django settings, no database, no Redis.
+test-ml: install
+	$(BIN)/python -m pytest tests/ml -p no:django
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow and not browser" -x

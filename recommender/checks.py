@@ -108,6 +108,156 @@ def check_settings(app_configs=None, **kwargs):
     return errors
 
 
+# crontab fields TRAIN_SCHEDULE may set, and the rules one PLACEMENTS entry may set.
+CRONTAB_FIELDS = ("minute", "hour", "day_of_week", "day_of_month", "month_of_year")
+PLACEMENT_RULES = {"exclude_purchased": bool, "exclude_seen": bool, "diversity": int | None}
+
+
+@register()
+def check_dict_settings(app_configs=None, **kwargs):
+    """Every key and type inside the dict settings: a typo there must not pass silently.
+
+    Dict settings are merged over their defaults, so a misspelt key would otherwise just
+    leave the default in force. MODEL and MODEL_CONFIG are checked against the model's
+    own constructor, which imports torch: only when the store sets them.
+    """
+    problems = []  # (path, message)
+    for name in (name for name, default in DEFAULTS.items() if isinstance(default, dict)):
+        value = getattr(recommender_settings, name)
+        if not isinstance(value, dict):
+            problems.append(((name,), f"must be a dict, not {type(value).__name__}"))
+    if not problems:
+        problems += _training_problems() + _schedule_problems() + _placement_problems()
+        problems += _model_problems()
+    length = recommender_settings.HISTORY_LENGTH
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        problems.append((("HISTORY_LENGTH",), f"must be a whole number >= 1, not {length!r}"))
+    return [
+        Error(
+            "RECOMMENDER" + "".join(f'["{part}"]' for part in path) + f": {message}",
+            hint="Dict settings are merged over the defaults in recommender/conf.py; "
+            "set only the keys to change.",
+            id="recommender.E010",
+        )
+        for path, message in problems
+    ]
+
+
+def _training_problems():
+    from .ml.config import TrainConfig, config_problems
+    from .ml.data import CleaningConfig
+
+    problems = []
+    for name, cls in (("TRAINING", TrainConfig), ("CLEANING", CleaningConfig)):
+        value = getattr(recommender_settings, name)
+        for key, message in config_problems(cls, value):
+            problems.append(((name, key), message))
+    for name in ("TRAINING", "MODEL_CONFIG"):
+        if "max_len" in getattr(recommender_settings, name):
+            message = "not a setting here: HISTORY_LENGTH decides the history length for training and serving"
+            problems.append(((name, "max_len"), message))
+    return problems
+
+
+def _schedule_problems():
+    schedule = recommender_settings.TRAIN_SCHEDULE
+    problems = []
+    for key, value in schedule.items():
+        if key not in CRONTAB_FIELDS:
+            problems.append(
+                (
+                    ("TRAIN_SCHEDULE", key),
+                    f"unknown key; expected one of {', '.join(CRONTAB_FIELDS)}",
+                )
+            )
+        elif isinstance(value, bool) or not isinstance(value, (str, int)):
+            problems.append(
+                (("TRAIN_SCHEDULE", key), f"must be a crontab string or int, not {value!r}")
+            )
+    if not problems:
+        from celery.schedules import crontab
+
+        try:
+            crontab(**schedule)
+        except ValueError as exc:
+            problems.append((("TRAIN_SCHEDULE",), f"not a valid crontab: {exc}"))
+    return problems
+
+
+def _placement_problems():
+    problems = []
+    for placement, rules in recommender_settings.PLACEMENTS.items():
+        if not isinstance(rules, dict):
+            problems.append((("PLACEMENTS", placement), "must be a dict of rules"))
+            continue
+        for key, value in rules.items():
+            expected = PLACEMENT_RULES.get(key)
+            if expected is None:
+                problems.append(
+                    (
+                        ("PLACEMENTS", placement, key),
+                        f"unknown key; expected one of {', '.join(PLACEMENT_RULES)}",
+                    )
+                )
+            elif not _is_a(value, expected):
+                problems.append(
+                    (("PLACEMENTS", placement, key), f"must be {expected}, not {value!r}")
+                )
+    return problems
+
+
+def _model_problems():
+    import inspect
+
+    model, config = recommender_settings.MODEL, dict(recommender_settings.MODEL_CONFIG)
+    config.pop("max_len", None)  # reported with TRAINING's
+    if model == DEFAULTS["MODEL"] and not config:
+        return []
+    from .ml import nets
+
+    try:
+        cls = type(nets.build_model(model, 2, 2))
+    except ValueError as exc:
+        return [(("MODEL",), str(exc))]
+    params = {
+        name: param.default
+        for name, param in inspect.signature(cls).parameters.items()
+        if param.kind is param.KEYWORD_ONLY and name != "max_len"
+    }
+    problems = []
+    for key, value in config.items():
+        if key not in params:
+            problems.append(
+                (
+                    ("MODEL_CONFIG", key),
+                    f"unknown key for {model!r}; expected one of {', '.join(params)}",
+                )
+            )
+        elif params[key] is not None and not _is_a(value, type(params[key])):
+            problems.append(
+                (("MODEL_CONFIG", key), f"must be {type(params[key]).__name__}, not {value!r}")
+            )
+    if not problems:
+        try:
+            nets.build_model(model, 2, 2, **config)
+        except (TypeError, ValueError) as exc:
+            problems.append((("MODEL_CONFIG",), f"does not build a {model!r} model: {exc}"))
+    return problems
+
+
+def _is_a(value, expected):
+    """isinstance, where an int is a float, a bool is not a number, a list is a tuple."""
+    if value is None:
+        return expected is None or isinstance(None, expected)
+    if isinstance(value, bool):
+        return bool in getattr(expected, "__args__", (expected,))
+    if expected is float:
+        return isinstance(value, (int, float))
+    if expected is tuple:
+        return isinstance(value, (list, tuple))
+    return isinstance(value, expected)
+
+
 def _writable(folder):
     """True if a file can be created in ``folder`` (made if missing)."""
     try:

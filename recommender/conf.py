@@ -3,6 +3,9 @@
 Read them as ``from recommender.conf import recommender_settings`` then
 ``recommender_settings.MAX_BATCH_SIZE``. Values are looked up lazily and cached; the
 cache is dropped on Django's ``setting_changed`` so ``override_settings`` works in tests.
+A dict-valued setting is merged over its default, key by key (nested dicts too), so
+``"TRAIN_SCHEDULE": {"hour": "4"}`` keeps the default minute instead of running every
+minute of that hour; ``manage.py check`` validates every nested key and type.
 The item model is the one exception: ``RECOMMENDER_ITEM_MODEL`` is a top-level setting
 because migrations read it, like ``AUTH_USER_MODEL``.
 """
@@ -47,15 +50,18 @@ DEFAULTS = {
     "API_THROTTLE_RATE": "300/min",
     # Celery queue for training runs, kept apart from a store's default queue.
     "TRAINING_QUEUE": "recommender-training",
-    # Nightly retraining (crontab fields) installed in Celery beat's schedule.
+    # Nightly retraining (crontab fields) installed in Celery beat's schedule. Like every
+    # dict setting, a partial value is merged over this one: {"hour": "4"} keeps minute 30.
     "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},
     # A candidate is promoted when its validation NDCG@10 >= active's - tolerance.
     "PROMOTION_TOLERANCE": 0.0,
     # The model trained by recommender.train: "cnn_dnn" (default), "cnn", or a baseline
-    # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets).
+    # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets), all but
+    # max_len, which HISTORY_LENGTH decides.
     "MODEL": "cnn_dnn",
     "MODEL_CONFIG": {},
-    # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, ...) for store training.
+    # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, ...) for store training,
+    # all but max_len (HISTORY_LENGTH). {"lr": 1e-3} keeps the epochs/patience/budget here.
     "TRAINING": {"max_seconds": 900, "epochs": 60, "patience": 4},
     # Overrides of ml.data.CleaningConfig (bursts, bots, minimum counts, kind weights).
     "CLEANING": {},
@@ -69,7 +75,9 @@ DEFAULTS = {
     "VERSION_CHECK_SECONDS": 2.0,
     # Torch threads per web process for request-time scoring (1 suits one worker per core).
     "SERVING_TORCH_THREADS": 1,
-    # How many of the shopper's latest events the model reads at request time.
+    # How many of a shopper's latest events the model reads: the training window of a new
+    # model and its input at request time. A model serves with the length it was trained
+    # with (stored in its artifact), so changing this takes effect at the next training.
     "HISTORY_LENGTH": 50,
     # Seconds cached: a shopper's recommendations (dropped at once on a new event),
     # similar / bought-together lists, and popular lists.
@@ -139,7 +147,10 @@ class RecommenderSettings:
             raise AttributeError(f"Unknown RECOMMENDER setting: {name!r}")
         if name in self._cached:
             return self._cached[name]
-        value = self.user_settings.get(name, self.defaults[name])
+        default = self.defaults[name]
+        value = self.user_settings.get(name, default)
+        if isinstance(default, dict) and isinstance(value, dict):
+            value = merged(default, value)
         if name in IMPORT_STRINGS and isinstance(value, str):
             value = import_string(value)
         self._cached[name] = value
@@ -153,6 +164,19 @@ class RecommenderSettings:
 
 
 recommender_settings = RecommenderSettings()
+
+
+def merged(default, override):
+    """``override`` over ``default``, key by key; a dict inside both is merged the same way.
+
+    A setting given in part keeps the rest of its default: nothing is half-set.
+    """
+    result = dict(default)
+    for key, value in override.items():
+        if isinstance(result.get(key), dict) and isinstance(value, dict):
+            value = merged(result[key], value)
+        result[key] = value
+    return result
 
 
 def get_item_model_label():

@@ -111,6 +111,11 @@ class LoadedModel:
             if i not in banned and s != float("-inf")
         ][:k]
 
+    @property
+    def history_length(self):
+        """Latest events the model reads: the length it was trained with (in its artifact)."""
+        return self.predictor.max_len
+
     def similar(self, pk, k):
         return self.predictor.similar(pk, k)
 
@@ -497,6 +502,8 @@ def shopper_history(user=None, session_key="", length=None):
 def shopper_activity(user=None, session_key="", length=None, with_purchases=True):
     """(latest (item pk, kind) events oldest first, set of purchased item pks), in one query.
 
+    ``length`` is the active model's history length; HISTORY_LENGTH while none is loaded.
+
     The latest events and all purchases come back together (UNION ALL, each branch on the
     shopper's index): one round trip less on every cache miss.
     """
@@ -584,7 +591,10 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         )
 
     history, purchased = shopper_activity(
-        user, session_key, with_purchases=rules["exclude_purchased"]
+        user,
+        session_key,
+        length=model.history_length if model is not None else None,
+        with_purchases=rules["exclude_purchased"],
     )
     banned = set(exclude) | purchased
     if rules["exclude_seen"]:

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import itemkeys
-from .conf import recommender_settings
+from .conf import merged, recommender_settings
 from .models import Event, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -307,18 +307,55 @@ def run_training(version_id, *, echo=None):
 
 
 def _settings_for(version):
-    """The run's settings: the store's RECOMMENDER values, overridden by the version's."""
-    names = ("MODEL", "MODEL_CONFIG", "TRAINING", "CLEANING", "HOLDOUT_DAYS", "MIN_TRAINING_EVENTS")
-    merged = {name: getattr(recommender_settings, name) for name in names}
-    merged.update({k: v for k, v in (version.config or {}).items() if k in names})
-    return merged
+    """The run's settings: the store's RECOMMENDER values, the version's merged over them."""
+    names = (
+        "MODEL",
+        "MODEL_CONFIG",
+        "TRAINING",
+        "CLEANING",
+        "HOLDOUT_DAYS",
+        "MIN_TRAINING_EVENTS",
+        "HISTORY_LENGTH",
+    )
+    cfg = {name: getattr(recommender_settings, name) for name in names}
+    for name, value in (version.config or {}).items():
+        if name in names:
+            both_dicts = isinstance(cfg[name], dict) and isinstance(value, dict)
+            cfg[name] = merged(cfg[name], value) if both_dicts else value
+    return cfg
+
+
+def train_config_for(cfg):
+    """The run's ml.train.TrainConfig: TRAINING, with the window HISTORY_LENGTH decides."""
+    from .ml import train
+
+    _refuse_own_max_len(cfg)
+    return train.TrainConfig.from_dict({**cfg["TRAINING"], "max_len": cfg["HISTORY_LENGTH"]})
+
+
+def model_config_for(cfg):
+    """The run's model hyper-parameters: MODEL_CONFIG, with the max_len HISTORY_LENGTH decides.
+
+    The model keeps it in its artifact, and serving reads that many events for it.
+    """
+    _refuse_own_max_len(cfg)
+    return {**cfg["MODEL_CONFIG"], "max_len": cfg["HISTORY_LENGTH"]}
+
+
+def _refuse_own_max_len(cfg):
+    for name in ("TRAINING", "MODEL_CONFIG"):
+        if "max_len" in cfg[name]:
+            raise TrainingError(
+                f"RECOMMENDER[{name!r}]['max_len'] is not a setting: HISTORY_LENGTH decides "
+                "the history length for training and serving alike."
+            )
 
 
 def _train(version, progress):
     from .ml import artifact, metrics, nets, train
 
     cfg = _settings_for(version)
-    train_config = train.TrainConfig.from_dict(cfg["TRAINING"])
+    train_config = train_config_for(cfg)
 
     progress.stage("export")
     sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
@@ -337,7 +374,7 @@ def _train(version, progress):
     import torch
 
     torch.manual_seed(train_config.seed)  # the initial weights too: a run is reproducible
-    model = nets.build_model(cfg["MODEL"], split.n_items, split.n_kinds, **cfg["MODEL_CONFIG"])
+    model = nets.build_model(cfg["MODEL"], split.n_items, split.n_kinds, **model_config_for(cfg))
     fitted = train.fit(model, split, train_config, progress=progress)
     curve = _jsonable(fitted.curve)
     ModelVersion.objects.filter(pk=version.pk).update(curve=curve)
@@ -352,7 +389,9 @@ def _train(version, progress):
         if name == cfg["MODEL"]:
             continue
         baseline = train.fit(
-            nets.build_model(name, split.n_items, split.n_kinds), split, train_config
+            nets.build_model(name, split.n_items, split.n_kinds, max_len=train_config.max_len),
+            split,
+            train_config,
         ).model
         results["baselines"][name] = {
             "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
@@ -482,10 +521,11 @@ def evaluate_version(version, *, on_stage=None):
     from .ml.inference import Predictor
 
     cfg = _settings_for(version)
-    train_config = train.TrainConfig.from_dict(cfg["TRAINING"])
     storage = storages[recommender_settings.ARTIFACT_STORAGE]
     with storage.open(version.artifact, "rb") as stored:
         predictor = Predictor.from_artifact(stored)
+    # Measured with the history length the version was trained with, as it serves.
+    train_config = train_config_for({**cfg, "HISTORY_LENGTH": predictor.max_len})
     _, split = store_split(cfg, train_config.seed, on_stage=on_stage)
     if on_stage:
         on_stage("evaluate")
@@ -497,7 +537,9 @@ def evaluate_version(version, *, on_stage=None):
     results["baselines"] = {}
     for name in BASELINES:
         baseline = train.fit(
-            nets.build_model(name, split.n_items, split.n_kinds), split, train_config
+            nets.build_model(name, split.n_items, split.n_kinds, max_len=train_config.max_len),
+            split,
+            train_config,
         ).model
         results["baselines"][name] = {
             "valid": _evaluate(baseline, split.validation, split, train_config, metrics),

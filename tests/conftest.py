@@ -1,3 +1,7 @@
+"""Fixtures of the Django tests. Tests of ``recommender.ml`` need none of them and run
+without Django settings or services: ``pytest tests/ml -p no:django`` (tests/ml/conftest.py
+turns this file's autouse fixtures off there)."""
+
 import os
 
 import pytest
@@ -7,7 +11,8 @@ REQUIRE_SERVICES = os.environ.get("RECOMMENDER_REQUIRE_SERVICES") == "1"
 
 
 def pytest_configure(config):
-    if REQUIRE_SERVICES:
+    # Without the django plugin (``pytest tests/ml -p no:django``) no service is used.
+    if REQUIRE_SERVICES and config.pluginmanager.hasplugin("django"):
         missing = [name for name, up in settings.SERVICES.items() if not up]
         if missing:
             raise pytest.UsageError(

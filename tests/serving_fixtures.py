@@ -11,12 +11,14 @@ from recommender.ml import artifact, data, nets
 from recommender.models import ModelVersion
 
 
-def install_version(products, *, seed=0, activate=True):
+def install_version(products, *, seed=0, activate=True, max_len=50):
     import torch
 
     torch.manual_seed(seed)
     kinds = data.kind_vocabulary(data.KNOWN_KINDS)
-    model = nets.build_model("cnn_dnn", len(products), len(kinds), dim=16, tower_hidden=32)
+    model = nets.build_model(
+        "cnn_dnn", len(products), len(kinds), dim=16, tower_hidden=32, max_len=max_len
+    )
     payload = artifact.artifact_bytes(
         model_name="cnn_dnn",
         model_config=model.config,

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import checked_config
+
 PAD = 0
 PAD_KIND = "<pad>"
 # Known kinds get stable vocabulary slots (after padding) so two trainings on similar data
@@ -31,15 +33,6 @@ Interaction = tuple  # (shopper, item, kind: str, value: float | None, ts: float
 
 
 # --------------------------------------------------------------------------- config
-
-
-def checked_config(cls, d: dict | None) -> dict:
-    """A copy of a settings dict for dataclass ``cls``; unknown keys are an error (typos must not pass)."""
-    d = dict(d or {})
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    return d
 
 
 @dataclass

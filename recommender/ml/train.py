@@ -8,7 +8,6 @@ in one step and validated the same way, so the app can train and compare them un
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,40 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import Split, checked_config
+from .config import TrainConfig  # noqa: F401 - where callers have always found it
+from .data import Split
 from .metrics import evaluate
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 3e-3  # measured: same plateau as 1e-3 in about half the epochs
-    weight_decay: float = 0.0
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
-    max_seconds: float | None = 1200.0  # wall-clock budget, validation included
-    seed: int = 0
-    max_len: int = 50  # events per training window (longer histories give several)
-    # Full softmax up to this many items, then shared uniform negatives. On 2 CPU threads
-    # at 54,542 items a training position costs ~740 us with the full softmax, ~230 us with
-    # 4096 negatives (benchmarks/train_step.py): 3x the epochs in a wall-clock budget. On a
-    # GPU, where epochs are cheap, the full softmax converged slightly higher (quality-notes.md).
-    sampled_softmax_above: int = 50_000
-    n_negatives: int = 4096
-    grad_clip: float | None = 5.0
-    val_max_users: int | None = 10_000  # seeded validation subset (None: all) to save time
-    eval_batch_size: int = 512
-    num_threads: int | None = None  # torch threads; None leaves the process default
-    warmup_epochs: float = 0.0  # linear lr warm-up
-    lr_decay: float = 1.0  # lr multiplier applied after every epoch
-    device: str = "cpu"  # e.g. "cuda" on a GPU worker; the artifact is always saved on CPU
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> TrainConfig:
-        return cls(**checked_config(cls, d))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass

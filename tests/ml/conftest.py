@@ -1,8 +1,25 @@
+"""Tests of ``recommender.ml``: pure PyTorch + NumPy, no Django, no database, no cache.
+
+They run with no Django settings and no services: ``pytest tests/ml -p no:django``.
+"""
+
 import numpy as np
 import pytest
 import torch
 
 from recommender.ml import data, nets
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Replaces tests/conftest.py's cache clearing: nothing here uses a cache."""
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_serving_state():
+    """Replaces tests/conftest.py's serving reset: nothing here imports Django's serving."""
+    yield
 
 
 def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> data.Sequences:

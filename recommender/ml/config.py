@@ -1,0 +1,97 @@
+"""Training settings and the checking of settings dicts, without torch.
+
+``manage.py check`` validates the store's TRAINING and CLEANING dicts against these
+dataclasses, and must not pay for importing torch to do it: that is why TrainConfig
+lives here rather than beside the training loop (``ml.train`` re-exports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import types
+import typing
+from dataclasses import dataclass
+
+
+def config_problems(cls, d: dict | None) -> list[tuple[str, str]]:
+    """``(key, problem)`` for every unknown key and wrongly typed value of a dict for ``cls``."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for key, value in (d or {}).items():
+        if key not in fields:
+            problems.append((key, f"unknown key; expected one of {', '.join(sorted(fields))}"))
+        elif not _matches(value, hints[key]):
+            problems.append(
+                (key, f"must be {_describe(hints[key])}, not {type(value).__name__} {value!r}")
+            )
+    return problems
+
+
+def checked_config(cls, d: dict | None) -> dict:
+    """A copy of a settings dict for dataclass ``cls``; unknown keys and wrong types are an
+    error (typos must not pass)."""
+    problems = config_problems(cls, d)
+    if problems:
+        raise ValueError(
+            f"bad {cls.__name__} settings: " + "; ".join(f"{k!r}: {p}" for k, p in problems)
+        )
+    return dict(d or {})
+
+
+def _matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if origin in (tuple, list):  # a JSON-ish list is as good as a tuple
+        return isinstance(value, (tuple, list)) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items()
+        )
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 3e-3  # measured: same plateau as 1e-3 in about half the epochs
+    weight_decay: float = 0.0
+    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    max_seconds: float | None = 1200.0  # wall-clock budget, validation included
+    seed: int = 0
+    max_len: int = 50  # events per training window (longer histories give several)
+    # Full softmax up to this many items, then shared uniform negatives. On 2 CPU threads
+    # at 54,542 items a training position costs ~740 us with the full softmax, ~230 us with
+    # 4096 negatives (benchmarks/train_step.py): 3x the epochs in a wall-clock budget. On a
+    # GPU, where epochs are cheap, the full softmax converged slightly higher (quality-notes.md).
+    sampled_softmax_above: int = 50_000
+    n_negatives: int = 4096
+    grad_clip: float | None = 5.0
+    val_max_users: int | None = 10_000  # seeded validation subset (None: all) to save time
+    eval_batch_size: int = 512
+    num_threads: int | None = None  # torch threads; None leaves the process default
+    warmup_epochs: float = 0.0  # linear lr warm-up
+    lr_decay: float = 1.0  # lr multiplier applied after every epoch
+    device: str = "cpu"  # e.g. "cuda" on a GPU worker; the artifact is always saved on CPU
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TrainConfig:
+        return cls(**checked_config(cls, d))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
