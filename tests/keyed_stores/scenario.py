@@ -185,7 +185,9 @@ def main():
         check(str(items[29].pk) not in mine, "an out-of-stock item was recommended")
         check(not {str(items[0].pk), str(items[1].pk)} & set(mine), "a bought item came back")
         stored = Recommendation.objects.get(pk=first.json()["recommendation_id"])
-        check(set(mine) <= {str(pk) for pk in stored.items}, (stored.items, mine))  # the ranked candidates
+        check(
+            set(mine) <= {str(pk) for pk in stored.items}, (stored.items, mine)
+        )  # the ranked candidates
         check(ids_of(shopper.get("/api/recommender/recommendations/?limit=5")) == mine, "cache")
         shelf_a = ids_of(shopper.get("/api/recommender/recommendations/?limit=5&category=a"))
         on_a = {str(item.pk) for item in items if item.shelf == "a"}
