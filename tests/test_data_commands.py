@@ -135,6 +135,31 @@ def test_start_skips_the_lines_before_it(tmp_path, catalog):
     assert sorted(Event.objects.values_list("session_key", flat=True)) == ["s2", "s3"]
 
 
+def test_import_stores_any_offset_python_accepts_as_utc(tmp_path, catalog):
+    """PostgreSQL refuses offsets past ±15:59: the import died with a DataError traceback."""
+    when = (timezone.now() - timedelta(hours=3)).replace(microsecond=0)
+    rows = [
+        f"session:s,{catalog[0].pk},view,{when.astimezone(timezone.get_fixed_timezone(16 * 60)).isoformat()}",
+        f"session:s,{catalog[1].pk},view,{when.astimezone(timezone.get_fixed_timezone(-16 * 60)).isoformat()}",
+        f"session:s,{catalog[2].pk},view,{when.astimezone(timezone.get_fixed_timezone(23 * 60 + 59)).isoformat()}",
+    ]
+    path = write(tmp_path, "user,item,kind,timestamp\n" + "\n".join(rows) + "\n")
+    assert "Stored 3 event(s)" in run("recommender_import_events", path)
+    assert set(Event.objects.values_list("occurred_at", flat=True)) == {when}
+
+
+def test_import_names_the_lines_of_out_of_range_times(tmp_path, catalog):
+    rows = [
+        f"session:s,{catalog[0].pk},view,0001-01-01T00:00:00+01:00",
+        f"session:t,{catalog[0].pk},view,1{'0' * 400}",
+    ]
+    path = write(tmp_path, "user,item,kind,timestamp\n" + "\n".join(rows) + "\n")
+    out, error = run_failing("recommender_import_events", path)
+    assert "line 2: timestamp: '0001-01-01T00:00:00+01:00' is out of range." in out
+    assert "line 3: timestamp:" in out and "out of range" in out
+    assert "2 row(s) rejected" in error and not Event.objects.exists()
+
+
 def test_import_sequence_format(tmp_path, catalog):
     a, b, c = (str(p.pk) for p in catalog[:3])
     path = write(tmp_path, f"7 {a}\n7 {b}\n7 {c}\n9 {c}\n\n9 {a} extra\n", "beauty.txt")
