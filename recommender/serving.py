@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from .conf import get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
+from .shoppers import shopper_pseudonym
 
 logger = logging.getLogger(__name__)
 
@@ -385,9 +386,10 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
     return kept, scores
 
 
-def _save_list(source, placement, version_id, pks):
+def _save_list(source, placement, version_id, pks, owner=""):
+    """Store a list shown; ``owner`` (a shopper pseudonym) marks a personal one."""
     rec = Recommendation.objects.create(
-        source=source, placement=placement, version_id=version_id, items=list(pks)
+        source=source, placement=placement, version_id=version_id, items=list(pks), owner=owner
     )
     return rec.pk
 
@@ -536,7 +538,8 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         items += fallback.items[: limit - len(items)]
         scores += [0.0] * (len(items) - len(scores))
     pks = [item.pk for item in items]
-    rid = _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks)
+    owner = shopper_pseudonym(user=user, session_key=session_key)
+    rid = _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks, owner)
     _cache().set(
         key,
         {
