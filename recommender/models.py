@@ -98,9 +98,12 @@ class Event(models.Model):
             models.CheckConstraint(
                 condition=~Q(user__isnull=True, session_key=""), name="rec_event_has_shopper"
             ),
-            # event_id first, and the user's index not partial, so that a lookup by event id
-            # alone (the admin's search) is an index scan too.
-            models.UniqueConstraint(fields=["event_id", "user"], name="rec_event_id_per_user"),
+            # Each row enters exactly one of the two (as it entered the one global index before).
+            models.UniqueConstraint(
+                fields=["event_id", "user"],
+                condition=Q(user__isnull=False),
+                name="rec_event_id_per_user",
+            ),
             models.UniqueConstraint(
                 fields=["event_id", "session_key"],
                 condition=Q(user__isnull=True),

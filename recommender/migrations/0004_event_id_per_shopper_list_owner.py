@@ -39,7 +39,9 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="event",
             constraint=models.UniqueConstraint(
-                fields=("event_id", "user"), name="rec_event_id_per_user"
+                condition=models.Q(("user__isnull", False)),
+                fields=("event_id", "user"),
+                name="rec_event_id_per_user",
             ),
         ),
         migrations.AddConstraint(
