@@ -228,6 +228,27 @@ def test_export_jsonl_since_and_with_user_ids(tmp_path, history):
     assert "--since 'yesterday'" in error
 
 
+@pytest.mark.parametrize(
+    ("since", "reason"),
+    [
+        ("2026-02-30", "is not an ISO 8601 date or time"),
+        ("2026-01-01T25:00:00Z", "is not an ISO 8601 date or time"),
+        ("0001-01-01T00:00:00+01:00", "is out of range"),
+    ],
+)
+def test_export_since_refuses_impossible_times_with_a_message(tmp_path, history, since, reason):
+    _, error = run_failing("recommender_export_events", str(tmp_path / "out.csv"), "--since", since)
+    assert reason in error
+
+
+def test_export_since_takes_any_offset_python_accepts(tmp_path, history):
+    """PostgreSQL refuses offsets past ±15:59: the export died with a DataError."""
+    since = (timezone.now() - timedelta(days=30)).astimezone(timezone.get_fixed_timezone(16 * 60))
+    path = tmp_path / "out.jsonl"
+    run("recommender_export_events", str(path), "--format", "jsonl", "--since", since.isoformat())
+    assert len(path.read_text().splitlines()) == Event.objects.count()
+
+
 def test_an_identified_export_imports_back(tmp_path, history):
     path = tmp_path / "staff.csv"
     run("recommender_export_events", str(path), "--with-user-ids")
