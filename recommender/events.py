@@ -276,12 +276,9 @@ def _parse_time(value):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be an ISO 8601 time or milliseconds since the epoch.")
         try:
+            # Inside the try: an int too large for a float overflows in the division itself.
             when = datetime.fromtimestamp(value / 1000, tz=UTC)
-        except (
-            OverflowError,
-            OSError,
-            ValueError,
-        ):  # an int too large for a float, a year past 9999
+        except (OverflowError, OSError, ValueError):
             raise ValueError("is out of range.") from None
     elif isinstance(value, str):
         try:
@@ -507,8 +504,9 @@ def _store_postgresql(rows, *, user, session_key):
 
     The insert only happens if all the batch's items are recordable (counted by the
     store's own queryset), and ``ON CONFLICT DO NOTHING RETURNING`` says exactly which
-    event ids were new for this shopper (the per-shopper unique indexes on event_id). When nothing was inserted, the slower checks tell why. Like
-    ``_store_orm``, it checks the items of all ``rows`` and inserts each event id once.
+    event ids were new for this shopper (event ids are unique per user, or per anonymous
+    key). When nothing was inserted, the slower checks tell why. Like ``_store_orm``, it
+    checks the items of all ``rows`` and inserts each event id once.
 
     The store's queryset is compiled without the batch's ids, which are passed as one
     array: compiling ``pk__in=[...]`` and the model's default ordering cost more CPU

@@ -39,7 +39,8 @@ def shopper_pseudonym(*, user=None, session_key=""):
 
     Stored as the owner of a personal recommendation list, so that a click is credited
     to the list only by the shopper it was shown to, without the list naming them: it is
-    an HMAC under the site's SECRET_KEY (rotating the key forgets old lists' owners).
+    an HMAC under the site's SECRET_KEY (rotating the key forgets old lists' owners),
+    salted apart from the training export's pseudonyms so the two cannot be joined.
     """
     if user is not None and getattr(user, "is_authenticated", False):
         identity = f"user:{user.pk}"
