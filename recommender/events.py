@@ -3,14 +3,20 @@
 Everything that records events (the DRF endpoint, the store's checkout code, the demo
 simulator, imports) calls ``record`` or ``record_many``. A batch is validated as a whole
 before anything is written, so a bad event never leaves its batch half-stored, and each
-event's ``event_id`` makes a retried submission a no-op.
+event's ``event_id`` makes a retried submission a no-op. Code that must store what it can
+(a checkout) passes ``partial=True`` and gets the rejected events back instead.
+
+An ``event_id`` is unique per shopper, not across shoppers: another shopper's event with
+the same id is a different event, so nobody can pre-empt (or detect) someone else's ids.
+A ``recommendation_id`` is kept only if it names a list shown to this shopper that holds
+the item (see ``_attribute``), so clicks cannot be credited to lists by anyone who asks.
 """
 
 import functools
 import json
 import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from django.db import connections, router, transaction
@@ -19,7 +25,8 @@ from django.utils.dateparse import parse_datetime
 
 from . import itemkeys
 from .conf import get_item_model, recommender_settings
-from .models import Event
+from .models import Event, Recommendation
+from .shoppers import shopper_pseudonym
 
 EVENT_FIELDS = {
     "kind",
@@ -48,8 +55,15 @@ class EventValidationError(ValueError):
 
 @dataclass(frozen=True)
 class RecordResult:
+    """``stored`` new events, ``duplicates`` skipped (event id already stored for this shopper).
+
+    ``rejected`` (only with ``partial=True``) maps the index of each event that was not
+    stored because it is invalid to ``{field: reason}``, like ``EventValidationError.errors``.
+    """
+
     stored: int
     duplicates: int
+    rejected: dict = field(default_factory=dict)
 
 
 def record(kind, item, *, user=None, session_key="", **fields):
@@ -62,11 +76,16 @@ def record(kind, item, *, user=None, session_key="", **fields):
     return record_many([{"kind": kind, "item": item, **fields}], user=user, session_key=session_key)
 
 
-def record_many(events, *, user=None, session_key=""):
+def record_many(events, *, user=None, session_key="", partial=False):
     """Validate a batch of event dicts for one shopper and store them in one statement.
 
-    Events whose ``event_id`` is already stored (or repeats within the batch) are
-    counted as duplicates and skipped.
+    Events whose ``event_id`` this shopper already stored (or that repeat within the
+    batch) are counted as duplicates and skipped. By default an invalid event (an unknown
+    field, an item that is missing or no longer recordable...) rejects the whole batch
+    with EventValidationError. With ``partial=True`` the valid events are stored and the
+    invalid ones are listed in ``RecordResult.rejected``: what a checkout wants, where an
+    item deactivated meanwhile must not cost the order's other purchase events. A call
+    that is wrong as a whole (no shopper, an empty or too large batch) raises either way.
     """
     events = list(events)
     max_batch = recommender_settings.MAX_BATCH_SIZE
@@ -85,17 +104,40 @@ def record_many(events, *, user=None, session_key=""):
             errors[index] = problems
         else:
             rows.append({**row, "index": index})
-    if errors:
+    if errors and not partial:
         if rows:  # unavailable items too, so that one answer names every bad event
             errors.update(_check_items(rows))
         raise EventValidationError(dict(sorted(errors.items())))
-    if _events_database().vendor == "postgresql":
-        stored = _store_postgresql(rows, user=user, session_key=session_key)
-    else:
-        stored = _store_orm(rows, user=user, session_key=session_key)
+    if partial and rows:
+        errors.update(_check_items(rows))
+        rows = [row for row in rows if row["index"] not in errors]
+    _attribute(rows, user=user, session_key=session_key)
+    stored = _store(rows, user=user, session_key=session_key, errors=errors if partial else None)
     if stored:
         _notify_recorded(user=user, session_key=session_key)
-    return RecordResult(stored=stored, duplicates=len(events) - stored)
+    valid = len(events) - len(errors)
+    return RecordResult(
+        stored=stored, duplicates=valid - stored, rejected=dict(sorted(errors.items()))
+    )
+
+
+def _store(rows, *, user, session_key, errors=None):
+    """Store validated rows; returns how many were new.
+
+    With ``errors`` (partial recording), an item that stopped being recordable between the
+    check and the insert rejects only its own events: they are added to ``errors`` and the
+    rest is stored.
+    """
+    store = _store_postgresql if _events_database().vendor == "postgresql" else _store_orm
+    while rows:
+        try:
+            return store(rows, user=user, session_key=session_key)
+        except EventValidationError as exc:
+            if errors is None:
+                raise
+            errors.update(exc.errors)
+            rows = [row for row in rows if row["index"] not in errors]
+    return 0
 
 
 def _validate_shopper(user, session_key):
@@ -232,10 +274,11 @@ def _parse_time(value):
     if isinstance(value, datetime):
         when = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError("must be an ISO 8601 time or milliseconds since the epoch.")
         try:
-            when = datetime.fromtimestamp(value / 1000.0, tz=UTC)
+            # Inside the try: an int too large for a float overflows in the division itself.
+            when = datetime.fromtimestamp(value / 1000, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise ValueError("is out of range.") from None
     elif isinstance(value, str):
@@ -249,7 +292,20 @@ def _parse_time(value):
         raise ValueError("must be an ISO 8601 time or milliseconds since the epoch.")
     if timezone.is_naive(when):
         raise ValueError("must include a time zone.")
-    return when
+    return as_utc(when)
+
+
+def as_utc(when):
+    """An aware time in UTC, or ValueError.
+
+    Python accepts UTC offsets up to ±23:59, PostgreSQL only up to ±15:59, so a time is
+    stored as UTC whatever offset it came with; moving it to UTC can step out of
+    datetime's years 1..9999, which is the client's out-of-range time.
+    """
+    try:
+        return when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("is out of range.") from None
 
 
 def _clean_uuid(value):
@@ -327,6 +383,44 @@ def _unique(rows):
     return unique
 
 
+def _attribute(rows, *, user, session_key):
+    """Keep an event's ``recommendation_id`` only where it is the shopper's to claim.
+
+    The list must exist, hold the event's item, and be either shared (popular, similar,
+    bought together: shown to anyone who asks) or this shopper's own (its ``owner`` is
+    the shopper's pseudonym, as the user or as the anonymous key). A click counts once
+    per (shopper, list, item): a repeat is stored without attribution. An event that
+    fails a check is still stored, since what the shopper did is true; only the credit
+    to the list is dropped. Batches without recommendation ids cost no query.
+    """
+    claimed = [row for row in rows if row["recommendation_id"] is not None]
+    if not claimed:
+        return
+    lists = {
+        rec_id: (owner, {str(pk) for pk in items})
+        for rec_id, owner, items in Recommendation.objects.filter(
+            pk__in={row["recommendation_id"] for row in claimed}
+        ).values_list("pk", "owner", "items")
+    }
+    mine = {shopper_pseudonym(user=user), shopper_pseudonym(session_key=session_key)} - {""}
+    counted = set(
+        Event.objects.for_shopper(user=user, session_key=session_key)
+        .filter(kind=Event.Kind.CLICK, recommendation_id__in=list(lists))
+        .values_list("recommendation_id", "item_id")
+        .order_by()
+    )
+    counted = {(rec_id, str(item)) for rec_id, item in counted}
+    for row in claimed:
+        rec_id, item = row["recommendation_id"], str(row["item_pk"])
+        owner, items = lists.get(rec_id, (None, ()))
+        if item not in items or (owner and owner not in mine):
+            row["recommendation_id"] = None
+        elif row["kind"] == Event.Kind.CLICK:
+            if (rec_id, item) in counted:
+                row["recommendation_id"] = None
+            counted.add((rec_id, item))
+
+
 def _events_database():
     """The connection events are written to (the database router's choice for Event)."""
     return connections[router.db_for_write(Event)]
@@ -368,9 +462,9 @@ def _store_orm(rows, *, user, session_key):
     rows = _unique(rows)
     with transaction.atomic(using=_events_database().alias):
         existing = set(
-            Event.objects.filter(event_id__in=[row["event_id"] for row in rows]).values_list(
-                "event_id", flat=True
-            )
+            Event.objects.for_shopper(user=user, session_key=session_key)
+            .filter(event_id__in=[row["event_id"] for row in rows])
+            .values_list("event_id", flat=True)
         )
         new = [_event(row, user, session_key) for row in rows if row["event_id"] not in existing]
         # ignore_conflicts covers a concurrent retry landing between the check and the insert.
@@ -411,8 +505,9 @@ def _store_postgresql(rows, *, user, session_key):
 
     The insert only happens if all the batch's items are recordable (counted by the
     store's own queryset), and ``ON CONFLICT DO NOTHING RETURNING`` says exactly which
-    event ids were new. When nothing was inserted, the slower checks tell why. Like
-    ``_store_orm``, it checks the items of all ``rows`` and inserts each event id once.
+    event ids were new for this shopper (event ids are unique per user, or per anonymous
+    key). When nothing was inserted, the slower checks tell why. Like ``_store_orm``, it
+    checks the items of all ``rows`` and inserts each event id once.
 
     The store's queryset is compiled without the batch's ids, which are passed as one
     array: compiling ``pk__in=[...]`` and the model's default ordering cost more CPU
@@ -450,7 +545,7 @@ def _store_postgresql(rows, *, user, session_key):
                e.placement, e.page, e.recommendation_id
         FROM json_to_recordset(%s::json) AS e({columns})
         WHERE (SELECT count(*) FROM ({allowed_sql}) AS allowed WHERE allowed.pk = ANY(%s::{item_type}[])) = %s
-        ON CONFLICT (event_id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING 1
     """
     params = [

@@ -48,11 +48,12 @@ class Event(models.Model):
         PURCHASE = "purchase"
 
     id = models.BigAutoField(primary_key=True)
+    # Unique per shopper (see Meta.constraints), never across shoppers: one shopper's ids
+    # can neither suppress another's events nor tell whether another's id exists.
     event_id = models.UUIDField(
-        unique=True,
         default=uuid.uuid4,
         editable=False,
-        help_text="Client-supplied id: a retried submission with the same id is stored once.",
+        help_text="Client-supplied id: a retried submission with the same id is stored once per shopper.",
     )
     # No index of its own: rec_event_user_latest starts with user_id and serves its lookups.
     user = models.ForeignKey(
@@ -96,6 +97,17 @@ class Event(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=~Q(user__isnull=True, session_key=""), name="rec_event_has_shopper"
+            ),
+            # Each row enters exactly one of the two (as it entered the one global index before).
+            models.UniqueConstraint(
+                fields=["event_id", "user"],
+                condition=Q(user__isnull=False),
+                name="rec_event_id_per_user",
+            ),
+            models.UniqueConstraint(
+                fields=["event_id", "session_key"],
+                condition=Q(user__isnull=True),
+                name="rec_event_id_per_session",
             ),
         ]
 
@@ -227,7 +239,8 @@ class ModelVersion(models.Model):
 
 class RecommendationQuerySet(models.QuerySet):
     def clicks(self):
-        """Click events attributed to these recommendation lists."""
+        """Click events attributed to these recommendation lists (repeats included: see
+        ``reports.distinct_clicks`` for the count the dashboards show)."""
         return Event.objects.filter(kind=Event.Kind.CLICK, recommendation_id__in=self.values("id"))
 
 
@@ -256,6 +269,12 @@ class Recommendation(models.Model):
     placement = models.CharField(max_length=64, blank=True, default="")
     source = models.CharField(max_length=16, choices=Source.choices)
     items = models.JSONField(default=list, help_text="Item ids in the order shown.")
+    owner = models.CharField(
+        max_length=32,
+        blank=True,
+        default="",
+        help_text="Pseudonym of the shopper a personal list was made for; empty for shared lists.",
+    )
     impressions = models.PositiveIntegerField(
         default=0, help_text="Times the tracker saw the list on screen."
     )

@@ -20,7 +20,11 @@ from django.db.models import Count, Q
 
 from . import serving
 from .conf import recommender_settings
-from .models import Event
+from .models import Event, Recommendation
+from .shoppers import shopper_pseudonym
+
+# The owner of a forgotten shopper's lists: not a pseudonym (those are hex), never shared ("").
+FORGOTTEN_OWNER = "forgotten"
 
 
 @dataclass
@@ -72,8 +76,22 @@ def forget_shopper(*, user=None, session_key=""):
             )
         )
         deleted, _ = events.delete()
+        _forget_list_owners(user, sessions)
     _forget_cached(user, users, sessions, bought)
     return ForgetResult(events=deleted, by_kind=by_kind, sessions=sessions)
+
+
+def _forget_list_owners(user, sessions):
+    """Unlink the shopper's personal recommendation lists from them.
+
+    The lists stay (their version's impressions and clicks are aggregate metrics), but
+    their owner becomes a mark no shopper's pseudonym equals: no one, the forgotten
+    shopper included, can be credited with a click on them, and nothing links them back.
+    """
+    owners = {shopper_pseudonym(session_key=key) for key in sessions}
+    if user is not None:
+        owners.add(shopper_pseudonym(user=user))
+    Recommendation.objects.filter(owner__in=owners).update(owner=FORGOTTEN_OWNER)
 
 
 def _forget_cached(user, user_ids, sessions, bought_items):

@@ -9,8 +9,19 @@ time zone, and every range is half-open: ``start <= occurred_at < end``.
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum, Value
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    IntegerField,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce, Concat, TruncDate
 from django.utils import timezone
 
 from .conf import get_item_model
@@ -110,6 +121,31 @@ def event_counts(since, until=None):
 # --------------------------------------------------------------------------- carousels
 
 
+def distinct_clicks():
+    """Count each (shopper, list, item) click once: repeated clicks are not more interest.
+
+    ``events.record_many`` already credits a list only once per shopper and item; this
+    keeps the reports right for rows written otherwise (older rows, concurrent batches).
+    """
+    text = CharField()
+    shopper = Case(
+        When(user__isnull=False, then=Concat(Value("u"), Cast("user_id", text), output_field=text)),
+        default=Concat(Value("s"), "session_key", output_field=text),
+        output_field=text,
+    )
+    return Count(
+        Concat(
+            Cast("recommendation_id", text),
+            Value("|"),
+            Cast("item_id", text),
+            Value("|"),
+            shopper,
+            output_field=text,
+        ),
+        distinct=True,
+    )
+
+
 def carousel_ctr_per_day(start, end):
     """``[(date, impressions, clicks, ctr)]`` of recommendation lists, one row per day.
 
@@ -136,7 +172,7 @@ def carousel_ctr_per_day(start, end):
         .order_by()
         .annotate(day=_local_day())
         .values("day")
-        .annotate(n=Count("id"))
+        .annotate(n=distinct_clicks())
         .values_list("day", "n")
     )
     rows = []
@@ -162,7 +198,7 @@ def with_online_metrics(versions):
         .order_by()
         .annotate(one=Value(1, output_field=IntegerField()))
         .values("one")
-        .annotate(n=Count("id"))
+        .annotate(n=distinct_clicks())
         .values("n")
     )
     return versions.annotate(
@@ -200,7 +236,7 @@ def online_metrics_by_placement(version):
             )
         )
         .values("list_placement")
-        .annotate(n=Count("id"))
+        .annotate(n=distinct_clicks())
         .values_list("list_placement", "n")
     )
     rows = [

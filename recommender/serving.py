@@ -31,6 +31,7 @@ from django.utils import timezone
 from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
+from .shoppers import shopper_pseudonym
 
 logger = logging.getLogger(__name__)
 
@@ -434,12 +435,14 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
     return kept, scores
 
 
-def _save_list(source, placement, version_id, pks):
+def _save_list(source, placement, version_id, pks, owner=""):
+    """Store a list shown; ``owner`` (a shopper pseudonym) marks a personal one."""
     rec = Recommendation.objects.create(
         source=source,
         placement=placement,
         version_id=version_id,
         items=[itemkeys.to_json(pk) for pk in pks],
+        owner=owner,
     )
     return rec.pk
 
@@ -615,7 +618,13 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         "scores": [score for _, score in candidates],
         # What popular items filling a short list must leave out, as the model did.
         "banned": list(banned),
-        "rid": _save_list(Recommendation.Source.MODEL, placement, model.version_id, pks),
+        "rid": _save_list(
+            Recommendation.Source.MODEL,
+            placement,
+            model.version_id,
+            pks,
+            owner=shopper_pseudonym(user=user, session_key=session_key),
+        ),
         "version": model.version_id,
         "source": Recommendation.Source.MODEL,
         "placement": placement,

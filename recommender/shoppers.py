@@ -6,6 +6,9 @@ the session data (which login preserves). At login, that key's events become the
 
 import secrets
 
+from django.db import router, transaction
+from django.utils.crypto import salted_hmac
+
 from .models import Event
 
 SESSION_FIELD = "recommender_shopper"
@@ -31,13 +34,39 @@ def shopper_of(request, create=True):
     return {"user": user, "session_key": anonymous_key(request, create=create)}
 
 
+def shopper_pseudonym(*, user=None, session_key=""):
+    """A stable pseudonym of a user or an anonymous key ("" for neither).
+
+    Stored as the owner of a personal recommendation list, so that a click is credited
+    to the list only by the shopper it was shown to, without the list naming them: it is
+    an HMAC under the site's SECRET_KEY (rotating the key forgets old lists' owners),
+    salted apart from the training export's pseudonyms so the two cannot be joined.
+    """
+    if user is not None and getattr(user, "is_authenticated", False):
+        identity = f"user:{user.pk}"
+    elif session_key:
+        identity = f"session:{session_key}"
+    else:
+        return ""
+    return salted_hmac("recommender.shopper", identity, algorithm="sha256").hexdigest()[:32]
+
+
 def attach_session_events(sender, request, user, **kwargs):
     """``user_logged_in`` receiver: the anonymous session's events become the user's.
 
-    Events are moved, not copied, so logging in twice never duplicates them.
+    Events are moved, not copied, so logging in twice never duplicates them. Event ids
+    are unique per shopper: an anonymous event whose id the user already has (the same
+    event, sent again around the login) is that duplicate, and is dropped.
     """
     key = anonymous_key(request, create=False) if request is not None else ""
-    if key and Event.objects.filter(session_key=key, user__isnull=True).update(user=user):
+    if not key:
+        return
+    anonymous = Event.objects.filter(session_key=key, user__isnull=True)
+    with transaction.atomic(using=router.db_for_write(Event)):
+        already = Event.objects.filter(user=user).values("event_id")
+        anonymous.filter(event_id__in=already).delete()
+        moved = anonymous.update(user=user)
+    if moved:
         from .serving import invalidate_shopper
 
         invalidate_shopper(user=user)

@@ -3,6 +3,7 @@
 import base64
 import json
 import uuid
+from datetime import UTC
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -229,3 +230,94 @@ def test_both_ways_in_give_the_same_answers_to_bad_input(catalog, basic_auth_api
 def test_only_post_is_allowed(catalog):
     client, _ = browser()
     assert client.get(URL).status_code == 405
+
+
+# --------------------------------------------------------------------------- attacks (issue "Safe to go live")
+
+
+@pytest.mark.parametrize("offset", ["+16:00", "-16:00", "+23:59"])
+def test_offsets_postgresql_refuses_are_stored_as_utc_not_a_500(catalog, offset):
+    from datetime import datetime, timedelta
+
+    when = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
+    hours, minutes = int(offset[1:3]), int(offset[4:])
+    shift = timedelta(hours=hours, minutes=minutes) * (1 if offset[0] == "+" else -1)
+    local = (when + shift).replace(tzinfo=None).isoformat() + offset
+    client, token = browser()
+    batch = [{"kind": "view", "item": catalog[0].pk, "occurred_at": local}]
+    batch.append({"kind": "view", "item": catalog[1].pk})
+    response = post(client, batch, token)
+    assert response.status_code == 201, response.content
+    assert Event.objects.get(item=catalog[0]).occurred_at == when
+    assert Event.objects.count() == 2
+
+
+def test_a_huge_integer_timestamp_is_a_400(catalog):
+    client, token = browser()
+    body = f'{{"kind": "view", "item": {catalog[0].pk}, "occurred_at": 1{"0" * 309}}}'
+    response = post(client, body, token)
+    assert response.status_code == 400
+    assert response.json()["errors"] == {"0": {"occurred_at": "is out of range."}}
+    assert not Event.objects.exists()
+
+
+def test_an_anonymous_session_cannot_suppress_or_probe_another_shoppers_events(catalog):
+    """Pre-sending a victim's (guessed) event ids stores the attacker's events, not theirs."""
+    victim, victim_token = browser()
+    get_user_model().objects.create_user("victim", password="pw")
+    assert victim.login(username="victim", password="pw")
+    victim_token = victim.cookies["csrftoken"].value
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    attacker, attacker_token = browser()
+    forged = [{"kind": "view", "item": catalog[0].pk, "event_id": i} for i in ids]
+    assert post(attacker, forged, attacker_token).json() == {"stored": 2, "duplicates": 0}
+    purchases = [{"kind": "purchase", "item": catalog[1].pk, "event_id": i} for i in ids]
+    assert post(victim, purchases, victim_token).json() == {"stored": 2, "duplicates": 0}
+    assert Event.objects.filter(user__username="victim", kind="purchase").count() == 2
+    # Sending the victim's ids again tells the attacker nothing about them.
+    probe = [{"kind": "view", "item": catalog[2].pk, "event_id": i} for i in ids]
+    assert post(attacker, probe, attacker_token).json() == {"stored": 0, "duplicates": 2}
+    fresh, fresh_token = browser()
+    assert post(fresh, probe, fresh_token).json() == {"stored": 2, "duplicates": 0}
+
+
+def test_clicks_cannot_be_forged_onto_a_list(catalog):
+    from recommender import events, reports
+
+    for product in catalog[:4]:
+        events.record("purchase", product, session_key="earlier-shopper")
+    client, token = browser()
+    shown = client.get("/api/recommender/popular/").json()
+    item = shown["items"][0]["id"]
+    rid = shown["recommendation_id"]
+    click = {"kind": "click", "item": item, "recommendation_id": rid}
+    for _ in range(4):
+        assert post(client, [click] * 25, token).status_code == 201
+    not_shown = next(p.pk for p in catalog if p.pk not in {i["id"] for i in shown["items"]})
+    post(client, {**click, "item": not_shown}, token)
+    post(client, {**click, "recommendation_id": str(uuid.uuid4())}, token)
+    assert Event.objects.filter(kind="click").count() == 102
+    assert Event.objects.filter(recommendation_id=rid).count() == 1
+    day = reports.carousel_ctr_per_day(*reports.day_range(1))[-1]
+    assert day[2] == 1
+
+
+def test_a_personal_list_is_credited_only_with_its_own_shoppers_clicks(catalog):
+    from recommender.models import Recommendation
+
+    from .serving_fixtures import install_version
+
+    install_version(catalog)
+    ann, ann_token = browser()
+    post(ann, {"kind": "view", "item": catalog[0].pk}, ann_token)
+    shown = ann.get("/api/recommender/recommendations/?limit=3").json()
+    assert shown["source"] == "model"
+    rid, item = shown["recommendation_id"], shown["items"][0]["id"]
+    owner = Recommendation.objects.get(pk=rid).owner
+    assert owner and ann.session[SESSION_FIELD] not in owner  # a pseudonym, not the key
+    mallory, mallory_token = browser()
+    click = {"kind": "click", "item": item, "recommendation_id": rid}
+    assert post(mallory, [click] * 10, mallory_token).json()["stored"] == 10
+    assert not Event.objects.filter(recommendation_id=rid).exists()
+    post(ann, click, ann_token)
+    assert Event.objects.get(recommendation_id=rid).session_key == ann.session[SESSION_FIELD]

@@ -135,6 +135,31 @@ def test_start_skips_the_lines_before_it(tmp_path, catalog):
     assert sorted(Event.objects.values_list("session_key", flat=True)) == ["s2", "s3"]
 
 
+def test_import_stores_any_offset_python_accepts_as_utc(tmp_path, catalog):
+    """PostgreSQL refuses offsets past ±15:59: the import died with a DataError traceback."""
+    when = (timezone.now() - timedelta(hours=3)).replace(microsecond=0)
+    rows = [
+        f"session:s,{catalog[0].pk},view,{when.astimezone(timezone.get_fixed_timezone(16 * 60)).isoformat()}",
+        f"session:s,{catalog[1].pk},view,{when.astimezone(timezone.get_fixed_timezone(-16 * 60)).isoformat()}",
+        f"session:s,{catalog[2].pk},view,{when.astimezone(timezone.get_fixed_timezone(23 * 60 + 59)).isoformat()}",
+    ]
+    path = write(tmp_path, "user,item,kind,timestamp\n" + "\n".join(rows) + "\n")
+    assert "Stored 3 event(s)" in run("recommender_import_events", path)
+    assert set(Event.objects.values_list("occurred_at", flat=True)) == {when}
+
+
+def test_import_names_the_lines_of_out_of_range_times(tmp_path, catalog):
+    rows = [
+        f"session:s,{catalog[0].pk},view,0001-01-01T00:00:00+01:00",
+        f"session:t,{catalog[0].pk},view,1{'0' * 400}",
+    ]
+    path = write(tmp_path, "user,item,kind,timestamp\n" + "\n".join(rows) + "\n")
+    out, error = run_failing("recommender_import_events", path)
+    assert "line 2: timestamp: '0001-01-01T00:00:00+01:00' is out of range." in out
+    assert "line 3: timestamp:" in out and "out of range" in out
+    assert "2 row(s) rejected" in error and not Event.objects.exists()
+
+
 def test_import_sequence_format(tmp_path, catalog):
     a, b, c = (str(p.pk) for p in catalog[:3])
     path = write(tmp_path, f"7 {a}\n7 {b}\n7 {c}\n9 {c}\n\n9 {a} extra\n", "beauty.txt")
@@ -201,6 +226,27 @@ def test_export_jsonl_since_and_with_user_ids(tmp_path, history):
     }
     _, error = run_failing("recommender_export_events", str(path), "--since", "yesterday")
     assert "--since 'yesterday'" in error
+
+
+@pytest.mark.parametrize(
+    ("since", "reason"),
+    [
+        ("2026-02-30", "is not an ISO 8601 date or time"),
+        ("2026-01-01T25:00:00Z", "is not an ISO 8601 date or time"),
+        ("0001-01-01T00:00:00+01:00", "is out of range"),
+    ],
+)
+def test_export_since_refuses_impossible_times_with_a_message(tmp_path, history, since, reason):
+    _, error = run_failing("recommender_export_events", str(tmp_path / "out.csv"), "--since", since)
+    assert reason in error
+
+
+def test_export_since_takes_any_offset_python_accepts(tmp_path, history):
+    """PostgreSQL refuses offsets past ±15:59: the export died with a DataError."""
+    since = (timezone.now() - timedelta(days=30)).astimezone(timezone.get_fixed_timezone(16 * 60))
+    path = tmp_path / "out.jsonl"
+    run("recommender_export_events", str(path), "--format", "jsonl", "--since", since.isoformat())
+    assert len(path.read_text().splitlines()) == Event.objects.count()
 
 
 def test_an_identified_export_imports_back(tmp_path, history):

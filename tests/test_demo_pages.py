@@ -201,6 +201,47 @@ def test_checkout_creates_order_decrements_stock_and_records_purchases(client, s
     assert page.status_code == 200 and first.name in page.content.decode()
 
 
+def test_a_product_withdrawn_during_checkout_costs_only_its_own_purchase_event(
+    client, shop, shopper, monkeypatch
+):
+    """Recording never breaks a checkout: the order's other lines are still recorded."""
+    first, second = shop[0], shop[1]
+    place_order = views.place_order
+
+    def place_then_withdraw(user, quantities):
+        order = place_order(user, quantities)
+        Product.objects.filter(pk=second.pk).update(is_active=False)
+        return order
+
+    monkeypatch.setattr(views, "place_order", place_then_withdraw)
+    client.force_login(shopper)
+    add_to_cart(client, first, 2)
+    add_to_cart(client, second, 1)
+    response = client.post(reverse("catalog:checkout"))
+    order = Order.objects.get()
+    assert response.url == reverse("catalog:order", args=[order.pk])
+    purchases = Event.objects.filter(kind="purchase", user=shopper)
+    assert list(purchases.values_list("item_id", "value")) == [(first.pk, 2.0)]
+
+
+def test_purchase_event_ids_are_stable_but_not_computable_from_the_order_line(
+    client, shop, shopper
+):
+    import uuid
+
+    client.force_login(shopper)
+    add_to_cart(client, shop[0], 1)
+    client.post(reverse("catalog:checkout"))
+    line = Order.objects.get().lines.get()
+    stored = Event.objects.get(kind="purchase").event_id
+    assert stored == views.purchase_event_id(line)
+    guessable = {
+        uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4f5b-9a0c-2b7e5d4c3a10"), f"order-line-{line.pk}"),
+        uuid.uuid5(uuid.NAMESPACE_OID, f"order-line-{line.pk}"),
+    }
+    assert stored not in guessable
+
+
 def test_the_cart_and_its_events_survive_login(client, product, shopper):
     add_to_cart(client, product, 2)
     response = client.post(

@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -156,3 +157,209 @@ def test_recording_signals_the_shopper_changed(catalog):
     finally:
         events_recorded.disconnect(receiver)
     assert seen == ["abc"]
+
+
+# --------------------------------------------------------------------------- time zones, numbers
+
+
+@pytest.mark.parametrize("offset_minutes", [16 * 60, -16 * 60, 23 * 60 + 59, -(23 * 60 + 59)])
+@pytest.mark.parametrize("storage", ["postgresql", "orm"])
+def test_any_offset_python_accepts_is_stored_as_utc(catalog, monkeypatch, offset_minutes, storage):
+    """PostgreSQL refuses offsets past ±15:59 (it was a 500 that lost the batch)."""
+    if storage == "orm":
+        monkeypatch.setattr(events, "_store_postgresql", events._store_orm)
+    when = (timezone.now() - timedelta(hours=5)).replace(microsecond=0)
+    zone = dt_timezone(timedelta(minutes=offset_minutes))
+    batch = [
+        {"kind": "view", "item": catalog[0].pk, "occurred_at": when.astimezone(zone).isoformat()},
+        {"kind": "view", "item": catalog[1].pk, "occurred_at": when.astimezone(zone)},
+    ]
+    assert events.record_many(batch, session_key="abc").stored == 2
+    assert list(Event.objects.values_list("occurred_at", flat=True)) == [when, when]
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_out_of_range(catalog, text):
+    with pytest.raises(events.EventValidationError) as raised:
+        events.record("view", catalog[0], session_key="abc", occurred_at=text)
+    assert raised.value.errors[0]["occurred_at"] == "is out of range."
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [
+        ("occurred_at", "out of range"),
+        ("value", "must be a number"),
+        ("item", "unknown or unavailable item"),
+        ("kind", "unknown kind"),
+        ("event_id", "UUID"),
+        ("recommendation_id", "UUID"),
+        ("placement", "must be a string"),
+        ("page", "must be a string"),
+    ],
+)
+@pytest.mark.parametrize(
+    "huge", [10**309, -(10**309), 10**5000], ids=["1e309", "-1e309", "5001-digits"]
+)
+def test_integers_too_large_for_a_float_are_a_reason_not_a_crash(catalog, field, reason, huge):
+    event = {"kind": "view", "item": catalog[0].pk, field: huge}
+    with pytest.raises(events.EventValidationError) as raised:
+        events.record_many([event], session_key="abc")
+    assert reason in raised.value.errors[0][field]
+    assert not Event.objects.exists()
+
+
+# --------------------------------------------------------------------------- partial recording
+
+
+def test_partial_recording_stores_the_valid_events_and_lists_the_rest(catalog):
+    inactive = catalog[7]
+    batch = [
+        {"kind": "purchase", "item": catalog[0].pk, "value": 2},
+        {"kind": "purchase", "item": inactive.pk, "value": 1},
+        {"kind": "purchase", "item": catalog[1].pk, "value": "lots"},
+        {"kind": "purchase", "item": catalog[2].pk, "value": 1},
+    ]
+    result = events.record_many(batch, session_key="abc", partial=True)
+    assert (result.stored, result.duplicates) == (2, 0)
+    assert list(result.rejected) == [1, 2]
+    assert "unknown or unavailable" in result.rejected[1]["item"]
+    assert "must be a number" in result.rejected[2]["value"]
+    stored = set(Event.objects.values_list("item_id", flat=True))
+    assert stored == {catalog[0].pk, catalog[2].pk}
+    # The same batch again: the stored ones are duplicates, the bad ones still listed.
+    again = events.record_many(batch, session_key="abc", partial=True)
+    assert (again.stored, list(again.rejected)) == (2, [1, 2])  # no event ids: new events
+
+
+def test_partial_recording_survives_an_item_withdrawn_after_the_check(catalog, monkeypatch):
+    """The item check and the insert are apart: an item withdrawn between them rejects only its event."""
+    withdrawn = catalog[1]
+    real_check = events._check_items
+    calls = []
+
+    def check_then_withdraw(rows):
+        result = real_check(rows)
+        if not calls:
+            type(withdrawn).objects.filter(pk=withdrawn.pk).update(is_active=False)
+        calls.append(1)
+        return result
+
+    monkeypatch.setattr(events, "_check_items", check_then_withdraw)
+    batch = [{"kind": "purchase", "item": p.pk} for p in catalog[:3]]
+    result = events.record_many(batch, user=get_user_model().objects.create_user("x"), partial=True)
+    assert (result.stored, list(result.rejected)) == (2, [1])
+    assert withdrawn.pk not in set(Event.objects.values_list("item_id", flat=True))
+
+
+def test_without_partial_one_bad_event_still_rejects_the_batch(catalog):
+    batch = [
+        {"kind": "purchase", "item": catalog[0].pk},
+        {"kind": "purchase", "item": catalog[7].pk},
+    ]
+    with pytest.raises(events.EventValidationError):
+        events.record_many(batch, session_key="abc")
+    assert not Event.objects.exists()
+
+
+# --------------------------------------------------------------------------- event ids per shopper
+
+
+def test_event_ids_are_unique_per_shopper_not_across_shoppers(catalog):
+    """An attacker who sends another shopper's (guessed) event id first suppresses nothing."""
+    event_id = str(uuid.uuid4())
+    victim = get_user_model().objects.create_user("victim")
+    attacker = events.record("view", catalog[0], session_key="attacker", event_id=event_id)
+    purchase = events.record("purchase", catalog[1], user=victim, value=1, event_id=event_id)
+    also_anonymous = events.record("view", catalog[2], session_key="someone", event_id=event_id)
+    assert attacker.stored == purchase.stored == also_anonymous.stored == 1
+    # Nobody learns that the id exists elsewhere: no shopper is told "duplicate".
+    assert purchase.duplicates == also_anonymous.duplicates == 0
+    assert Event.objects.get(user=victim).kind == "purchase"
+    # Each shopper's own retry is still stored once.
+    assert events.record("purchase", catalog[1], user=victim, event_id=event_id).duplicates == 1
+    assert events.record("view", catalog[0], session_key="attacker", event_id=event_id).stored == 0
+    assert Event.objects.count() == 3
+
+
+@pytest.mark.parametrize("storage", ["postgresql", "orm"])
+def test_per_shopper_ids_hold_on_both_storage_paths(catalog, monkeypatch, storage):
+    if storage == "orm":
+        monkeypatch.setattr(events, "_store_postgresql", events._store_orm)
+    event_id = str(uuid.uuid4())
+    batch = [{"kind": "view", "item": catalog[0].pk, "event_id": event_id}]
+    assert events.record_many(batch, session_key="one").stored == 1
+    assert events.record_many(batch, session_key="two").stored == 1
+    assert events.record_many(batch, session_key="two").duplicates == 1
+
+
+def test_login_moves_anonymous_events_even_when_the_user_has_their_ids(catalog):
+    """The same event sent before and after login (a tracker retry) must not break the login."""
+    from django.test import RequestFactory
+
+    from recommender.shoppers import SESSION_FIELD, attach_session_events
+
+    user = get_user_model().objects.create_user("ann")
+    shared_id, own_id = str(uuid.uuid4()), str(uuid.uuid4())
+    events.record("view", catalog[0], user=user, event_id=shared_id)
+    events.record("view", catalog[0], session_key="anon", event_id=shared_id)
+    events.record("view", catalog[1], session_key="anon", event_id=own_id)
+    request = RequestFactory().get("/")
+    request.session = {SESSION_FIELD: "anon"}
+    attach_session_events(sender=None, request=request, user=user)
+    assert sorted(map(str, Event.objects.filter(user=user).values_list("event_id", flat=True))) == (
+        sorted([shared_id, own_id])
+    )
+    assert not Event.objects.filter(user__isnull=True).exists()
+
+
+# --------------------------------------------------------------------------- click attribution
+
+
+def shown_list(items, owner=""):
+    from recommender.models import Recommendation
+
+    return Recommendation.objects.create(
+        source="model" if owner else "popular", items=[p.pk for p in items], owner=owner
+    )
+
+
+def clicked(item, rec, **shopper):
+    events.record("click", item, recommendation_id=str(rec.pk), **shopper)
+    return Event.objects.filter(kind="click").latest("id").recommendation_id
+
+
+def test_a_click_is_credited_to_a_personal_list_only_by_its_shopper(catalog):
+    from recommender.shoppers import shopper_pseudonym
+
+    ann = get_user_model().objects.create_user("ann")
+    annes_list = shown_list(catalog[:3], owner=shopper_pseudonym(user=ann))
+    anonymous_list = shown_list(catalog[:3], owner=shopper_pseudonym(session_key="anon"))
+    assert clicked(catalog[0], annes_list, session_key="mallory") is None
+    assert clicked(catalog[0], annes_list, user=ann) == annes_list.pk
+    # A list made while anonymous is still the shopper's after login (same session key).
+    assert clicked(catalog[0], anonymous_list, user=ann, session_key="anon") == anonymous_list.pk
+    assert clicked(catalog[1], anonymous_list, session_key="other") is None
+
+
+def test_a_click_is_credited_once_per_shopper_list_and_item(catalog):
+    popular = shown_list(catalog[:3])
+    batch = [{"kind": "click", "item": catalog[0].pk, "recommendation_id": str(popular.pk)}] * 50
+    events.record_many(batch, session_key="s1")
+    events.record_many(batch, session_key="s1")
+    events.record("click", catalog[1], session_key="s1", recommendation_id=str(popular.pk))
+    events.record("click", catalog[0], session_key="s2", recommendation_id=str(popular.pk))
+    credited = Event.objects.filter(recommendation_id=popular.pk)
+    assert sorted(credited.values_list("session_key", "item_id")) == [
+        ("s1", catalog[0].pk),
+        ("s1", catalog[1].pk),
+        ("s2", catalog[0].pk),
+    ]
+    assert Event.objects.filter(kind="click").count() == 102  # every click is still stored
+
+
+def test_a_click_on_an_item_not_in_the_list_or_an_unknown_list_is_not_credited(catalog):
+    popular = shown_list(catalog[:3])
+    assert clicked(catalog[4], popular, session_key="s1") is None
+    events.record("click", catalog[0], session_key="s1", recommendation_id=str(uuid.uuid4()))
+    assert not Event.objects.filter(recommendation_id__isnull=False).exists()

@@ -24,7 +24,8 @@ from django.test import override_settings
 
 from recommender import events, serving, training
 from recommender.conf import recommender_settings
-from recommender.models import Event, ModelVersion
+from recommender.models import Event, ModelVersion, Recommendation
+from recommender.shoppers import shopper_pseudonym
 
 from .own_cache import own_cache
 from .serving_fixtures import install_version
@@ -190,8 +191,19 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
         ).values_list("item", flat=True)
     )
     bob_events = set(Event.objects.filter(user=bob).values_list("pk", flat=True))
+    alice_owners = {
+        shopper_pseudonym(user=alice),
+        shopper_pseudonym(session_key=alice_key),
+    }
+    assert Recommendation.objects.filter(owner__in=alice_owners).count() == 6
+    bob_lists = Recommendation.objects.filter(owner=shopper_pseudonym(user=bob)).count()
 
     call_command("recommender_forget_user", alice.get_username(), stdout=io.StringIO())
+
+    # Her personal lists stay for the version's metrics, linked to no one (and not shared).
+    assert not Recommendation.objects.filter(owner__in=alice_owners).exists()
+    assert Recommendation.objects.filter(owner="forgotten").count() == 6
+    assert Recommendation.objects.filter(owner=shopper_pseudonym(user=bob)).count() == bob_lists
 
     assert not Event.objects.filter(Q(user=alice) | Q(session_key=alice_key)).exists()
     assert set(Event.objects.filter(user=bob).values_list("pk", flat=True)) == bob_events

@@ -86,7 +86,8 @@ def test_carousel_ctr_per_day_divides_clicks_by_impressions(catalog):
         placement="cart", source="model", items=[1], impressions=2, created_at=yesterday
     )
     add(catalog[0], "click", session="s", recommendation=shown, at=yesterday)
-    add(catalog[0], "click", session="s", recommendation=shown, at=yesterday)
+    add(catalog[0], "click", session="t", recommendation=shown, at=yesterday)
+    add(catalog[0], "click", session="t", recommendation=shown, at=yesterday)  # counted once
     add(catalog[0], "click", session="s", at=yesterday)  # not from a carousel
     start, end = reports.day_range(3)
     rows = {
@@ -99,6 +100,7 @@ def test_carousel_ctr_per_day_divides_clicks_by_impressions(catalog):
 
 
 def test_online_metrics_per_version_and_placement(catalog):
+    """Each (shopper, list, item) click counts once, however often it was sent."""
     version = ModelVersion.objects.create(status="ready")
     other = ModelVersion.objects.create(status="ready")
     home = Recommendation.objects.create(
@@ -111,14 +113,14 @@ def test_online_metrics_per_version_and_placement(catalog):
     theirs = Recommendation.objects.create(
         version=other, placement="home", source="model", impressions=100
     )
-    for rec in (home, home, cart, theirs):
-        add(catalog[0], "click", session="s", recommendation=rec)
+    for session, rec in (("s", home), ("t", home), ("s", cart), ("s", theirs), ("s", cart)):
+        add(catalog[0], "click", session=session, recommendation=rec)  # s's 2nd cart click: once
     add(catalog[0], "view", session="s", recommendation=home)  # views are not clicks
 
     annotated = {v.pk: v for v in reports.with_online_metrics(ModelVersion.objects.all())}
     assert (annotated[version.pk].impressions, annotated[version.pk].clicks) == (25, 3)
     assert (annotated[other.pk].impressions, annotated[other.pk].clicks) == (100, 1)
-    assert Recommendation.objects.filter(version=version).clicks().count() == 3
+    assert Recommendation.objects.filter(version=version).clicks().count() == 4  # rows, repeats too
 
     rows = {row.placement: row for row in reports.online_metrics_by_placement(version)}
     assert (rows["home"].lists, rows["home"].impressions, rows["home"].clicks) == (2, 20, 2)

@@ -20,11 +20,16 @@ class EventInSerializer(serializers.Serializer):
         required=False, help_text="ISO 8601 with time zone, or milliseconds since the epoch."
     )
     event_id = serializers.UUIDField(
-        required=False, help_text="Client-made id; a retry with the same id is stored once."
+        required=False,
+        help_text="Client-made id, unique per shopper: a retry with the same id is stored once.",
     )
     placement = serializers.CharField(required=False, allow_blank=True)
     page = serializers.CharField(required=False, allow_blank=True)
-    recommendation_id = serializers.UUIDField(required=False, allow_null=True)
+    recommendation_id = serializers.UUIDField(
+        required=False,
+        allow_null=True,
+        help_text="The list the item was shown in; kept only if that list holds the item and was shown to this shopper.",
+    )
 
 
 class EventBatchInSerializer(serializers.Serializer):
@@ -37,7 +42,7 @@ class EventBatchInSerializer(serializers.Serializer):
 class EventsStoredSerializer(serializers.Serializer):
     stored = serializers.IntegerField(help_text="Events newly stored.")
     duplicates = serializers.IntegerField(
-        help_text="Events already stored earlier (same event_id), skipped."
+        help_text="Events this shopper already stored (same event_id), skipped."
     )
 
 

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import events, itemkeys, serving
-from ..conf import get_item_model, recommender_settings
+from ..conf import recommender_settings
 from ..shoppers import shopper_of
 from .serializers import (
     ErrorSerializer,
@@ -288,7 +288,6 @@ class ServingView(APIView):
     @staticmethod
     def get_item(pk):
         """The item, or the same 404 for an unknown item and one the store hides."""
-        model = get_item_model()
         try:
             pk = itemkeys.from_json(pk)
         except ValidationError:

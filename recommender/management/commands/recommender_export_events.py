@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from recommender import itemkeys
 from recommender.conf import recommender_settings
+from recommender.events import as_utc
 from recommender.models import Event
 from recommender.training import shopper_pseudonym
 
@@ -90,17 +91,23 @@ class Command(BaseCommand):
 
 
 def _parse_since(text):
-    when = parse_datetime(text)
-    if when is None:
-        day = parse_date(text)
-        if day is None:
-            raise CommandError(
-                f"--since {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01)."
-            )
-        when = datetime.combine(day, time.min)
+    """An aware UTC time from ``--since`` (PostgreSQL refuses offsets past ±15:59)."""
+    problem = f"--since {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01)."
+    try:
+        when = parse_datetime(text)
+        if when is None:
+            day = parse_date(text)
+            if day is None:
+                raise CommandError(problem)
+            when = datetime.combine(day, time.min)
+    except ValueError:  # well formed but impossible, like 2026-02-30
+        raise CommandError(problem) from None
     if timezone.is_naive(when):
         when = timezone.make_aware(when)
-    return when
+    try:
+        return as_utc(when)
+    except ValueError:
+        raise CommandError(f"--since {text!r} is out of range.") from None
 
 
 def _pseudonymous():

@@ -15,7 +15,7 @@ from django.utils.dateparse import parse_datetime
 from tqdm import tqdm
 
 from recommender.conf import recommender_settings
-from recommender.events import EventValidationError, record_many
+from recommender.events import EventValidationError, as_utc, record_many
 
 REQUIRED_COLUMNS = ("user", "item", "kind", "timestamp")
 OPTIONAL_COLUMNS = ("value", "event_id", "placement")
@@ -380,7 +380,10 @@ def _parse_timestamp(text):
         return None, f"{text[:40]!r} is neither ISO 8601 nor seconds since the epoch."
     if timezone.is_naive(when):
         return None, f"{text[:40]!r} has no time zone (add Z or +00:00)."
-    return when, None
+    try:
+        return as_utc(when), None  # PostgreSQL refuses offsets past ±15:59
+    except ValueError:
+        return None, f"{text[:40]!r} is out of range."
 
 
 def _reason(errors):
