@@ -127,7 +127,11 @@ def main():
         check(Event.objects.count() == 60 * 8 + 6, f"{Event.objects.count()} events stored")
         duplicate = Event.objects.filter(item=items[0]).first()
         again = events.record(
-            "view", items[0].pk, session_key="again", event_id=str(duplicate.event_id)
+            "view",
+            items[0].pk,
+            user=duplicate.user,
+            session_key=duplicate.session_key,
+            event_id=str(duplicate.event_id),
         )
         check(again.duplicates == 1, f"a repeated event_id was stored again: {again}")
 
