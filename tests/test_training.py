@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from recommender import training
+from recommender import artifacts, training
 from recommender.ml import artifact
 from recommender.models import ModelVersion
 
@@ -143,7 +143,7 @@ def test_large_catalogues_get_their_approximate_index_at_promotion(history):
 
     with override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10}):
         version = train_now()
-    assert default_storage.exists(training.ann_index_name(version.artifact))
+    assert default_storage.exists(artifacts.index_name(version.artifact))
 
 
 def test_the_evaluate_command_measures_the_active_version_on_todays_events(history, capsys):
