@@ -72,11 +72,11 @@ def read_verified(name, sha256=""):
     return payload
 
 
-def read_predictor(name, sha256=""):
-    """A ``Predictor`` over the verified artifact ``name`` (imports torch)."""
+def read_predictor(name, sha256="", **options):
+    """A ``Predictor`` over the verified artifact ``name`` (imports torch); ``options`` go to it."""
     from .ml.inference import Predictor
 
-    return Predictor.from_artifact(io.BytesIO(read_verified(name, sha256)))
+    return Predictor.from_artifact(io.BytesIO(read_verified(name, sha256)), **options)
 
 
 def save_index(name, index):

@@ -108,9 +108,9 @@ def fit_baselines(
     scores = {}
     for name in names:
         t0 = time.perf_counter()
-        model = nets.build_model(
-            name, split.n_items, split.n_kinds, **(configs or {}).get(name, {})
-        )
+        # A baseline reads the history the model reads (it is measured on that window too).
+        options = {"max_len": config.max_len, **(configs or {}).get(name, {})}
+        model = nets.build_model(name, split.n_items, split.n_kinds, **options)
         model = train.fit(model, split, config).model
         scores[name] = _scored(model, split, config, time.perf_counter() - t0)
     return scores
