@@ -308,6 +308,7 @@ def _settings_for(version):
 
 
 def _train(version, progress):
+    """Export, fit and measure (``ml.pipeline``), store the verified artifact, decide promotion."""
     from .ml import artifact, pipeline, train
 
     cfg = _settings_for(version)
@@ -315,16 +316,9 @@ def _train(version, progress):
 
     progress.stage("export")
     sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
-    stats = {
-        "shoppers": len(sequences),
-        "items": sequences.n_items,
-        "events": sequences.n_events,
-        "train_events": int(sum(len(s) for s in split.train_items)),
-        "validation_shoppers": len(split.validation),
-        "test_shoppers": len(split.test),
-        "cleaning": sequences.report.to_dict() if sequences.report else {},
-    }
-    ModelVersion.objects.filter(pk=version.pk).update(data_stats=stats, model_name=cfg["MODEL"])
+    ModelVersion.objects.filter(pk=version.pk).update(
+        data_stats=_data_stats(sequences, split), model_name=cfg["MODEL"]
+    )
 
     result = pipeline.run(
         split,
@@ -352,24 +346,42 @@ def _train(version, progress):
     if result.index is not None:
         artifacts.save_index(name, result.index)
 
+    done = {
+        "stage": "done",
+        "epoch": result.fitted.epochs_run,
+        "epochs": train_config.epochs,
+        "elapsed": round(time.monotonic() - progress.started, 1),
+    }
+    _finish(version, results, name, digest, done)
+
+
+def _data_stats(sequences, split):
+    """What the run trained on, for the version's page: counts only, never who."""
+    return {
+        "shoppers": len(sequences),
+        "items": sequences.n_items,
+        "events": sequences.n_events,
+        "train_events": int(sum(len(s) for s in split.train_items)),
+        "validation_shoppers": len(split.validation),
+        "test_shoppers": len(split.test),
+        "cleaning": sequences.report.to_dict() if sequences.report else {},
+    }
+
+
+def _finish(version, metrics, artifact_name, sha256, progress):
+    """Ready and the promotion decision in one transaction: nobody sees a ready run undecided."""
     finished = timezone.now()
-    # Ready and the promotion decision in one transaction: nobody sees a ready run undecided.
     with transaction.atomic():
         ready = ModelVersion.objects.filter(
             pk=version.pk, status=ModelVersion.Status.RUNNING
         ).update(
             status=ModelVersion.Status.READY,
-            metrics=results,
-            artifact=name,
-            artifact_sha256=digest,
+            metrics=metrics,
+            artifact=artifact_name,
+            artifact_sha256=sha256,
             finished_at=finished,
             heartbeat_at=finished,
-            progress={
-                "stage": "done",
-                "epoch": result.fitted.epochs_run,
-                "epochs": train_config.epochs,
-                "elapsed": round(time.monotonic() - progress.started, 1),
-            },
+            progress=progress,
         )
         if not ready:  # failed as stale while it ran: the lock may be another run's by now
             raise TrainingAbandoned(
