@@ -158,6 +158,19 @@ def test_the_evaluate_command_measures_the_active_version_on_todays_events(histo
     assert "popularity" in out and "itemknn" in out
 
 
+def test_the_evaluate_command_refuses_an_artifact_damaged_since_training(history):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    version = train_now()
+    with default_storage.open(version.artifact, "rb") as stored:
+        damaged = stored.read()[:-100]
+    default_storage.delete(version.artifact)
+    default_storage.save(version.artifact, ContentFile(damaged))
+    with pytest.raises(CommandError, match="not the one verified at training"):
+        call_command("recommender_evaluate", verbosity=0)
+
+
 def test_the_evaluate_command_needs_a_ready_version(db):
     with pytest.raises(CommandError, match="No version is active"):
         call_command("recommender_evaluate", verbosity=0)
