@@ -10,6 +10,11 @@ history at test time includes the validation item. ``--refit-baselines`` instead
 the baselines on all test-time inputs (training + validation events) after their grid,
 which favours them: the nets are not retrained on validation events.
 
+The models the app trains (nets, popularity, item-kNN) are fitted and measured by
+``recommender.ml.pipeline.run``, the app's own training path; every row (ALS and blends
+too) is measured by ``pipeline.measure``, the function that judges a version before it
+may serve.
+
     python -m benchmarks.quality --seed 0 --max-train-minutes 20 \\
         --models popularity,itemknn,als,cnn,cnn_dnn
 
@@ -35,7 +40,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from recommender.ml import baselines, data, metrics, nets, train  # noqa: E402
+from recommender.ml import baselines, data, nets, pipeline, train  # noqa: E402
 
 ROOT = harness.ROOT
 
@@ -154,23 +159,41 @@ def run_blend(net_name, net, knn, split, args, log):
     t0 = time.perf_counter()
     best, best_ndcg = 0.0, -1.0
     for alpha in tqdm(BLEND_ALPHAS, desc=f"{LABELS[net_name]} + item-kNN alpha", leave=False):
-        val = metrics.evaluate(
-            BlendScorer(net, knn, alpha),
-            split.validation,
-            10,
-            "full",
-            n_items=split.n_items,
-            max_users=VAL_USERS,
-            seed=args.seed,
-        )
+        val = validate(BlendScorer(net, knn, alpha), split, args)
         log(f"  blend {net_name} + itemknn alpha {alpha} val NDCG@10 {val['ndcg@10']:.4f}")
         if val["ndcg@10"] > best_ndcg:
             best, best_ndcg = alpha, val["ndcg@10"]
-    return (
-        BlendScorer(net, knn, best),
-        time.perf_counter() - t0,
-        "-",
-        {"alpha": best, "val_ndcg10": best_ndcg},
+    model = BlendScorer(net, knn, best)
+    seconds = time.perf_counter() - t0
+    return model, seconds, "-", {"alpha": best, "val_ndcg10": best_ndcg}, test(model, split, args)
+
+
+def train_config(args):
+    """The TrainConfig of every model in the run: TRAIN_CONFIG with the command's overrides."""
+    tconf = {**TRAIN_CONFIG, **json.loads(args.train_config or "{}")}
+    return train.TrainConfig(
+        seed=args.seed, max_seconds=args.max_train_minutes * 60, num_threads=args.threads, **tconf
+    )
+
+
+def validate(model, split, args):
+    """Validation metrics on the seeded VAL_USERS subset, measured as the pipeline measures."""
+    tcfg = train_config(args)
+    return pipeline.measure(
+        model,
+        split.validation,
+        n_items=split.n_items,
+        max_len=tcfg.max_len,
+        seed=args.seed,
+        max_users=VAL_USERS,
+    )
+
+
+def test(model, split, args):
+    """Test metrics of a model fitted outside the pipeline, measured as the pipeline measures."""
+    max_len = train_config(args).max_len
+    return pipeline.measure(
+        model, split.test, n_items=split.n_items, max_len=max_len, seed=args.seed
     )
 
 
@@ -198,37 +221,26 @@ def run_baseline(name, split, args, log):
         if len(grid) == 1:
             best = params
             break
-        model = make(params, split.train_items)
-        val = metrics.evaluate(
-            model,
-            split.validation,
-            10,
-            "full",
-            n_items=split.n_items,
-            max_len=10_000,
-            max_users=VAL_USERS,
-            seed=args.seed,
-        )
+        val = validate(make(params, split.train_items), split, args)
         log(
             f"  {name} {json.dumps(params)} val NDCG@10 {val['ndcg@10']:.4f} HR@10 {val['hr@10']:.4f}"
         )
         if val["ndcg@10"] > best_ndcg:
             best, best_ndcg = params, val["ndcg@10"]
-    model = make(best, test_time_inputs(split) if args.refit_baselines else split.train_items)
+    if name in pipeline.BASELINES and not args.refit_baselines:
+        result = pipeline.run(split, name, best, train_config(args), baselines=())
+        model, scores = result.model, result.scores[name].test
+    else:  # ALS (no app model), or refitted on the test-time inputs
+        model = make(best, test_time_inputs(split) if args.refit_baselines else split.train_items)
+        scores = test(model, split, args)
     seconds = time.perf_counter() - t0
-    return model, seconds, "-", {"params": best, "val_ndcg10": best_ndcg}
+    return model, seconds, "-", {"params": best, "val_ndcg10": best_ndcg}, scores
 
 
 def run_net(name, split, args, log):
-    torch.manual_seed(args.seed)
-    config = dict(NET_CONFIG[name])
-    config.update(json.loads(args.net_config or "{}"))
-    tconf = dict(TRAIN_CONFIG)
-    tconf.update(json.loads(args.train_config or "{}"))
-    model = nets.build_model(name, split.n_items, split.n_kinds, **config)
-    tcfg = train.TrainConfig(
-        seed=args.seed, max_seconds=args.max_train_minutes * 60, num_threads=args.threads, **tconf
-    )
+    """Fitted and measured by the app's pipeline (seeded, early-stopped on validation)."""
+    config = {**NET_CONFIG[name], **json.loads(args.net_config or "{}")}
+    tcfg = train_config(args)
     bar = tqdm(total=tcfg.epochs, desc=f"{LABELS[name]} epochs", leave=False)
 
     def progress(p):
@@ -243,16 +255,18 @@ def run_net(name, split, args, log):
             f"{p['val_ndcg10']:.4f} HR@10 {p['val_hr10']:.4f} ({p['elapsed']:.0f}s)"
         )
 
-    result = train.fit(model, split, tcfg, progress=progress)
+    result = pipeline.run(split, name, config, tcfg, baselines=(), progress=progress)
     bar.close()
+    fitted = result.fitted
     info = {
         "config": config,
-        "train": tconf,
-        "best_epoch": result.best_epoch,
-        "stopped": result.stopped,
-        **result.best_metrics,
+        "train": {**TRAIN_CONFIG, **json.loads(args.train_config or "{}")},
+        "best_epoch": fitted.best_epoch,
+        "stopped": fitted.stopped,
+        **fitted.best_metrics,
     }
-    return result.model, result.train_seconds, str(len(result.curve)), info
+    scores = result.scores[name].test
+    return result.model, fitted.train_seconds, str(len(fitted.curve)), info, scores
 
 
 def main(argv=None):
@@ -321,33 +335,27 @@ def main(argv=None):
     for name in tqdm(jobs, desc="models"):
         if name.endswith("+itemknn"):
             net_name = name.removesuffix("+itemknn")
-            model, seconds, epochs, info = run_blend(
+            model, seconds, epochs, info, scores = run_blend(
                 net_name, trained[net_name], trained["itemknn"], split, args, log
             )
             LABELS[name] = f"{LABELS[net_name]} + α·item-kNN (benchmark only)"
         else:
             runner = run_net if name in nets.NET_NAMES else run_baseline
-            model, seconds, epochs, info = runner(name, split, args, log)
+            model, seconds, epochs, info, scores = runner(name, split, args, log)
             trained[name] = model
-        full = metrics.evaluate(
-            model, split.test, 10, "full", n_items=split.n_items, seed=args.seed
-        )
-        sampled = metrics.evaluate(
-            model, split.test, 10, "sampled", n_items=split.n_items, seed=args.seed
-        )
         rows.append(
             (
                 LABELS[name],
-                full["hr@10"],
-                full["ndcg@10"],
-                sampled["hr@10"],
-                sampled["ndcg@10"],
-                full["coverage@10"],
+                scores["hr@10"],
+                scores["ndcg@10"],
+                scores.get("sampled_hr@10", float("nan")),  # only in a catalogue of 1000+
+                scores.get("sampled_ndcg@10", float("nan")),
+                scores["coverage@10"],
                 seconds,
                 epochs,
             )
         )
-        log(f"{LABELS[name]}: test full NDCG@10 {full['ndcg@10']:.4f} {json.dumps(info)}")
+        log(f"{LABELS[name]}: test full NDCG@10 {scores['ndcg@10']:.4f} {json.dumps(info)}")
 
     header = (
         "| model | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 "

@@ -11,7 +11,7 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
 2. installs an active model version with random weights of the production shape
    (cnn_dnn, dim 64, max_len 50) whose item embeddings are clustered like trained ones
    (``benchmarks.serving_data``); above ``ANN_MIN_ITEMS`` the IVF index is built once as
-   promotion builds it (``training.save_ann_index``, nprobe tuned on 500 validation
+   promotion builds it (``ml.pipeline.build_index``, nprobe tuned on 500 validation
    histories that are not the benchmark shoppers') and each worker loads it;
 3. serves the demo store with gunicorn (2 sync workers, ``benchmarks.bench_site.settings``:
    DEBUG off, PostgreSQL, Redis cache and sessions, the API throttle on with a rate that
@@ -958,7 +958,7 @@ def render(args, results, started, elapsed, load_before):
         f"clusters each) with a session each; model: cnn_dnn of the production shape (dim 64, max_len 50, tower "
         f"256), random weights, clustered item embeddings (`benchmarks/serving_data.py`); demo: "
         f"`seed_demo --products {args.demo_products} --shoppers {args.demo_shoppers}` plus the benchmark shoppers. "
-        "Above `ANN_MIN_ITEMS` the IVF index is built once as promotion builds it (`training.save_ann_index`: "
+        "Above `ANN_MIN_ITEMS` the IVF index is built once as promotion builds it (`ml.pipeline.build_index`: "
         "nprobe tuned on 500 validation histories through the model, not the benchmark shoppers') and loaded by "
         "each worker."
     )

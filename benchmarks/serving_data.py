@@ -321,7 +321,7 @@ def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, 
 
 
 class _Histories:
-    """The part of ``ml.data.Sequences`` that ``save_ann_index`` reads: item and kind indices."""
+    """The part of ``ml.data.SplitPart`` that ``pipeline.build_index`` reads: item and kind indices."""
 
     def __init__(self, items, kinds):
         self.items, self.kinds = items, kinds
@@ -334,7 +334,7 @@ def store_index_as_promotion_does(
     version, item_pks, cluster_of_item, seed, events_per_shopper, queries=500
 ):
     """Above ``ANN_MIN_ITEMS``, build the IVF index once and store it beside the artifact, as
-    promotion does (``training.save_ann_index``: nprobe tuned on validation shoppers' vectors
+    promotion does (``ml.pipeline.build_index``: nprobe tuned on validation shoppers' vectors
     through the model). The validation histories are drawn like the benchmark shoppers' but
     are not theirs, so recall is measured on shoppers the tuning never saw.
 
@@ -351,7 +351,8 @@ def store_index_as_promotion_does(
     if len(item_pks) <= recommender_settings.ANN_MIN_ITEMS:
         return None
     try:
-        from recommender.training import ann_index_name, save_ann_index
+        from recommender.artifacts import index_name, save_index
+        from recommender.ml.pipeline import build_index
     except ImportError:
         return None
     started = time.monotonic()
@@ -368,7 +369,7 @@ def store_index_as_promotion_does(
         [[index_of[pk] for pk, _ in history] for history in histories],
         [[kind_of[kind] for _, kind in history] for history in histories],
     )
-    if storage.exists(ann_index_name(version.artifact)):
-        storage.delete(ann_index_name(version.artifact))
-    save_ann_index(storage, version.artifact, model, part, int(art.model_config.get("max_len", 50)))
+    if storage.exists(index_name(version.artifact)):
+        storage.delete(index_name(version.artifact))
+    save_index(version.artifact, build_index(model, part, int(art.model_config.get("max_len", 50))))
     return round(time.monotonic() - started, 1)

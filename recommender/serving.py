@@ -28,7 +28,8 @@ from django.db import connections, router
 from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
-from . import itemkeys
+from . import artifacts, itemkeys
+from .artifacts import ArtifactRefused
 from .conf import get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
 from .shoppers import shopper_pseudonym
@@ -234,37 +235,19 @@ class _ActiveModel:
                 return
 
 
-class ArtifactRefused(ValueError):
-    """A stored artifact is not the one that was verified when its version was trained."""
-
-
 def load_version(version_id, artifact_name, sha256=""):
     """Read a version's artifact from storage into a LoadedModel (imports torch).
 
-    The bytes must hash to ``sha256`` (recorded when training verified the artifact), so
-    a file damaged or replaced in storage afterwards is refused before it is unpickled;
-    ``load_artifact`` then refuses anything that is not a well-formed artifact, without
-    running code from it (tensors-only unpickler).
+    ``artifacts.read_predictor`` refuses bytes that do not hash to ``sha256`` (recorded
+    when training verified the artifact) before they are unpickled, and ``load_artifact``
+    then refuses anything that is not a well-formed artifact, without running code from
+    it (tensors-only unpickler).
     """
-    import hashlib
-    import io
-
     import torch
-    from django.core.files.storage import storages
-
-    from .ml.inference import Predictor
 
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
-    storage = storages[recommender_settings.ARTIFACT_STORAGE]
-    with storage.open(artifact_name, "rb") as stored:
-        payload = stored.read()
-    if sha256 and hashlib.sha256(payload).hexdigest() != sha256:
-        raise ArtifactRefused(
-            f"artifact {artifact_name!r} in storage is not the one verified at training "
-            f"(sha256 {hashlib.sha256(payload).hexdigest()[:12]}..., expected {sha256[:12]}...): damaged or replaced"
-        )
     # The artifact holds item keys as JSON; requests look items up by the ORM's keys.
-    predictor = Predictor.from_artifact(io.BytesIO(payload), item_key=itemkeys.from_json)
+    predictor = artifacts.read_predictor(artifact_name, sha256, item_key=itemkeys.from_json)
     if not hasattr(predictor, "_items"):
         raise ValueError(
             f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
@@ -280,12 +263,9 @@ def load_version(version_id, artifact_name, sha256=""):
     index = None
     if predictor.n_items > recommender_settings.ANN_MIN_ITEMS:
         from .ml.ann import IVFIndex
-        from .training import ann_index_name
 
-        if storage.exists(ann_index_name(artifact_name)):
-            with storage.open(ann_index_name(artifact_name), "rb") as stored:
-                index = IVFIndex.load(stored)
-        else:  # versions promoted before the catalogue grew past the threshold
+        index = artifacts.read_index(artifact_name)
+        if index is None:  # versions promoted before the catalogue grew past the threshold
             index = IVFIndex.build(predictor._items)
     return LoadedModel(version_id, predictor, categories, index)
 

@@ -1,34 +1,29 @@
 """Events -> cleaned sequences -> trained model -> verified artifact -> ModelVersion.
 
-The Django half of training: it exports events (pseudonymous shoppers, never personal
-data), hands them to ``recommender.ml`` (pure PyTorch), stores the artifact, records the
-version with its curve and metrics, and promotes it only if it is at least as good as
-the active version. Celery tasks and management commands call ``run_training``.
+The Django half of training: it claims the run and keeps its heartbeat, exports events
+(pseudonymous shoppers, never personal data), hands them to ``ml.pipeline.run`` (pure
+PyTorch: fit the model and the baselines, measure them alike), stores the artifact
+through ``artifacts``, records the version with its curve and metrics, and promotes it
+only if it is at least as good as the active version. Celery tasks and management
+commands call ``run_training``.
 """
 
 import hashlib
 import hmac
-import io
 import logging
 import threading
 import time
 from datetime import timedelta
 
-import numpy as np
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.core.files.storage import storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import itemkeys
+from . import artifacts, itemkeys
 from .conf import merged, recommender_settings
 from .models import Event, ModelVersion
 
 logger = logging.getLogger(__name__)
-
-BASELINES = ("popularity", "itemknn")
-SAMPLED_METRICS_MIN_ITEMS = 1000
 
 
 class TrainingError(Exception):
@@ -352,14 +347,56 @@ def _refuse_own_max_len(cfg):
 
 
 def _train(version, progress):
-    from .ml import artifact, metrics, nets, train
+    """Export, fit and measure (``ml.pipeline``), store the verified artifact, decide promotion."""
+    from .ml import artifact, pipeline
 
     cfg = _settings_for(version)
     train_config = train_config_for(cfg)
 
     progress.stage("export")
     sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
-    stats = {
+    ModelVersion.objects.filter(pk=version.pk).update(
+        data_stats=_data_stats(sequences, split), model_name=cfg["MODEL"]
+    )
+
+    result = pipeline.run(
+        split,
+        cfg["MODEL"],
+        model_config_for(cfg),
+        train_config,
+        index_above=recommender_settings.ANN_MIN_ITEMS,
+        progress=progress,
+        on_stage=progress.stage,
+    )
+    results = _jsonable(result.metrics())
+    ModelVersion.objects.filter(pk=version.pk).update(curve=_jsonable(result.curve))
+
+    progress.stage("save")
+    payload = artifact.artifact_bytes(
+        model_name=cfg["MODEL"],
+        model_config=result.model.config,
+        state_dict=result.model.state_dict(),
+        item_ids=split.item_map.to_list(),
+        kind_names=list(split.kind_names),
+        metrics=results,
+        extra={"version": version.pk, "trained_until": split.cut_ts},
+    )
+    name, digest = artifacts.write_verified(version.pk, payload)
+    if result.index is not None:
+        artifacts.save_index(name, result.index)
+
+    done = {
+        "stage": "done",
+        "epoch": result.fitted.epochs_run,
+        "epochs": train_config.epochs,
+        "elapsed": round(time.monotonic() - progress.started, 1),
+    }
+    _finish(version, results, name, digest, done)
+
+
+def _data_stats(sequences, split):
+    """What the run trained on, for the version's page: counts only, never who."""
+    return {
         "shoppers": len(sequences),
         "items": sequences.n_items,
         "events": sequences.n_events,
@@ -368,85 +405,22 @@ def _train(version, progress):
         "test_shoppers": len(split.test),
         "cleaning": sequences.report.to_dict() if sequences.report else {},
     }
-    ModelVersion.objects.filter(pk=version.pk).update(data_stats=stats, model_name=cfg["MODEL"])
 
-    progress.stage("train", epoch=0, epochs=train_config.epochs)
-    import torch
 
-    torch.manual_seed(train_config.seed)  # the initial weights too: a run is reproducible
-    model = nets.build_model(cfg["MODEL"], split.n_items, split.n_kinds, **model_config_for(cfg))
-    fitted = train.fit(model, split, train_config, progress=progress)
-    curve = _jsonable(fitted.curve)
-    ModelVersion.objects.filter(pk=version.pk).update(curve=curve)
-
-    progress.stage("evaluate")
-    results = {
-        "valid": _evaluate(fitted.model, split.validation, split, train_config, metrics),
-        "test": _evaluate(fitted.model, split.test, split, train_config, metrics),
-        "baselines": {},
-    }
-    for name in BASELINES:
-        if name == cfg["MODEL"]:
-            continue
-        baseline = train.fit(
-            nets.build_model(name, split.n_items, split.n_kinds, max_len=train_config.max_len),
-            split,
-            train_config,
-        ).model
-        results["baselines"][name] = {
-            "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
-            "test": _evaluate(baseline, split.test, split, train_config, metrics),
-        }
-    results["best_epoch"] = fitted.best_epoch
-    results["stopped"] = fitted.stopped
-    results["train_seconds"] = round(fitted.train_seconds, 1)
-
-    progress.stage("save")
-    buffer = io.BytesIO()
-    artifact.save_artifact(
-        buffer,
-        model_name=cfg["MODEL"],
-        model_config=fitted.model.config,
-        state_dict=fitted.model.state_dict(),
-        item_ids=split.item_map.to_list(),
-        kind_names=list(split.kind_names),
-        metrics=_jsonable(results),
-        extra={"version": version.pk, "trained_until": split.cut_ts},
-    )
-    payload = buffer.getvalue()
-    storage = storages[recommender_settings.ARTIFACT_STORAGE]
-    name = storage.save(
-        f"{recommender_settings.ARTIFACT_PATH}/v{version.pk}.pt", ContentFile(payload)
-    )
-    # Verify what storage holds before it may serve: read back, hash, load.
-    with storage.open(name, "rb") as stored:
-        stored_bytes = stored.read()
-    digest = hashlib.sha256(stored_bytes).hexdigest()
-    if digest != hashlib.sha256(payload).hexdigest():
-        raise TrainingError("The artifact read back from storage differs from what was written.")
-    verified = artifact.load_artifact(io.BytesIO(stored_bytes)).build_model()
-    if split.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(verified, "item_embeddings"):
-        progress.stage("index")
-        save_ann_index(storage, name, verified, split.validation, train_config.max_len)
-
+def _finish(version, metrics, artifact_name, sha256, progress):
+    """Ready and the promotion decision in one transaction: nobody sees a ready run undecided."""
     finished = timezone.now()
-    # Ready and the promotion decision in one transaction: nobody sees a ready run undecided.
     with transaction.atomic():
         ready = ModelVersion.objects.filter(
             pk=version.pk, status=ModelVersion.Status.RUNNING
         ).update(
             status=ModelVersion.Status.READY,
-            metrics=_jsonable(results),
-            artifact=name,
-            artifact_sha256=digest,
+            metrics=metrics,
+            artifact=artifact_name,
+            artifact_sha256=sha256,
             finished_at=finished,
             heartbeat_at=finished,
-            progress={
-                "stage": "done",
-                "epoch": fitted.epochs_run,
-                "epochs": train_config.epochs,
-                "elapsed": round(time.monotonic() - progress.started, 1),
-            },
+            progress=progress,
         )
         if not ready:  # failed as stale while it ran: the lock may be another run's by now
             raise TrainingAbandoned(
@@ -454,37 +428,6 @@ def _train(version, progress):
             )
         version.refresh_from_db()
         promote_if_better(version)
-
-
-def ann_index_name(artifact_name):
-    return f"{artifact_name}.ivf"
-
-
-def save_ann_index(storage, artifact_name, model, part, max_len, n_queries=500):
-    """Build the approximate index for a large catalogue once, at promotion time.
-
-    Its probe count is tuned on real shopper vectors: the validation shoppers' histories
-    through the trained model.
-    """
-    import torch
-
-    from .ml.ann import IVFIndex
-    from .ml.metrics import pad_left
-
-    rows = list(range(min(n_queries, len(part))))
-    with torch.no_grad():
-        queries = (
-            model.shopper_vector(
-                pad_left([part.items[i] for i in rows], max_len),
-                pad_left([part.kinds[i] for i in rows], max_len),
-            )
-            if rows
-            else None
-        )
-        index = IVFIndex.build(model.item_embeddings().detach(), queries=queries)
-    buffer = io.BytesIO()
-    index.save(buffer)
-    storage.save(ann_index_name(artifact_name), ContentFile(buffer.getvalue()))
 
 
 def store_split(cfg, seed, on_stage=None):
@@ -510,81 +453,20 @@ def store_split(cfg, seed, on_stage=None):
 
 
 def evaluate_version(version, *, on_stage=None):
-    """Measure a stored version on today's held-out events, beside freshly fitted baselines.
-
-    The version's item vocabulary is the one it was trained with: histories and targets
-    are mapped to it by store id, and targets it has never seen count as misses.
-    """
-    from django.core.files.storage import storages
-
-    from .ml import data, metrics, nets, train
-    from .ml.inference import Predictor
+    """Measure a stored version on today's held-out events, beside freshly fitted baselines."""
+    from .ml import pipeline
 
     cfg = _settings_for(version)
-    storage = storages[recommender_settings.ARTIFACT_STORAGE]
-    with storage.open(version.artifact, "rb") as stored:
-        predictor = Predictor.from_artifact(stored)
+    predictor = artifacts.read_predictor(version.artifact, version.artifact_sha256)
     # Measured with the history length the version was trained with, as it serves.
     train_config = train_config_for({**cfg, "HISTORY_LENGTH": predictor.max_len})
     _, split = store_split(cfg, train_config.seed, on_stage=on_stage)
     if on_stage:
         on_stage("evaluate")
-    results = {}
-    for part_name in ("valid", "test"):
-        part = split.validation if part_name == "valid" else split.test
-        mapped = _remap(part, split, predictor, data)
-        results[part_name] = _evaluate(predictor.model, mapped, predictor, train_config, metrics)
-    results["baselines"] = {}
-    for name in BASELINES:
-        baseline = train.fit(
-            nets.build_model(name, split.n_items, split.n_kinds, max_len=train_config.max_len),
-            split,
-            train_config,
-        ).model
-        results["baselines"][name] = {
-            "valid": _evaluate(baseline, split.validation, split, train_config, metrics),
-            "test": _evaluate(baseline, split.test, split, train_config, metrics),
-        }
+    results = pipeline.measure_trained(
+        predictor.model, predictor.item_map, predictor.kind_names, split, train_config
+    )
     return _jsonable(results)
-
-
-def _remap(part, split, predictor, data):
-    """A split part re-indexed into the predictor's item and kind vocabularies."""
-    kind_index = {name: i for i, name in enumerate(predictor.kind_names)}
-    items, kinds = [], []
-    for seq, kind_seq in zip(part.items, part.kinds, strict=True):
-        store_items = [predictor.item_map.index(split.item_map.id(int(i)), 0) for i in seq]
-        store_kinds = [kind_index.get(split.kind_names[int(k)], 1) for k in kind_seq]
-        keep = [j for j, i in enumerate(store_items) if i]
-        items.append(np.asarray([store_items[j] for j in keep], dtype=np.int64))
-        kinds.append(np.asarray([store_kinds[j] for j in keep], dtype=np.int64))
-    # A target the version never saw maps to index 0, which no model can rank: a miss.
-    targets = np.asarray(
-        [predictor.item_map.index(split.item_map.id(int(t)), 0) for t in part.targets],
-        dtype=np.int64,
-    )
-    return data.SplitPart(part.shopper_index, items, kinds, targets, part.target_kinds)
-
-
-def _evaluate(model, part, split, train_config, metrics):
-    full = metrics.evaluate(
-        model, part, 10, "full", n_items=split.n_items, max_len=train_config.max_len
-    )
-    result = {
-        "hr@10": full["hr@10"],
-        "ndcg@10": full["ndcg@10"],
-        "mrr": full.get("mrr"),
-        "coverage@10": full.get("coverage@10"),
-        "users": full.get("n_users", len(part)),
-    }
-    # Sampled metrics (target among 100 unseen items) only mean something in a catalogue
-    # much larger than the sample; they are kept for comparison with published numbers.
-    if split.n_items >= SAMPLED_METRICS_MIN_ITEMS:
-        sampled = metrics.evaluate(
-            model, part, 10, "sampled", n_items=split.n_items, max_len=train_config.max_len
-        )
-        result.update({"sampled_hr@10": sampled["hr@10"], "sampled_ndcg@10": sampled["ndcg@10"]})
-    return result
 
 
 def promote_if_better(version, attempts=5):

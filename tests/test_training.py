@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from recommender import training
+from recommender import artifacts, training
 from recommender.ml import artifact
 from recommender.models import ModelVersion
 
@@ -143,7 +143,7 @@ def test_large_catalogues_get_their_approximate_index_at_promotion(history):
 
     with override_settings(RECOMMENDER={"ANN_MIN_ITEMS": 10}):
         version = train_now()
-    assert default_storage.exists(training.ann_index_name(version.artifact))
+    assert default_storage.exists(artifacts.index_name(version.artifact))
 
 
 def test_the_evaluate_command_measures_the_active_version_on_todays_events(history, capsys):
@@ -156,6 +156,19 @@ def test_the_evaluate_command_measures_the_active_version_on_todays_events(histo
     assert val_ndcg == pytest.approx(version.metric("ndcg@10"), abs=1e-4)
     assert val_hr == pytest.approx(version.metric("hr@10"), abs=1e-4)
     assert "popularity" in out and "itemknn" in out
+
+
+def test_the_evaluate_command_refuses_an_artifact_damaged_since_training(history):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    version = train_now()
+    with default_storage.open(version.artifact, "rb") as stored:
+        damaged = stored.read()[:-100]
+    default_storage.delete(version.artifact)
+    default_storage.save(version.artifact, ContentFile(damaged))
+    with pytest.raises(CommandError, match="not the one verified at training"):
+        call_command("recommender_evaluate", verbosity=0)
 
 
 def test_the_evaluate_command_needs_a_ready_version(db):

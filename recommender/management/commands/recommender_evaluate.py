@@ -4,6 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recommender import training
+from recommender.artifacts import ArtifactRefused
+from recommender.ml.artifact import ArtifactError
 from recommender.models import ModelVersion
 
 STAGES = ["export", "clean", "evaluate"]
@@ -46,7 +48,7 @@ class Command(BaseCommand):
         on_stage("export")
         try:
             results = training.evaluate_version(chosen, on_stage=on_stage)
-        except training.TrainingError as exc:
+        except (training.TrainingError, ArtifactRefused, ArtifactError) as exc:
             raise CommandError(str(exc)) from exc
         finally:
             bar.close()

@@ -1,0 +1,210 @@
+"""The one experiment entry point: fit a model and its baselines, measure them all alike.
+
+Like RecBole's trainer or Gorse's ``Fit(train, valid, config) -> Score``: given a split
+and configs, ``run`` fits the model and the baselines (popularity, item-kNN), measures
+every one with the same function on the same validation and test shoppers, and returns
+one ``PipelineResult``. The app's training (``recommender.training``) and the offline
+benchmark (``benchmarks/quality.py``) both call it, so the benchmark reports what the
+app measures before it promotes a version. ``measure_trained`` does the same for a model
+trained earlier, on a newer split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import metrics, nets, train
+from .data import IdMap, Split, SplitPart
+
+BASELINES = ("popularity", "itemknn")
+# Sampled metrics (target among 100 unseen items) only mean something in a catalogue much
+# larger than the sample; they are kept for comparison with published numbers.
+SAMPLED_METRICS_MIN_ITEMS = 1000
+
+
+@dataclass
+class Scored:
+    """One candidate: its fitted model, its metrics on validation and test, its fit time."""
+
+    model: torch.nn.Module
+    valid: dict
+    test: dict
+    fit_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"valid": self.valid, "test": self.test}
+
+
+@dataclass
+class PipelineResult:
+    """Everything one run produced: the model with its curve, every candidate's scores, the index."""
+
+    name: str
+    fitted: train.FitResult  # the model (best weights), its curve, best epoch, stop reason
+    scores: dict[str, Scored] = field(default_factory=dict)  # the model's name first
+    index: object | None = None  # an ann.IVFIndex for a large catalogue, else None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.fitted.model
+
+    @property
+    def curve(self) -> list[dict]:
+        return self.fitted.curve
+
+    def metrics(self) -> dict:
+        """The model's metrics with the baselines' beside them: what a version stores."""
+        mine = self.scores[self.name]
+        return {
+            **mine.to_dict(),
+            "baselines": {n: s.to_dict() for n, s in self.scores.items() if n != self.name},
+            "best_epoch": self.fitted.best_epoch,
+            "stopped": self.fitted.stopped,
+            "train_seconds": round(self.fitted.train_seconds, 1),
+        }
+
+
+def measure(
+    model, part: SplitPart, *, n_items: int, max_len: int, seed: int = 0, max_users=None
+) -> dict:
+    """The metrics every candidate is judged by: full-ranking @10, plus sampled @10 in a large catalogue."""
+    options = dict(n_items=n_items, max_len=max_len, seed=seed, max_users=max_users)
+    full = metrics.evaluate(model, part, 10, "full", **options)
+    result = {
+        "hr@10": full["hr@10"],
+        "ndcg@10": full["ndcg@10"],
+        "mrr": full.get("mrr"),
+        "coverage@10": full.get("coverage@10"),
+        "users": full.get("n_users", len(part)),
+    }
+    if n_items >= SAMPLED_METRICS_MIN_ITEMS:
+        sampled = metrics.evaluate(model, part, 10, "sampled", **options)
+        result.update({"sampled_hr@10": sampled["hr@10"], "sampled_ndcg@10": sampled["ndcg@10"]})
+    return result
+
+
+def _scored(
+    model, split: Split, config: train.TrainConfig, fit_seconds=0.0, parts=None, n_items=None
+):
+    valid, test = parts or (split.validation, split.test)
+    options = dict(n_items=n_items or split.n_items, max_len=config.max_len, seed=config.seed)
+    return Scored(
+        model, measure(model, valid, **options), measure(model, test, **options), fit_seconds
+    )
+
+
+def fit_baselines(
+    split: Split,
+    config: train.TrainConfig,
+    names: Sequence[str] = BASELINES,
+    configs: dict | None = None,
+) -> dict[str, Scored]:
+    """Each baseline fitted on the split's training part and measured like the model."""
+    scores = {}
+    for name in names:
+        t0 = time.perf_counter()
+        # A baseline reads the history the model reads (it is measured on that window too).
+        options = {"max_len": config.max_len, **(configs or {}).get(name, {})}
+        model = nets.build_model(name, split.n_items, split.n_kinds, **options)
+        model = train.fit(model, split, config).model
+        scores[name] = _scored(model, split, config, time.perf_counter() - t0)
+    return scores
+
+
+def run(
+    split: Split,
+    model_name: str,
+    model_config: dict | None = None,
+    train_config: train.TrainConfig | None = None,
+    *,
+    baselines: Sequence[str] = BASELINES,
+    baseline_configs: dict | None = None,
+    index_above: int | None = None,
+    progress: Callable[[dict], None] | None = None,
+    on_stage: Callable[..., None] | None = None,
+) -> PipelineResult:
+    """Fit ``model_name`` and the baselines on ``split``; measure all on the same shoppers.
+
+    ``progress`` receives one row per epoch, ``on_stage(name, **info)`` each stage. A
+    catalogue of more than ``index_above`` items also gets its approximate index.
+    """
+    config = train_config or train.TrainConfig()
+    stage = on_stage or (lambda name, **info: None)
+    stage("train", epoch=0, epochs=config.epochs)
+    torch.manual_seed(config.seed)  # the initial weights too: a run is reproducible
+    model = nets.build_model(model_name, split.n_items, split.n_kinds, **(model_config or {}))
+    fitted = train.fit(model, split, config, progress=progress)
+
+    stage("evaluate")
+    result = PipelineResult(model_name, fitted)
+    result.scores[model_name] = _scored(fitted.model, split, config, fitted.train_seconds)
+    others = [name for name in baselines if name != model_name]
+    result.scores.update(fit_baselines(split, config, others, baseline_configs))
+
+    if index_above is not None and split.n_items > index_above:
+        if hasattr(fitted.model, "item_embeddings"):
+            stage("index")
+            result.index = build_index(fitted.model, split.validation, config.max_len)
+    return result
+
+
+def measure_trained(
+    model,
+    item_map: IdMap,
+    kind_names: Sequence[str],
+    split: Split,
+    config: train.TrainConfig,
+    baselines: Sequence[str] = BASELINES,
+) -> dict:
+    """A model trained earlier, measured on ``split`` beside freshly fitted baselines.
+
+    Its item vocabulary is the one it was trained with: histories and targets are mapped
+    to it by store id, and targets it has never seen count as misses.
+    """
+    parts = tuple(remap(p, split, item_map, kind_names) for p in (split.validation, split.test))
+    mine = _scored(model, split, config, parts=parts, n_items=len(item_map))
+    scores = fit_baselines(split, config, baselines)
+    return {**mine.to_dict(), "baselines": {n: s.to_dict() for n, s in scores.items()}}
+
+
+def remap(part: SplitPart, split: Split, item_map: IdMap, kind_names: Sequence[str]) -> SplitPart:
+    """A split part re-indexed into another item and kind vocabulary (a stored model's)."""
+    kind_index = {name: i for i, name in enumerate(kind_names)}
+    items, kinds = [], []
+    for seq, kind_seq in zip(part.items, part.kinds, strict=True):
+        store_items = [item_map.index(split.item_map.id(int(i)), 0) for i in seq]
+        store_kinds = [kind_index.get(split.kind_names[int(k)], 1) for k in kind_seq]
+        keep = [j for j, i in enumerate(store_items) if i]
+        items.append(np.asarray([store_items[j] for j in keep], dtype=np.int64))
+        kinds.append(np.asarray([store_kinds[j] for j in keep], dtype=np.int64))
+    # A target the model never saw maps to index 0, which no model can rank: a miss.
+    targets = np.asarray(
+        [item_map.index(split.item_map.id(int(t)), 0) for t in part.targets], dtype=np.int64
+    )
+    return SplitPart(part.shopper_index, items, kinds, targets, part.target_kinds)
+
+
+def build_index(model, part: SplitPart, max_len: int, n_queries: int = 500):
+    """The approximate index over the model's item vectors, for a large catalogue.
+
+    Its probe count is tuned on real shopper vectors: the first ``n_queries`` shoppers'
+    histories in ``part`` (validation) through the trained model.
+    """
+    from .ann import IVFIndex
+
+    rows = list(range(min(n_queries, len(part))))
+    with torch.no_grad():
+        queries = (
+            model.shopper_vector(
+                metrics.pad_left([part.items[i] for i in rows], max_len),
+                metrics.pad_left([part.kinds[i] for i in rows], max_len),
+            )
+            if rows
+            else None
+        )
+        return IVFIndex.build(model.item_embeddings().detach(), queries=queries)
