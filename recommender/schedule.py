@@ -14,15 +14,21 @@ from .conf import recommender_settings
 
 
 def periodic_tasks():
-    """Nightly retraining (RECOMMENDER["TRAIN_SCHEDULE"]) and the stale-run sweeper."""
+    """Nightly retraining (RECOMMENDER["TRAIN_SCHEDULE"]) and the stale-run sweeper.
+
+    Both go to TRAINING_QUEUE, the one queue the documented worker consumes: a sweeper on
+    the default queue never runs there, and a dead run then keeps the lock forever.
+    """
+    queue = {"queue": recommender_settings.TRAINING_QUEUE}
     return {
         "recommender-train": {
             "task": "recommender.train",
             "schedule": crontab(**recommender_settings.TRAIN_SCHEDULE),
-            "options": {"queue": recommender_settings.TRAINING_QUEUE},
+            "options": queue,
         },
         "recommender-fail-stale-runs": {
             "task": "recommender.fail_stale_runs",
             "schedule": crontab(minute="*/5"),
+            "options": queue,
         },
     }
