@@ -96,7 +96,7 @@ class Worker:
 class Gunicorn:
     """gunicorn serving the demo store from the test database (persistent connections)."""
 
-    def __init__(self, workers=2, settings_module="tests.faults.web_settings", **env):
+    def __init__(self, workers=2, settings_module="tests.faults.web_settings", args=(), **env):
         self.port = free_port()
         self.log = tempfile.NamedTemporaryFile(
             prefix="fault-gunicorn-", suffix=".log", delete=False
@@ -119,6 +119,7 @@ class Gunicorn:
                 "30",
                 "--graceful-timeout",
                 "5",
+                *args,  # e.g. the demo's config file; later options override earlier ones
             ],
             env=_test_env(DJANGO_SETTINGS_MODULE=settings_module, **env),
             cwd=settings.BASE_DIR,
