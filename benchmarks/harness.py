@@ -112,8 +112,11 @@ class Service:
             self.log_path.unlink(missing_ok=True)
 
 
-def gunicorn_command(port, workers=2, worker_class="sync", threads=1, timeout=60):
-    """The demo store behind gunicorn on 127.0.0.1:``port``, as the benchmarks and tests run it."""
+def gunicorn_command(port, workers=2, worker_class="sync", threads=1, timeout=60, extra_args=()):
+    """The demo store behind gunicorn on 127.0.0.1:``port``, as the benchmarks and tests run it.
+
+    ``extra_args`` come last, so they override the options before them (e.g. ``--config``).
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -134,17 +137,25 @@ def gunicorn_command(port, workers=2, worker_class="sync", threads=1, timeout=60
     ]
     if worker_class == "gthread":
         cmd += ["--threads", str(threads)]
-    return cmd
+    return cmd + list(extra_args)
 
 
 class Gunicorn(Service):
     """gunicorn serving the demo store; ``env`` names the settings module, database and Redis."""
 
     def __init__(
-        self, env, workers=2, worker_class="sync", threads=1, timeout=60, name="gunicorn", **kw
+        self,
+        env,
+        workers=2,
+        worker_class="sync",
+        threads=1,
+        timeout=60,
+        name="gunicorn",
+        extra_args=(),
+        **kw,
     ):
         self.port, self.workers = free_port(), workers
-        command = gunicorn_command(self.port, workers, worker_class, threads, timeout)
+        command = gunicorn_command(self.port, workers, worker_class, threads, timeout, extra_args)
         super().__init__(name, command, env, **kw)
 
     @property

@@ -258,6 +258,40 @@ def _is_a(value, expected):
     return isinstance(value, expected)
 
 
+# Keys published with this project (the demo's former SECRET_KEY): a key anyone can read
+# reverses every registered shopper's pseudonym.
+PUBLIC_KEYS = frozenset({"demo-only-not-secret-change-me"})
+PSEUDONYM_KEY_MIN_LENGTH = 32
+
+
+@register(Tags.security, deploy=True)
+def check_pseudonym_key(app_configs=None, **kwargs):
+    """``check --deploy``: pseudonyms need a secret key of their own (see conf.PSEUDONYM_KEY)."""
+    key = recommender_settings.PSEUDONYM_KEY
+    hint = (
+        "Set RECOMMENDER['PSEUDONYM_KEY'] to at least 32 random characters kept secret, "
+        "e.g. from the environment: python -c 'import secrets; print(secrets.token_urlsafe(48))'."
+    )
+    if not key:
+        problem = "is not set: shopper pseudonyms are keyed by a key derived from SECRET_KEY"
+    elif str(key) in PUBLIC_KEYS:
+        problem = "is a value published with this project"
+    elif str(key) == str(settings.SECRET_KEY):
+        problem = "equals SECRET_KEY"
+    elif len(key) < PSEUDONYM_KEY_MIN_LENGTH:
+        problem = f"is shorter than {PSEUDONYM_KEY_MIN_LENGTH} characters"
+    else:
+        return []
+    return [
+        Warning(
+            f"RECOMMENDER['PSEUDONYM_KEY'] {problem}; whoever knows the key can re-compute "
+            "the pseudonym of every registered shopper in exports and training data.",
+            hint=hint,
+            id="recommender.W002",
+        )
+    ]
+
+
 def _writable(folder):
     """True if a file can be created in ``folder`` (made if missing)."""
     try:

@@ -48,8 +48,15 @@ DEFAULTS = {
     # DRF throttle rates for the public endpoints (None disables a throttle).
     "EVENTS_THROTTLE_RATE": "600/min",
     "API_THROTTLE_RATE": "300/min",
-    # Celery queue for training runs, kept apart from a store's default queue.
+    # Celery queue of every recommender task (training runs and the stale-run sweeper),
+    # kept apart from a store's default queue; run a worker with ``-Q`` this queue.
     "TRAINING_QUEUE": "recommender-training",
+    # HMAC key of the shopper pseudonyms in training data and exports (at least 32
+    # random characters, kept secret; changing it changes every pseudonym). Required in
+    # production: anyone holding it can re-compute a registered shopper's pseudonym from
+    # the user id. None derives a key from SECRET_KEY with a salt, and ``check --deploy``
+    # warns (recommender.W002).
+    "PSEUDONYM_KEY": None,
     # Nightly retraining (crontab fields) installed in Celery beat's schedule. Like every
     # dict setting, a partial value is merged over this one: {"hour": "4"} keeps minute 30.
     "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},

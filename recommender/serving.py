@@ -801,3 +801,16 @@ def connect_cache_invalidation():
     events_recorded.connect(
         invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper"
     )
+
+
+def warm_up():
+    """Load the active model version now, before this web process serves its first request.
+
+    Call it from the server's worker-start hook (gunicorn's ``post_worker_init``, as in
+    ``shop_demo/gunicorn.conf.py``), never at import: ``manage.py`` commands, migrations and
+    the admin stay free of torch. Otherwise the first requests of every new worker wait
+    7-10 s for torch and the model. Returns the version now served (None: no active
+    version, shoppers get popular items).
+    """
+    model = active_model.get()
+    return model.version_id if model is not None else None

@@ -1,4 +1,9 @@
-"""Celery tasks: thin, idempotent, they take ids and call ``recommender.training``."""
+"""Celery tasks: thin, idempotent, they take ids and call ``recommender.training``.
+
+Every task here runs on RECOMMENDER["TRAINING_QUEUE"]: training.request_training and the
+beat entries (schedule.py) name it when they send, and a store routes ``recommender.*``
+there for anything else that sends them (``recommender_status`` checks both).
+"""
 
 from celery import shared_task
 

@@ -14,8 +14,35 @@ from urllib.parse import urlparse
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("SHOP_VAR_DIR", BASE_DIR / "var"))
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-secret-change-me")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+
+def persisted_secret_key(path):
+    """A random key made once and kept in ``path`` (owner-only), never a value in the source.
+
+    A public SECRET_KEY lets anyone forge sessions and re-compute shopper pseudonyms; the
+    demo makes its own key on first start instead, so a checkout has nothing to change.
+    """
+    path = Path(path)
+    if not path.exists():
+        import secrets
+        import tempfile
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, draft = tempfile.mkstemp(dir=path.parent, prefix=".secret-key-")  # 0600
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+        try:
+            os.link(draft, path)  # atomic; processes starting together keep the first key
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(draft)
+    return path.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or persisted_secret_key(VAR_DIR / "secret-key")
+# Off unless asked for (DJANGO_DEBUG=1): debug pages show settings, SQL and code to anyone.
+# `manage.py rundemo` serves the static files itself (runserver --insecure).
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = os.environ.get(
     "DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver"
 ).split(",")
@@ -153,6 +180,9 @@ RECOMMENDER = {
     "ITEM_CATEGORY_FIELD": "category_id",
     "ITEM_SERIALIZER": "shop_demo.catalog.rules.product_as_json",
     "PLACEMENTS": {"cart": {"exclude_purchased": False}, "home": {"diversity": 3}},
+    # Unset here, the pseudonyms are keyed from the (random, persisted) SECRET_KEY; a
+    # store sets a secret of its own (check --deploy warns otherwise).
+    "PSEUDONYM_KEY": os.environ.get("RECOMMENDER_PSEUDONYM_KEY") or None,
 }
 
 # Celery: Redis when REDIS_URL is set, otherwise a broker in local folders.
@@ -169,8 +199,11 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("CELERY_TASK_ALWAYS_EAGER", "0") == "1"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_TASK_ROUTES = {"recommender.train": {"queue": "recommender-training"}}
+# Every recommender task (training, the stale-run sweeper) on the queue its worker consumes.
+CELERY_TASK_ROUTES = {"recommender.*": {"queue": "recommender-training"}}
 
+# Everything to stderr: the recommender's log, and the traceback of every request that
+# ended in a 500 (Django only prints those with DEBUG on, or mails them to ADMINS).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -179,6 +212,7 @@ LOGGING = {
         "recommender": {
             "handlers": ["console"],
             "level": os.environ.get("RECOMMENDER_LOG_LEVEL", "INFO"),
-        }
+        },
+        "django.request": {"handlers": ["console"], "level": "ERROR", "propagate": False},
     },
 }

@@ -45,11 +45,12 @@ class Worker(harness.CeleryWorker):
 class Gunicorn(harness.Gunicorn):
     """gunicorn serving the demo store from the test database (persistent connections)."""
 
-    def __init__(self, workers=2, settings_module="tests.faults.web_settings", **env):
+    def __init__(self, workers=2, settings_module="tests.faults.web_settings", args=(), **env):
         super().__init__(
             _test_env(DJANGO_SETTINGS_MODULE=settings_module, **env),
             workers,
             timeout=30,
             name="fault-gunicorn",
+            extra_args=args,
             cwd=settings.BASE_DIR,
         )

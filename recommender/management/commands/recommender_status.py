@@ -13,8 +13,9 @@ from recommender.models import ModelVersion
 class Command(BaseCommand):
     help = (
         "Print the active model version, the last training run, Celery queue health and the "
-        "events of the last 24 hours. Exits with status 1 when the broker cannot be reached or "
-        "no worker consumes the training queue (a run would never start), so it can serve as a "
+        "events of the last 24 hours. Exits with status 1 when the broker cannot be reached, "
+        "no worker consumes the training queue (a run would never start) or recommender tasks "
+        "wait in a queue no worker consumes (e.g. the stale-run sweeper), so it can serve as a "
         "health check; --no-queue-check skips the broker. Every network wait is bounded by --timeout."
     )
 
@@ -79,13 +80,15 @@ class Command(BaseCommand):
         self.stdout.write(f"Events, last 24 hours: {sum(counts.values())} ({detail}).")
 
     def _queue(self, timeout):
-        """Check the broker, then ask workers which queues they consume; never hangs."""
+        """Check the broker, every queue a recommender task goes to, and who consumes it; never hangs."""
         from celery import current_app
 
-        queue = recommender_settings.TRAINING_QUEUE
+        training_queue = recommender_settings.TRAINING_QUEUE
+        queues = _recommender_queues(current_app)
         try:
             with current_app.connection_for_write(connect_timeout=timeout) as connection:
                 connection.ensure_connection(max_retries=1, timeout=timeout)
+                waiting = {name: _waiting(connection, name) for name in queues}
         except Exception as exc:  # noqa: BLE001 - any failure to connect is the answer
             message = f"Broker: unreachable ({type(exc).__name__}: {exc})."
             self.stdout.write(self.style.ERROR(message))
@@ -98,20 +101,67 @@ class Command(BaseCommand):
             self.stdout.write(
                 self.style.WARNING(f"Workers: no answer ({type(exc).__name__}: {exc}).")
             )
-        consumers = sorted(
-            worker
-            for worker, queues in replies.items()
-            if any(q.get("name") == queue for q in queues or [])
-        )
         if replies:
-            self.stdout.write(
-                f"Workers answering: {len(replies)}; consuming {queue!r}: {', '.join(consumers) or 'none'}."
+            self.stdout.write(f"Workers answering: {len(replies)}.")
+        problems = []
+        for name, tasks in queues.items():
+            consumers = sorted(
+                worker
+                for worker, consumed in replies.items()
+                if any(q.get("name") == name for q in consumed or [])
             )
-        if not consumers:
-            message = f"No worker consumes the training queue {queue!r}: training runs would wait forever."
-            self.stdout.write(self.style.ERROR(message))
-            return message
+            count = "?" if waiting[name] is None else waiting[name]
+            self.stdout.write(
+                f"Queue {name!r} ({', '.join(tasks)}): {count} waiting; "
+                f"consumed by {', '.join(consumers) or 'no worker'}."
+            )
+            if consumers:
+                continue
+            if name == training_queue:
+                problems.append(
+                    f"No worker consumes the training queue {name!r}: training runs would wait forever."
+                )
+            elif waiting[name]:
+                problems.append(
+                    f"{waiting[name]} task(s) wait in queue {name!r}, which no worker consumes "
+                    f"({', '.join(tasks)} would never run): route every recommender task to "
+                    f"{training_queue!r} or run a worker for {name!r}."
+                )
+        for problem in problems:
+            self.stdout.write(self.style.ERROR(problem))
+        if problems:
+            return " ".join(problems)
         self.stdout.write(self.style.SUCCESS("Queue: healthy."))
+        return None
+
+
+def _recommender_queues(app):
+    """{queue name: [recommender tasks sent there]}, as beat's entries and the app's routes send them."""
+    from recommender import tasks  # noqa: F401 - registers the tasks with the app
+    from recommender.schedule import periodic_tasks
+
+    sent = {recommender_settings.TRAINING_QUEUE: ["recommender.train"]}  # request_training
+    beat = {
+        entry["task"]: entry.get("options", {}).get("queue") for entry in periodic_tasks().values()
+    }
+    for name in sorted(n for n in app.tasks if n.startswith("recommender.")):
+        routed = app.amqp.router.route({}, name, (), {}).get("queue")
+        for queue in {beat.get(name), getattr(routed, "name", routed)} - {None}:
+            sent.setdefault(queue, [])
+            if name not in sent[queue]:
+                sent[queue].append(name)
+    return sent
+
+
+def _waiting(connection, queue):
+    """Messages waiting in ``queue``: 0 for a queue the broker does not have, None if unknown."""
+    from kombu.exceptions import ChannelError
+
+    try:
+        return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+    except ChannelError:
+        return 0
+    except Exception:  # noqa: BLE001 - a transport that cannot count
         return None
 
 

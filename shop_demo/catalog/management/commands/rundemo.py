@@ -9,7 +9,10 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Run the demo shop (runserver) plus a Celery worker with embedded beat."
+    help = (
+        "Run the demo shop (runserver, serving its static files with DEBUG off) plus a Celery "
+        "worker with embedded beat."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -48,7 +51,9 @@ class Command(BaseCommand):
             )
         )
         try:
-            call_command("runserver", f"{host}:{port}", use_reloader=False)
+            # DEBUG stays off (no debug pages with settings and code to visitors), so the
+            # development server is told to serve the static files itself.
+            call_command("runserver", f"{host}:{port}", use_reloader=False, insecure_serving=True)
         finally:
             worker.terminate()
             try:
