@@ -266,10 +266,9 @@ def test_the_documented_worker_runs_the_stale_run_sweeper_and_status_sees_it(bro
 
         out, problem = status()
         assert problem is None, out
-        assert (
-            f"Queue '{queue}' (recommender.train, recommender.fail_stale_runs): 0 waiting; "
-            "consumed by faults-" in out
-        )
+        line = next(line for line in out.splitlines() if line.startswith(f"Queue '{queue}' ("))
+        assert "recommender.train" in line and "recommender.fail_stale_runs" in line, out
+        assert "0 waiting; consumed by faults-" in line, out
     finally:
         worker.stop()
 
@@ -299,7 +298,9 @@ def test_status_fails_when_recommender_tasks_wait_in_a_queue_no_worker_consumes(
     assert problem is not None, out
     assert "3 task(s) wait in queue 'celery', which no worker consumes" in problem
     assert "recommender.fail_stale_runs" in problem
-    assert "Queue 'celery' (recommender.fail_stale_runs): 3 waiting; consumed by no worker." in out
+    line = next(line for line in out.splitlines() if line.startswith("Queue 'celery' ("))
+    assert "recommender.fail_stale_runs" in line, out
+    assert line.endswith("3 waiting; consumed by no worker."), out
 
 
 # --------------------------------------------------------------------------- warm web workers
