@@ -14,7 +14,6 @@ with no history and while no model is active.
 
 import functools
 import gc
-import hashlib
 import logging
 import threading
 import time
@@ -28,7 +27,7 @@ from django.db import connections, router
 from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
-from . import artifacts, itemkeys
+from . import artifacts, cachekeys, itemkeys
 from .artifacts import ArtifactRefused
 from .conf import get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
@@ -280,28 +279,9 @@ def _cache():
     return caches[recommender_settings.CACHE_ALIAS]
 
 
-def _shopper_id(user, session_key):
-    return f"u{user.pk}" if user is not None else f"s{session_key}"
-
-
-def shopper_cache_key(user=None, session_key=""):
-    """The shopper's generation key: deleting it invalidates all their cached lists."""
-    return f"recommender:gen:{_shopper_id(user, session_key)}"
-
-
-def shopper_lists_prefix(user=None, session_key=""):
-    """Start of the cache keys of the shopper's lists (each stamped with a generation)."""
-    return f"recommender:recs:{_shopper_id(user, session_key)}:"
-
-
-def _key_part(*parts):
-    """Client-chosen text (placement, category) hashed: safe for every cache backend."""
-    return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]
-
-
 def invalidate_shopper(user=None, session_key="", **kwargs):
     """Forget every cached recommendation of this shopper (new event, privacy request)."""
-    _cache().delete(shopper_cache_key(user, session_key))
+    _cache().delete(cachekeys.generation(user, session_key))
 
 
 # --------------------------------------------------------------------------- rules
@@ -433,16 +413,18 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
     The candidates (the costly part) are cached once under ``key`` for every placement
     and limit; each placement gets its own row (clicks are counted per placement), made
     the first time the placement is served these candidates. ``compute() -> [(pk, score)]``.
+    Candidates another model version made are a miss.
     """
-    row_key = f"{key}:{_key_part(placement)}"
+    row_key = cachekeys.list_row(key, placement)
     found = _cache().get_many([key, row_key])
     entry, row = found.get(key), found.get(row_key)
-    if entry is None:
+    if entry is None or entry.get("version") != version_id:
         candidates = compute()
         entry = {
             "pks": [pk for pk, _ in candidates],
             "scores": [score for _, score in candidates],
             "stamp": uuid.uuid4().hex[:12],
+            "version": version_id,
         }
         _cache().set(key, entry, timeout)
     if row is None or row["stamp"] != entry["stamp"]:
@@ -556,14 +538,19 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         return popular(limit=limit, category=category, placement=placement, exclude=exclude)
     # One round trip reads the shopper's generation and the list; a list counts only if it
     # was stamped with the current generation (a new event deletes the generation key).
-    generation_key = shopper_cache_key(user, session_key)
-    key = (
-        f"{shopper_lists_prefix(user, session_key)}{model.version_id if model else 0}:"
-        f"{_key_part(placement, category, sorted(map(str, exclude)))}"
+    generation_key = cachekeys.generation(user, session_key)
+    fingerprint = cachekeys.fingerprint(
+        model.version_id if model else 0, placement, category, sorted(map(str, exclude))
     )
+    key = cachekeys.shopper_list(user, session_key, fingerprint)
     found = _cache().get_many([generation_key, key])
     generation, cached = found.get(generation_key), found.get(key)
-    if generation is not None and cached is not None and cached.get("generation") == generation:
+    if (
+        generation is not None
+        and cached is not None
+        and cached.get("generation") == generation
+        and cached.get("fingerprint") == fingerprint
+    ):
         return _personal_list(cached, limit, rules=rules, category=category)
     if generation is None:
         # Set before computing: an event recorded meanwhile deletes it, so this list is
@@ -609,6 +596,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         "source": Recommendation.Source.MODEL,
         "placement": placement,
         "generation": generation,
+        "fingerprint": fingerprint,
     }
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
     return _personal_list(entry, limit, rules=rules, category=category)
@@ -643,9 +631,8 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     model = active_model.get()
     version_id = model.version_id if model else None
     pk = _item_key(getattr(item, "pk", item))
-    # privacy.forget_shopper deletes "recommender:bought_together:*:<pk>:*": keep the layout.
     cached = _cached_candidates(
-        f"recommender:{source}:{version_id}:{pk}:candidates",
+        cachekeys.item_list(source, pk),
         lambda: compute(pk, model),
         recommender_settings.ITEM_LISTS_CACHE_SECONDS,
         source=source,
@@ -712,7 +699,7 @@ def popular(*, limit=10, category=None, placement="", window="popular", exclude=
     if window not in ("popular", "trending"):
         raise BadRequest("window must be 'popular' or 'trending'.")
     cached = _cached_candidates(
-        f"recommender:popular:{window}",
+        cachekeys.popular(window),
         lambda: popularity_ranking(trending=window == "trending"),
         recommender_settings.POPULAR_CACHE_SECONDS,
         source=Recommendation.Source.POPULAR,
