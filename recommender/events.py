@@ -27,6 +27,7 @@ from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event, Recommendation
 from .shoppers import shopper_pseudonym
+from .signals import events_recorded
 
 EVENT_FIELDS = {
     "kind",
@@ -578,6 +579,4 @@ def _column_types(alias):
 
 def _notify_recorded(*, user, session_key):
     """Tell listeners (the serving cache) that this shopper's history changed."""
-    from .signals import events_recorded
-
     events_recorded.send(sender=Event, user=user, session_key=session_key)

@@ -779,12 +779,3 @@ def delete_old_recommendations(batch_size=5_000):
         if not batch:
             return deleted
         deleted += Recommendation.objects.filter(pk__in=batch).delete()[0]
-
-
-def connect_cache_invalidation():
-    """A new event drops the shopper's cached recommendations (see signals.py)."""
-    from .signals import events_recorded
-
-    events_recorded.connect(
-        invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper"
-    )

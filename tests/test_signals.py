@@ -1,8 +1,9 @@
 """events_recorded drops the shopper's cached recommendations, and only theirs."""
 
 from recommender import cachekeys, events, serving
+from recommender.apps import connect_signals
 from recommender.models import Event
-from recommender.signals import connect_signals, events_recorded
+from recommender.signals import events_recorded
 
 from .serving_fixtures import install_version
 
