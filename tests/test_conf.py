@@ -94,7 +94,7 @@ def test_a_trained_model_reads_as_many_events_as_it_was_trained_on(db):
     make_history(make_catalogue())
     tiny = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 1}}
     with override_settings(RECOMMENDER={**tiny, "HISTORY_LENGTH": 7}):
-        version = training.run_training(training.request_training(enqueue=False).pk)
+        version = training.run_training(training.request_training().pk)
         with default_storage.open(version.artifact, "rb") as stored:
             assert artifact.load_artifact(stored).model_config["max_len"] == 7
         assert serving.active_model.get().history_length == 7

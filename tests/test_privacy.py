@@ -88,7 +88,7 @@ def leaks(secrets, blobs):
 
 
 def train_tiny():
-    version = training.request_training(config=TINY, enqueue=False)
+    version = training.request_training(config=TINY)
     version = training.run_training(version.pk)
     assert version.status == "ready", version.error
     return version
