@@ -7,6 +7,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .conf import BUILTIN_EVENT_KINDS
+
 # The store's item model, like AUTH_USER_MODEL. When it is not set the relation points at
 # a model that cannot exist, so `manage.py check` reports recommender.E001 instead of
 # the import failing before any check can run.
@@ -40,12 +42,8 @@ class Event(models.Model):
     the key rotation at login, which is how anonymous events are attached to the user.
     """
 
-    class Kind(models.TextChoices):
-        VIEW = "view"
-        CLICK = "click"
-        ADD_TO_CART = "add_to_cart"
-        REMOVE_FROM_CART = "remove_from_cart"
-        PURCHASE = "purchase"
+    # Names for the built-in kinds (Event.Kind.CLICK); a store may record more (EVENT_KINDS).
+    Kind = models.TextChoices("Kind", [(kind.upper(), kind) for kind in BUILTIN_EVENT_KINDS])
 
     id = models.BigAutoField(primary_key=True)
     # Unique per shopper (see Meta.constraints), never across shoppers: one shopper's ids

@@ -29,14 +29,12 @@ from django.utils import timezone
 
 from . import artifacts, cachekeys, itemkeys
 from .artifacts import ArtifactRefused
-from .conf import get_item_model, recommender_settings
+from .conf import event_kind_weights, get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation
 from .shoppers import shopper_pseudonym
 
 logger = logging.getLogger(__name__)
 
-# Weight of each event kind in popularity (a purchase says more than a view).
-POPULARITY_WEIGHTS = {"purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "view": 1.0}
 # Candidates kept per item a list may hold (MAX_LIMIT), before business rules filter.
 OVERFETCH = 3
 # Start of ModelVersion.error when a web process refused to load the version.
@@ -246,7 +244,11 @@ def load_version(version_id, artifact_name, sha256=""):
 
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
     # The artifact holds item keys as JSON; requests look items up by the ORM's keys.
-    predictor = artifacts.read_predictor(artifact_name, sha256, item_key=itemkeys.from_json)
+    # Kinds training dropped (weight 0) are left out of the histories the model reads.
+    dropped = [kind for kind, weight in event_kind_weights().items() if weight <= 0]
+    predictor = artifacts.read_predictor(
+        artifact_name, sha256, item_key=itemkeys.from_json, drop_kinds=dropped
+    )
     if not hasattr(predictor, "_items"):
         raise ValueError(
             f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
@@ -721,12 +723,14 @@ def popularity_ranking(trending=False, size=500):
     """[(item pk, score)] by kind-weighted events; trending favours the last hours."""
     now = timezone.now()
     since = now - timedelta(days=recommender_settings.POPULAR_DAYS)
+    # The kind weights training uses (CLEANING), the store's own kinds included.
+    weights = {kind: w for kind, w in event_kind_weights().items() if w > 0}
     weight = Case(
-        *[When(kind=k, then=Value(w)) for k, w in POPULARITY_WEIGHTS.items()],
+        *[When(kind=k, then=Value(w)) for k, w in weights.items()],
         default=Value(0.0),
         output_field=FloatField(),
     )
-    events = Event.objects.filter(occurred_at__gte=since, kind__in=list(POPULARITY_WEIGHTS))
+    events = Event.objects.filter(occurred_at__gte=since, kind__in=list(weights))
     if trending:
         recent = now - timedelta(hours=recommender_settings.TRENDING_HOURS)
         window_share = recommender_settings.TRENDING_HOURS / (

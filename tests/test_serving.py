@@ -271,6 +271,31 @@ def test_trending_favours_what_rises_today(shelf):
     assert serving.popular(limit=2, window="trending").items[0] == shelf[1]
 
 
+@override_settings(
+    RECOMMENDER={
+        "EVENT_KINDS": ["view", "purchase", "wishlist"],
+        "CLEANING": {"kind_weights": {"view": 0.0, "purchase": 1.0, "wishlist": 4.0}},
+    }
+)
+def test_popularity_weighs_kinds_as_training_does_the_stores_own_kinds_included(shelf):
+    for s in range(5):
+        events.record("view", shelf[0], session_key=f"v{s}")  # weight 0: training drops views
+    for s in range(2):
+        events.record("purchase", shelf[1], session_key=f"p{s}")
+    events.record("wishlist", shelf[2], session_key="w0")  # 4 > 2 purchases at 1
+    ranking = serving.popularity_ranking()
+    assert ranking == [(shelf[2].pk, 4.0), (shelf[1].pk, 2.0)]
+
+
+@override_settings(RECOMMENDER={"CLEANING": {"kind_weights": {"view": 0.0, "purchase": 3.0}}})
+def test_the_model_reads_no_kind_that_training_dropped(shelf):
+    serving.active_model.reset()
+    install_version(shelf)
+    predictor = serving.active_model.get().predictor
+    assert predictor.drop_kinds == {"view"}  # remove_from_cart now weighs 1 (the default)
+    serving.active_model.reset()
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"limit": 0}, {"limit": "x"}, {"limit": 10_000}, {"placement": "p" * 65}]
 )
