@@ -17,21 +17,25 @@ ITEM_MODEL = (
 )
 
 
+def shopper_q(*, user_id=None, session_key=""):
+    """Which events are a shopper's: the user's, else those of the anonymous key with no user.
+
+    The one statement of the rule: ``for_shopper`` filters with it, and serving compiles
+    its hand-written SQL from it.
+    """
+    if user_id is not None:
+        return Q(user_id=user_id)
+    return Q(session_key=session_key, user__isnull=True)
+
+
 class EventQuerySet(models.QuerySet):
     def for_shopper(self, *, user=None, session_key=None):
         """A shopper's events: the user's if logged in, else the anonymous session's."""
         if user is not None and user.is_authenticated:
-            return self.filter(user=user)
+            return self.filter(shopper_q(user_id=user.pk))
         if session_key:
-            return self.filter(session_key=session_key, user__isnull=True)
+            return self.filter(shopper_q(session_key=session_key))
         return self.none()
-
-    def latest_for_shopper(self, n=50, **shopper):
-        return self.for_shopper(**shopper).order_by("-occurred_at", "-id")[:n]
-
-    def since(self, when):
-        """All events from ``when`` on, oldest first (the training export order)."""
-        return self.filter(occurred_at__gte=when).order_by("occurred_at", "id")
 
 
 class Event(models.Model):
@@ -140,7 +144,6 @@ class ModelVersion(models.Model):
         SCHEDULE = "schedule"
         ADMIN = "admin"
         COMMAND = "command"
-        API = "api"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     is_active = models.BooleanField(default=False)

@@ -136,7 +136,7 @@ def test_one_query_reads_the_latest_events_in_order_and_every_purchase(
         (shelf[5].pk, "purchase"),
     ]
     assert purchased == {shelf[0].pk, shelf[5].pk}  # the first purchase is older than the history
-    assert serving.shopper_history(session_key="s1") == history
+    assert serving.shopper_activity(session_key="s1", with_purchases=False)[0] == history
     assert serving.shopper_activity(session_key="nobody-yet") == ([], set())
 
 
@@ -154,7 +154,7 @@ def test_a_users_activity_is_theirs_and_not_their_anonymous_sessions(shelf):
         [(shelf[3].pk, "purchase")],
         {shelf[3].pk},
     )
-    assert serving.shopper_history(user=ann, length=1) == [history[-1]]
+    assert serving.shopper_activity(user=ann, length=1, with_purchases=False)[0] == [history[-1]]
 
 
 def test_category_filter_and_diversity(shelf):
@@ -332,7 +332,7 @@ def test_large_catalogues_are_served_from_the_approximate_index(shelf):
     loaded = serving.active_model.get()
     assert loaded.index is not None and recs.source == "model" and len(recs) == 5
     exact = loaded.__class__(loaded.version_id, loaded.predictor, loaded.categories, None)
-    history = serving.shopper_history(session_key="s1")
+    history = serving.shopper_activity(session_key="s1", with_purchases=False)[0]
     assert [pk for pk, _ in loaded.top_candidates(history, 5)] == [
         pk for pk, _ in exact.top_candidates(history, 5)
     ]
