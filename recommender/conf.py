@@ -127,8 +127,8 @@ DEFAULTS = {
     "RECOMMENDATION_RETENTION_DAYS": 90,
     # Catalogues with more items than this are served from an approximate
     # nearest-neighbour index built at promotion (exact scoring below it). Exact scoring
-    # is memory-bound: 2.2 ms per request at 54,542 items on one core of the benchmark
-    # machine, against 0.5 ms for the index at recall@10 0.97 (benchmarks/serving.py).
+    # reads every item's vector per request, so its cost grows with the catalogue: see
+    # the README's serving section and benchmarks/results/serving.md for the measurements.
     "ANN_MIN_ITEMS": 50_000,
     # A running training whose heartbeat is older than this is marked failed.
     "TRAINING_HEARTBEAT_TIMEOUT": 600,

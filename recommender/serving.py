@@ -183,7 +183,7 @@ class _ActiveModel:
             # A refusal recorded earlier (say, while the file was damaged) no longer holds.
             ModelVersion.objects.filter(pk=pk, error__startswith=REFUSED).update(error="")
             # The model's many long-lived objects would otherwise be re-scanned by every
-            # full garbage collection: pauses of 130-190 ms measured on pages, 9 ms frozen.
+            # full garbage collection, pausing the requests it interrupts.
             gc.collect()
             gc.freeze()
         except Exception as exc:

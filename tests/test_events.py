@@ -372,3 +372,13 @@ def test_a_click_on_an_item_not_in_the_list_or_an_unknown_list_is_not_credited(c
     assert clicked(catalog[4], popular, session_key="s1") is None
     events.record("click", catalog[0], session_key="s1", recommendation_id=str(uuid.uuid4()))
     assert not Event.objects.filter(recommendation_id__isnull=False).exists()
+
+
+def test_the_postgresql_insert_names_the_table_and_columns_as_the_model_does(db):
+    from django.db import connection
+
+    target = events._insert_target(connection.alias)
+    quote = connection.ops.quote_name
+    assert target.startswith(quote(Event._meta.db_table) + " (")
+    assert quote(Event._meta.get_field("user").column) in target  # user_id, quoted
+    assert target.count(",") == len(events.INSERT_FIELDS) - 1
