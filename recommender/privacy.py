@@ -1,8 +1,9 @@
 """Forgetting a shopper: one piece of logic behind the admin page and the command.
 
 A shopper's data in the app is their events and what is cached from them: their
-recommendation lists (under a per-shopper generation key) and the bought-together lists
-of the items they bought, which may show their purchases to anyone until they expire.
+recommendation lists and the bought-together lists of the items they bought, which may
+show their purchases to anyone until they expire. ``cachekeys`` lists every key these
+may sit under, so they are deleted by name on any cache backend.
 Model artifacts hold only item ids and weights, and training reads events afresh each run,
 so once the events are gone the next trained version knows nothing of the shopper.
 """
