@@ -332,7 +332,7 @@ def weak_baseline():
     ModelVersion.objects.running().update(
         status="failed", error="Abandoned by an interrupted soak run."
     )
-    version = training.request_training(config=WEAK, enqueue=False)
+    version = training.request_training(config=WEAK)
     version = training.run_training(version.pk)
     version.activate()
     return version
@@ -537,7 +537,7 @@ def main(argv=None):
         import django
         from django.db import connection
 
-        from recommender import training
+        from recommender import tasks
         from recommender.models import Event, ModelVersion
 
         run["django"] = django.get_version()
@@ -603,7 +603,7 @@ def main(argv=None):
             if rss_start is None and now >= t0 + warmup:
                 rss_start = rss
             if retrain is None and now >= train_at:
-                retrain = training.request_training(
+                retrain = tasks.queue_training(
                     ModelVersion.Trigger.ADMIN, config=retrain_config(args)
                 )
                 run["train_requested"] = time.time()

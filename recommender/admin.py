@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from . import charts, privacy, reports, training
+from . import charts, privacy, reports, tasks, training
 from .conf import recommender_settings
 from .models import Event, ModelVersion
 
@@ -534,7 +534,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     def _request_training(self, request):
         try:
-            version = training.request_training(ModelVersion.Trigger.ADMIN)
+            version = tasks.queue_training(ModelVersion.Trigger.ADMIN)
         except training.TrainingInProgress as exc:
             self.message_user(request, f"Not started: {exc} Wait for it to finish.", messages.ERROR)
             return None

@@ -108,8 +108,8 @@ class _ReusedClientRedisCacheClient(RedisCacheClient):
     """Keeps one ``redis.Redis`` per connection pool instead of building one per call.
 
     Django's client builds a new ``redis.Redis`` for every cache call; with redis-py 8 that
-    costs about as much as the round trip itself (~0.2 ms of CPU: it fills its table of
-    response callbacks each time). The object is thread-safe and Django already keeps one
+    costs about as much CPU as the round trip itself (it fills its table of response
+    callbacks each time). The object is thread-safe and Django already keeps one
     cache object per thread, so reusing it changes nothing else.
     """
 

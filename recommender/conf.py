@@ -14,9 +14,14 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
 
+# The kinds of event every store has (``Event.Kind`` names them). Their weights, in
+# training and in popularity alike, are ``event_kind_weights()``.
+BUILTIN_EVENT_KINDS = ("view", "click", "add_to_cart", "remove_from_cart", "purchase")
+
 DEFAULTS = {
-    # Event kinds the write path accepts. Extend the list to record your own kinds.
-    "EVENT_KINDS": ["view", "click", "add_to_cart", "remove_from_cart", "purchase"],
+    # Event kinds the write path accepts. Extend the list to record your own kinds (their
+    # weight is CLEANING's default_kind_weight unless CLEANING["kind_weights"] names them).
+    "EVENT_KINDS": list(BUILTIN_EVENT_KINDS),
     # Most events accepted in one record_many() call or one API request.
     "MAX_BATCH_SIZE": 100,
     # Largest absolute value an event may carry (quantity, price or rating).
@@ -71,6 +76,8 @@ DEFAULTS = {
     # all but max_len (HISTORY_LENGTH). {"lr": 1e-3} keeps the epochs/patience/budget here.
     "TRAINING": {"max_seconds": 900, "epochs": 60, "patience": 4},
     # Overrides of ml.data.CleaningConfig (bursts, bots, minimum counts, kind weights).
+    # Its kind weights are the app's: training cleans with them (0 drops a kind), popular
+    # items are ranked by them, and serving leaves zero-weight kinds out of a history.
     "CLEANING": {},
     # The last days of events are held out to validate and test a new model.
     "HOLDOUT_DAYS": 7,
@@ -127,8 +134,8 @@ DEFAULTS = {
     "RECOMMENDATION_RETENTION_DAYS": 90,
     # Catalogues with more items than this are served from an approximate
     # nearest-neighbour index built at promotion (exact scoring below it). Exact scoring
-    # is memory-bound: 2.2 ms per request at 54,542 items on one core of the benchmark
-    # machine, against 0.5 ms for the index at recall@10 0.97 (benchmarks/serving.py).
+    # reads every item's vector per request, so its cost grows with the catalogue: see
+    # the README's serving section and benchmarks/results/serving.md for the measurements.
     "ANN_MIN_ITEMS": 50_000,
     # A running training whose heartbeat is older than this is marked failed.
     "TRAINING_HEARTBEAT_TIMEOUT": 600,
@@ -184,6 +191,14 @@ def merged(default, override):
             value = merged(result[key], value)
         result[key] = value
     return result
+
+
+def event_kind_weights():
+    """{kind: weight} for each of EVENT_KINDS: CLEANING's kind weights over ml.data's defaults."""
+    from .ml.data import CleaningConfig
+
+    cleaning = CleaningConfig.from_dict(recommender_settings.CLEANING)
+    return {kind: cleaning.weight_of(kind) for kind in recommender_settings.EVENT_KINDS}
 
 
 def get_item_model_label():

@@ -27,6 +27,7 @@ from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event, Recommendation
 from .shoppers import shopper_pseudonym
+from .signals import events_recorded
 
 EVENT_FIELDS = {
     "kind",
@@ -510,12 +511,10 @@ def _store_postgresql(rows, *, user, session_key):
     checks the items of all ``rows`` and inserts each event id once.
 
     The store's queryset is compiled without the batch's ids, which are passed as one
-    array: compiling ``pk__in=[...]`` and the model's default ordering cost more CPU
-    than the whole insert. The rows go in as one JSON document (``json_to_recordset``):
-    a VALUES list made psycopg re-parse the placeholders of a query too long for its
-    cache on every call (about 20 µs of Python per event in batches of 100), and one
-    array per column cost 13 µs per event to quote; ``json.dumps`` costs about 2. For a
-    single event all three take the same time.
+    array: compiling ``pk__in=[...]`` cost more CPU than the whole insert. The rows go in
+    as one JSON document (``json_to_recordset``), the cheapest shape to send: a VALUES
+    list made psycopg re-parse a query too long for its cache on every call, and one
+    array per column cost more to quote.
     """
     item_pks = {row["item_pk"] for row in rows}
     checked, rows = rows, _unique(rows)
@@ -538,9 +537,7 @@ def _store_postgresql(rows, *, user, session_key):
     # that PostgreSQL reads back unchanged; UUIDs, times and other keys go as their text.
     document = json.dumps([{name: row[name] for name in ROW_COLUMNS} for row in rows], default=str)
     sql = f"""
-        INSERT INTO {Event._meta.db_table}
-            (event_id, user_id, session_key, item_id, kind, value, occurred_at, received_at,
-             placement, page, recommendation_id)
+        INSERT INTO {_insert_target(database.alias)}
         SELECT e.event_id, %s::{user_type}, %s, e.item_pk, e.kind, e.value, e.occurred_at, now(),
                e.placement, e.page, e.recommendation_id
         FROM json_to_recordset(%s::json) AS e({columns})
@@ -566,6 +563,30 @@ def _store_postgresql(rows, *, user, session_key):
     return stored
 
 
+# Event fields _store_postgresql writes, in the order its SELECT gives their values.
+INSERT_FIELDS = (
+    "event_id",
+    "user",
+    "session_key",
+    "item",
+    "kind",
+    "value",
+    "occurred_at",
+    "received_at",
+    "placement",
+    "page",
+    "recommendation_id",
+)
+
+
+@functools.cache
+def _insert_target(alias):
+    """``table (column, ...)`` of INSERT_FIELDS, quoted, as the model names them."""
+    quote, meta = connections[alias].ops.quote_name, Event._meta
+    columns = ", ".join(quote(meta.get_field(name).column) for name in INSERT_FIELDS)
+    return f"{quote(meta.db_table)} ({columns})"
+
+
 @functools.cache
 def _column_types(alias):
     """The database types of the item and user keys (fixed for the life of the process)."""
@@ -578,6 +599,4 @@ def _column_types(alias):
 
 def _notify_recorded(*, user, session_key):
     """Tell listeners (the serving cache) that this shopper's history changed."""
-    from .signals import events_recorded
-
     events_recorded.send(sender=Event, user=user, session_key=session_key)

@@ -7,6 +7,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .conf import BUILTIN_EVENT_KINDS
+
 # The store's item model, like AUTH_USER_MODEL. When it is not set the relation points at
 # a model that cannot exist, so `manage.py check` reports recommender.E001 instead of
 # the import failing before any check can run.
@@ -15,21 +17,25 @@ ITEM_MODEL = (
 )
 
 
+def shopper_q(*, user_id=None, session_key=""):
+    """Which events are a shopper's: the user's, else those of the anonymous key with no user.
+
+    The one statement of the rule: ``for_shopper`` filters with it, and serving compiles
+    its hand-written SQL from it.
+    """
+    if user_id is not None:
+        return Q(user_id=user_id)
+    return Q(session_key=session_key, user__isnull=True)
+
+
 class EventQuerySet(models.QuerySet):
     def for_shopper(self, *, user=None, session_key=None):
         """A shopper's events: the user's if logged in, else the anonymous session's."""
         if user is not None and user.is_authenticated:
-            return self.filter(user=user)
+            return self.filter(shopper_q(user_id=user.pk))
         if session_key:
-            return self.filter(session_key=session_key, user__isnull=True)
+            return self.filter(shopper_q(session_key=session_key))
         return self.none()
-
-    def latest_for_shopper(self, n=50, **shopper):
-        return self.for_shopper(**shopper).order_by("-occurred_at", "-id")[:n]
-
-    def since(self, when):
-        """All events from ``when`` on, oldest first (the training export order)."""
-        return self.filter(occurred_at__gte=when).order_by("occurred_at", "id")
 
 
 class Event(models.Model):
@@ -40,12 +46,8 @@ class Event(models.Model):
     the key rotation at login, which is how anonymous events are attached to the user.
     """
 
-    class Kind(models.TextChoices):
-        VIEW = "view"
-        CLICK = "click"
-        ADD_TO_CART = "add_to_cart"
-        REMOVE_FROM_CART = "remove_from_cart"
-        PURCHASE = "purchase"
+    # Names for the built-in kinds (Event.Kind.CLICK); a store may record more (EVENT_KINDS).
+    Kind = models.TextChoices("Kind", [(kind.upper(), kind) for kind in BUILTIN_EVENT_KINDS])
 
     id = models.BigAutoField(primary_key=True)
     # Unique per shopper (see Meta.constraints), never across shoppers: one shopper's ids
@@ -142,7 +144,6 @@ class ModelVersion(models.Model):
         SCHEDULE = "schedule"
         ADMIN = "admin"
         COMMAND = "command"
-        API = "api"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     is_active = models.BooleanField(default=False)

@@ -1,24 +1,20 @@
 """Forgetting a shopper: one piece of logic behind the admin page and the command.
 
 A shopper's data in the app is their events and what is cached from them: their
-recommendation lists (under a per-shopper generation key) and the bought-together lists
-of the items they bought, which may show their purchases to anyone until they expire.
+recommendation lists and the bought-together lists of the items they bought, which may
+show their purchases to anyone until they expire. ``cachekeys`` lists every key these
+may sit under, so they are deleted by name on any cache backend.
 Model artifacts hold only item ids and weights, and training reads events afresh each run,
 so once the events are gone the next trained version knows nothing of the shopper.
 """
 
-import fnmatch
-import glob
-import re
 from dataclasses import dataclass, field
 
 from django.contrib.auth import get_user_model
-from django.core.cache.backends.locmem import LocMemCache
-from django.core.cache.backends.redis import RedisCache
 from django.db import transaction
 from django.db.models import Count, Q
 
-from . import serving
+from . import cachekeys, serving
 from .conf import recommender_settings
 from .models import Event, Recommendation
 from .shoppers import shopper_pseudonym
@@ -95,47 +91,15 @@ def _forget_list_owners(user, sessions):
 
 
 def _forget_cached(user, user_ids, sessions, bought_items):
-    """Drop the shopper's generation keys, the lists cached under them, and co-purchase lists."""
+    """Delete every cache key of the shopper's lists, and the co-purchase lists of their items."""
     users = list(
         get_user_model()._default_manager.filter(pk__in=user_ids - ({user.pk} if user else set()))
     )
     if user is not None:
         users.append(user)
     shoppers = [{"user": u} for u in users] + [{"session_key": key} for key in sessions]
-    cache = serving._cache()
-    for shopper in shoppers:
-        serving.invalidate_shopper(**shopper)
-    # Key layouts of serving.recommend and serving.bought_together; ``None`` stands for "*".
-    patterns = [(serving.shopper_lists_prefix(**shopper), None) for shopper in shoppers]
-    patterns += [("recommender:bought_together:", None, f":{pk}:", None) for pk in bought_items]
-    _delete_matching(cache, patterns)
-
-
-def _delete_matching(cache, patterns):
-    """Delete the cache keys matching ``patterns`` where the backend can list its keys.
-
-    Django's Redis and local-memory caches can (with the default KEY_FUNCTION); elsewhere
-    the lists stay until they expire, unreachable once the shopper's generation key is gone.
-    """
-    if not patterns:
-        return
-    if isinstance(cache, RedisCache):
-        client = cache._cache.get_client(write=True)
-        for pattern in patterns:
-            match = _glob(cache, pattern, lambda text: re.sub(r"([*?\[\]\\])", r"\\\1", text))
-            keys = list(client.scan_iter(match=match, count=1000))
-            if keys:
-                client.delete(*keys)
-    elif isinstance(cache, LocMemCache):
-        globs = [_glob(cache, pattern, glob.escape) for pattern in patterns]
-        with cache._lock:
-            for key in [k for k in cache._cache if any(fnmatch.fnmatchcase(k, g) for g in globs)]:
-                cache._delete(key)
-
-
-def _glob(cache, pattern, escape):
-    """A glob for the backend's made keys: literal pieces escaped, ``None`` pieces as ``*``."""
-    first, *rest = pattern
-    return escape(cache.make_key(first)) + "".join(
-        "*" if piece is None else escape(piece) for piece in rest
-    )
+    keys = [key for shopper in shoppers for key in cachekeys.shopper_keys(**shopper)]
+    placements = serving.accepted_placements()
+    source = Recommendation.Source.BOUGHT_TOGETHER
+    keys += [key for pk in bought_items for key in cachekeys.item_keys(source, pk, placements)]
+    serving._cache().delete_many(keys)

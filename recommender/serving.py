@@ -14,7 +14,6 @@ with no history and while no model is active.
 
 import functools
 import gc
-import hashlib
 import logging
 import threading
 import time
@@ -28,16 +27,14 @@ from django.db import connections, router
 from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
-from . import artifacts, itemkeys
+from . import artifacts, cachekeys, itemkeys
 from .artifacts import ArtifactRefused
-from .conf import get_item_model, recommender_settings
-from .models import Event, ModelVersion, Recommendation
+from .conf import event_kind_weights, get_item_model, recommender_settings
+from .models import Event, ModelVersion, Recommendation, shopper_q
 from .shoppers import shopper_pseudonym
 
 logger = logging.getLogger(__name__)
 
-# Weight of each event kind in popularity (a purchase says more than a view).
-POPULARITY_WEIGHTS = {"purchase": 3.0, "add_to_cart": 2.0, "click": 1.0, "view": 1.0}
 # Candidates kept per item a list may hold (MAX_LIMIT), before business rules filter.
 OVERFETCH = 3
 # Start of ModelVersion.error when a web process refused to load the version.
@@ -186,7 +183,7 @@ class _ActiveModel:
             # A refusal recorded earlier (say, while the file was damaged) no longer holds.
             ModelVersion.objects.filter(pk=pk, error__startswith=REFUSED).update(error="")
             # The model's many long-lived objects would otherwise be re-scanned by every
-            # full garbage collection: pauses of 130-190 ms measured on pages, 9 ms frozen.
+            # full garbage collection, pausing the requests it interrupts.
             gc.collect()
             gc.freeze()
         except Exception as exc:
@@ -247,7 +244,11 @@ def load_version(version_id, artifact_name, sha256=""):
 
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
     # The artifact holds item keys as JSON; requests look items up by the ORM's keys.
-    predictor = artifacts.read_predictor(artifact_name, sha256, item_key=itemkeys.from_json)
+    # Kinds training dropped (weight 0) are left out of the histories the model reads.
+    dropped = [kind for kind, weight in event_kind_weights().items() if weight <= 0]
+    predictor = artifacts.read_predictor(
+        artifact_name, sha256, item_key=itemkeys.from_json, drop_kinds=dropped
+    )
     if not hasattr(predictor, "_items"):
         raise ValueError(
             f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
@@ -280,28 +281,9 @@ def _cache():
     return caches[recommender_settings.CACHE_ALIAS]
 
 
-def _shopper_id(user, session_key):
-    return f"u{user.pk}" if user is not None else f"s{session_key}"
-
-
-def shopper_cache_key(user=None, session_key=""):
-    """The shopper's generation key: deleting it invalidates all their cached lists."""
-    return f"recommender:gen:{_shopper_id(user, session_key)}"
-
-
-def shopper_lists_prefix(user=None, session_key=""):
-    """Start of the cache keys of the shopper's lists (each stamped with a generation)."""
-    return f"recommender:recs:{_shopper_id(user, session_key)}:"
-
-
-def _key_part(*parts):
-    """Client-chosen text (placement, category) hashed: safe for every cache backend."""
-    return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]
-
-
 def invalidate_shopper(user=None, session_key="", **kwargs):
     """Forget every cached recommendation of this shopper (new event, privacy request)."""
-    _cache().delete(shopper_cache_key(user, session_key))
+    _cache().delete(cachekeys.generation(user, session_key))
 
 
 # --------------------------------------------------------------------------- rules
@@ -433,16 +415,18 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
     The candidates (the costly part) are cached once under ``key`` for every placement
     and limit; each placement gets its own row (clicks are counted per placement), made
     the first time the placement is served these candidates. ``compute() -> [(pk, score)]``.
+    Candidates another model version made are a miss.
     """
-    row_key = f"{key}:{_key_part(placement)}"
+    row_key = cachekeys.list_row(key, placement)
     found = _cache().get_many([key, row_key])
     entry, row = found.get(key), found.get(row_key)
-    if entry is None:
+    if entry is None or entry.get("version") != version_id:
         candidates = compute()
         entry = {
             "pks": [pk for pk, _ in candidates],
             "scores": [score for _, score in candidates],
             "stamp": uuid.uuid4().hex[:12],
+            "version": version_id,
         }
         _cache().set(key, entry, timeout)
     if row is None or row["stamp"] != entry["stamp"]:
@@ -477,11 +461,6 @@ def _from_cached(entry, limit, *, diversity=None, category=None, exclude=()):
 # --------------------------------------------------------------------------- shoppers
 
 
-def shopper_history(user=None, session_key="", length=None):
-    """The shopper's latest (item pk, kind) events, oldest first."""
-    return shopper_activity(user, session_key, length=length, with_purchases=False)[0]
-
-
 def shopper_activity(user=None, session_key="", length=None, with_purchases=True):
     """(latest (item pk, kind) events oldest first, set of purchased item pks), in one query.
 
@@ -513,21 +492,20 @@ def shopper_activity(user=None, session_key="", length=None, with_purchases=True
 def _activity_sql(by_user, with_purchases, alias):
     """shopper_activity's SQL for the database ``alias``, written once per shape.
 
-    The same query built through the ORM took longer to compile (about 0.5 ms of CPU per
-    request) than the database took to run it. Params: shopper, length[, shopper, kind].
+    Written once rather than built through the ORM per request, whose compiling cost more
+    CPU than the database took to run the query. Params: shopper, length[, shopper, kind].
     """
     quote = connections[alias].ops.quote_name
     meta = Event._meta
     table = quote(meta.db_table)
     column = {
-        name: quote(meta.get_field(name).column)
-        for name in ("id", "user", "session_key", "item", "kind", "occurred_at")
+        name: quote(meta.get_field(name).column) for name in ("id", "item", "kind", "occurred_at")
     }
-    who = (
-        f"{column['user']} = %s"
-        if by_user
-        else f"{column['session_key']} = %s AND {column['user']} IS NULL"
-    )
+    # The WHERE of Event.objects.for_shopper, with the shopper as its one parameter.
+    query = Event.objects.filter(
+        shopper_q(user_id=0) if by_user else shopper_q(session_key="-")
+    ).query
+    who, _ = query.get_compiler(using=alias).compile(query.where)
     fields = f"{column['item']}, {column['kind']}, {column['occurred_at']}, {column['id']}"
     sql = (
         f"SELECT * FROM (SELECT 0 AS part, {fields} FROM {table} WHERE {who} "
@@ -556,14 +534,19 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         return popular(limit=limit, category=category, placement=placement, exclude=exclude)
     # One round trip reads the shopper's generation and the list; a list counts only if it
     # was stamped with the current generation (a new event deletes the generation key).
-    generation_key = shopper_cache_key(user, session_key)
-    key = (
-        f"{shopper_lists_prefix(user, session_key)}{model.version_id if model else 0}:"
-        f"{_key_part(placement, category, sorted(map(str, exclude)))}"
+    generation_key = cachekeys.generation(user, session_key)
+    fingerprint = cachekeys.fingerprint(
+        model.version_id if model else 0, placement, category, sorted(map(str, exclude))
     )
+    key = cachekeys.shopper_list(user, session_key, fingerprint)
     found = _cache().get_many([generation_key, key])
     generation, cached = found.get(generation_key), found.get(key)
-    if generation is not None and cached is not None and cached.get("generation") == generation:
+    if (
+        generation is not None
+        and cached is not None
+        and cached.get("generation") == generation
+        and cached.get("fingerprint") == fingerprint
+    ):
         return _personal_list(cached, limit, rules=rules, category=category)
     if generation is None:
         # Set before computing: an event recorded meanwhile deletes it, so this list is
@@ -609,6 +592,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         "source": Recommendation.Source.MODEL,
         "placement": placement,
         "generation": generation,
+        "fingerprint": fingerprint,
     }
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
     return _personal_list(entry, limit, rules=rules, category=category)
@@ -643,9 +627,8 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
     model = active_model.get()
     version_id = model.version_id if model else None
     pk = _item_key(getattr(item, "pk", item))
-    # privacy.forget_shopper deletes "recommender:bought_together:*:<pk>:*": keep the layout.
     cached = _cached_candidates(
-        f"recommender:{source}:{version_id}:{pk}:candidates",
+        cachekeys.item_list(source, pk),
         lambda: compute(pk, model),
         recommender_settings.ITEM_LISTS_CACHE_SECONDS,
         source=source,
@@ -712,7 +695,7 @@ def popular(*, limit=10, category=None, placement="", window="popular", exclude=
     if window not in ("popular", "trending"):
         raise BadRequest("window must be 'popular' or 'trending'.")
     cached = _cached_candidates(
-        f"recommender:popular:{window}",
+        cachekeys.popular(window),
         lambda: popularity_ranking(trending=window == "trending"),
         recommender_settings.POPULAR_CACHE_SECONDS,
         source=Recommendation.Source.POPULAR,
@@ -734,12 +717,14 @@ def popularity_ranking(trending=False, size=500):
     """[(item pk, score)] by kind-weighted events; trending favours the last hours."""
     now = timezone.now()
     since = now - timedelta(days=recommender_settings.POPULAR_DAYS)
+    # The kind weights training uses (CLEANING), the store's own kinds included.
+    weights = {kind: w for kind, w in event_kind_weights().items() if w > 0}
     weight = Case(
-        *[When(kind=k, then=Value(w)) for k, w in POPULARITY_WEIGHTS.items()],
+        *[When(kind=k, then=Value(w)) for k, w in weights.items()],
         default=Value(0.0),
         output_field=FloatField(),
     )
-    events = Event.objects.filter(occurred_at__gte=since, kind__in=list(POPULARITY_WEIGHTS))
+    events = Event.objects.filter(occurred_at__gte=since, kind__in=list(weights))
     if trending:
         recent = now - timedelta(hours=recommender_settings.TRENDING_HOURS)
         window_share = recommender_settings.TRENDING_HOURS / (
@@ -792,15 +777,6 @@ def delete_old_recommendations(batch_size=5_000):
         if not batch:
             return deleted
         deleted += Recommendation.objects.filter(pk__in=batch).delete()[0]
-
-
-def connect_cache_invalidation():
-    """A new event drops the shopper's cached recommendations (see signals.py)."""
-    from .signals import events_recorded
-
-    events_recorded.connect(
-        invalidate_shopper, dispatch_uid="recommender.serving.invalidate_shopper"
-    )
 
 
 def warm_up():

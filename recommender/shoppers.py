@@ -10,6 +10,7 @@ from django.db import router, transaction
 from django.utils.crypto import salted_hmac
 
 from .models import Event
+from .signals import events_recorded
 
 SESSION_FIELD = "recommender_shopper"
 
@@ -67,6 +68,4 @@ def attach_session_events(sender, request, user, **kwargs):
         anonymous.filter(event_id__in=already).delete()
         moved = anonymous.update(user=user)
     if moved:
-        from .serving import invalidate_shopper
-
-        invalidate_shopper(user=user)
+        events_recorded.send(sender=Event, user=user, session_key="")

@@ -1,13 +1,48 @@
 """Celery tasks: thin, idempotent, they take ids and call ``recommender.training``.
 
-Every task here runs on RECOMMENDER["TRAINING_QUEUE"]: training.request_training and the
+Every task here runs on RECOMMENDER["TRAINING_QUEUE"]: queue_training and the
 beat entries (schedule.py) name it when they send, and a store routes ``recommender.*``
 there for anything else that sends them (``recommender_status`` checks both).
+
+Sending a run to the worker lives here too (``queue_training``), so ``training`` never
+imports the tasks that import it.
 """
 
+import logging
+
 from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
 
 from . import serving, training
+from .conf import recommender_settings
+from .models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+
+def queue_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None):
+    """Create a queued version (``training.request_training``) and send it to the worker after commit."""
+    version = training.request_training(trigger, config=config)
+    transaction.on_commit(lambda: _send(train, version.pk))
+    return version
+
+
+def _send(task, version_id):
+    """Queue the run; if the broker cannot take it, fail the run at once (it would hold the lock)."""
+    try:
+        result = task.apply_async(args=[version_id], queue=recommender_settings.TRAINING_QUEUE)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: say so on the run, free the lock
+        logger.error("Training v%s could not be queued: %s", version_id, exc)
+        ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
+            status=ModelVersion.Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"Could not be queued (is the Celery broker reachable?): {type(exc).__name__}: {exc}"[
+                :5000
+            ],
+        )
+        return
+    ModelVersion.objects.filter(pk=version_id, task_id="").update(task_id=result.id or "")
 
 
 @shared_task(
@@ -33,7 +68,7 @@ def train(self, version_id=None):
         else:
             try:
                 version = training.request_training(
-                    training.ModelVersion.Trigger.SCHEDULE, enqueue=False, task_id=task_id
+                    training.ModelVersion.Trigger.SCHEDULE, task_id=task_id
                 )
             except training.TrainingInProgress:
                 return None

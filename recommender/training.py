@@ -41,10 +41,8 @@ class TrainingAbandoned(TrainingError):
 # --------------------------------------------------------------------------- queueing
 
 
-def request_training(
-    trigger=ModelVersion.Trigger.COMMAND, *, config=None, enqueue=True, task_id=""
-):
-    """Create a queued version and send it to the Celery worker after commit.
+def request_training(trigger=ModelVersion.Trigger.COMMAND, *, config=None, task_id=""):
+    """Create a queued version; ``tasks.queue_training`` also sends it to a worker.
 
     Refuses while another run is queued or running, so the admin button and beat can
     never start two trainings; the database constraint on running versions backs this.
@@ -56,34 +54,12 @@ def request_training(
         busy = ModelVersion.objects.select_for_update().running().first()
         if busy is not None:
             raise TrainingInProgress(f"Training v{busy.pk} is already {busy.status}.")
-        version = ModelVersion.objects.create(
+        return ModelVersion.objects.create(
             trigger=trigger,
             model_name=(config or {}).get("MODEL", recommender_settings.MODEL),
             config=config or {},
             task_id=task_id,
         )
-        if enqueue:
-            from .tasks import train
-
-            transaction.on_commit(lambda: _send(train, version.pk))
-    return version
-
-
-def _send(task, version_id):
-    """Queue the run; if the broker cannot take it, fail the run at once (it would hold the lock)."""
-    try:
-        result = task.apply_async(args=[version_id], queue=recommender_settings.TRAINING_QUEUE)
-    except Exception as exc:  # noqa: BLE001 - any broker failure: say so on the run, free the lock
-        logger.error("Training v%s could not be queued: %s", version_id, exc)
-        ModelVersion.objects.filter(pk=version_id, status=ModelVersion.Status.QUEUED).update(
-            status=ModelVersion.Status.FAILED,
-            finished_at=timezone.now(),
-            error=f"Could not be queued (is the Celery broker reachable?): {type(exc).__name__}: {exc}"[
-                :5000
-            ],
-        )
-        return
-    ModelVersion.objects.filter(pk=version_id, task_id="").update(task_id=result.id or "")
 
 
 def fail_stale_runs():

@@ -278,7 +278,7 @@ def test_a_really_trained_versions_page(staff_client):
     from .store_data import FAST_CONFIG, make_catalogue, make_history
 
     make_history(make_catalogue(), n_shoppers=80)
-    version = training.run_training(training.request_training(config=FAST_CONFIG, enqueue=False).pk)
+    version = training.run_training(training.request_training(config=FAST_CONFIG).pk)
     assert version.status == "ready", version.error
     page = staff_client.get(f"{CHANGELIST}{version.pk}/change/").content.decode()
     chunks = ["<svg" + part for part in page.split("<svg")[1:] if 'class="rec-chart' in part[:200]]

@@ -321,3 +321,77 @@ def test_a_personal_list_is_credited_only_with_its_own_shoppers_clicks(catalog):
     assert not Event.objects.filter(recommendation_id=rid).exists()
     post(ann, click, ann_token)
     assert Event.objects.get(recommendation_id=rid).session_key == ann.session[SESSION_FIELD]
+
+
+# --------------------------------------------------------------------------- DRF's dispatch
+# EventIngestView.dispatch answers the tracker's posts without DRF's request wrapping, so
+# it re-does DRF's throttling and exception handling. These tests answer the same request
+# with a plain DRF APIView and fail if DRF (or the settings) ever answer differently.
+
+
+class _Deny:
+    """A throttle that refuses every request, asking the client to wait 7 s."""
+
+    def allow_request(self, request, view):
+        return False
+
+    def wait(self):
+        return 7
+
+
+def _answer(path, failure, throttled=False):
+    """(status, Retry-After, body) of ``path``'s ("fast" or "drf") answer to one tracker post.
+
+    The post reaches the view's work only to meet ``failure``, unless ``throttled``.
+    """
+    from django.http import JsonResponse
+    from django.test import RequestFactory
+    from rest_framework.views import APIView
+
+    from recommender.api.views import EventIngestView
+
+    class Fast(EventIngestView):
+        throttle_classes = [_Deny] if throttled else []
+
+        def _ingest(self, request, token_authenticated=False):
+            raise failure
+
+    class Plain(APIView):
+        throttle_classes = Fast.throttle_classes
+
+        def post(self, request):
+            raise failure
+
+    request = RequestFactory().post(
+        URL, "{}", content_type="application/json", HTTP_ACCEPT="application/json"
+    )
+    response = (Fast if path == "fast" else Plain).as_view()(request)
+    if path == "fast":
+        assert type(response) is JsonResponse, "the tracker's post no longer takes the fast path"
+    else:
+        response.render()
+    return response.status_code, response.get("Retry-After"), json.loads(response.content)
+
+
+def test_a_throttled_tracker_post_gets_drfs_429_and_retry_after():
+    fast = _answer("fast", None, throttled=True)
+    assert fast == _answer("drf", None, throttled=True)
+    assert fast[:2] == (429, "7")
+
+
+@pytest.mark.parametrize("kind", ["api", "database"])
+def test_a_tracker_posts_exception_goes_through_the_configured_handler(kind):
+    from django.db import OperationalError
+    from rest_framework.exceptions import ParseError
+
+    failure = ParseError("bad body") if kind == "api" else OperationalError("server closed")
+    fast = _answer("fast", failure)
+    assert fast == _answer("drf", failure)
+    # A database that cannot answer: the store's EXCEPTION_HANDLER's 503 + Retry-After.
+    assert fast[:2] == ((400, None) if kind == "api" else (503, "1"))
+
+
+@pytest.mark.parametrize("path", ["fast", "drf"])
+def test_an_exception_no_handler_answers_is_raised_on_both_paths(path):
+    with pytest.raises(ZeroDivisionError):
+        _answer(path, ZeroDivisionError("a bug"))

@@ -9,7 +9,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from recommender import training
+from recommender import tasks
 from recommender.models import ModelVersion
 
 from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
@@ -77,13 +77,13 @@ def wait_for_end(version_id, worker, timeout=240):
 
 def test_the_worker_trains_and_promotes_then_keeps_a_worse_candidate(worker):
     make_history(make_catalogue())
-    first = training.request_training(config=FAST_CONFIG)  # queued on commit (autocommit here)
+    first = tasks.queue_training(config=FAST_CONFIG)  # queued on commit (autocommit here)
     first = wait_for_end(first.pk, worker)
     assert first.status == "ready" and first.is_active, first.error
     assert first.task_id and first.heartbeat_at and first.curve
 
     # A candidate that learns nothing (one epoch at lr 0) is measured and not promoted.
-    second = wait_for_end(training.request_training(config=UNTRAINED).pk, worker)
+    second = wait_for_end(tasks.queue_training(config=UNTRAINED).pk, worker)
     assert second.status == "ready" and not second.is_active, second.error
     assert "Kept as a candidate" in second.decision
     assert ModelVersion.objects.active() == first

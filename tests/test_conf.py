@@ -94,7 +94,7 @@ def test_a_trained_model_reads_as_many_events_as_it_was_trained_on(db):
     make_history(make_catalogue())
     tiny = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 1}}
     with override_settings(RECOMMENDER={**tiny, "HISTORY_LENGTH": 7}):
-        version = training.run_training(training.request_training(enqueue=False).pk)
+        version = training.run_training(training.request_training().pk)
         with default_storage.open(version.artifact, "rb") as stored:
             assert artifact.load_artifact(stored).model_config["max_len"] == 7
         assert serving.active_model.get().history_length == 7
@@ -120,3 +120,17 @@ def test_serving_reads_the_history_length_of_the_loaded_model_not_the_setting(
     with override_settings(RECOMMENDER={"HISTORY_LENGTH": 50}):
         serving.recommend(session_key="s1", limit=3)
     assert asked == [5]
+
+
+def test_the_built_in_kinds_are_the_ones_the_model_knows():
+    """ml/ cannot import the app's settings: the two lists of built-in kinds must agree."""
+    from recommender.conf import BUILTIN_EVENT_KINDS, event_kind_weights
+    from recommender.ml import data
+    from recommender.models import Event
+
+    assert BUILTIN_EVENT_KINDS == data.KNOWN_KINDS
+    assert [kind.value for kind in Event.Kind] == list(BUILTIN_EVENT_KINDS)
+    assert event_kind_weights() == data.DEFAULT_KIND_WEIGHTS
+    with override_settings(RECOMMENDER={"CLEANING": {"kind_weights": {"view": 0.5}}}):
+        assert event_kind_weights()["view"] == 0.5
+        assert event_kind_weights()["purchase"] == 1.0  # default_kind_weight

@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from recommender import events, serving, training
+from recommender import cachekeys, events, training
 from recommender.conf import recommender_settings
 from recommender.models import Event, ModelVersion
 
@@ -273,12 +273,12 @@ def test_export_to_stdout(history):
 def test_forget_user_deletes_events_and_cached_recommendations(history, catalog):
     cache = caches[recommender_settings.CACHE_ALIAS]
     keys = [
-        serving.shopper_cache_key(user=history),
-        serving.shopper_cache_key(session_key="ann-browser"),
+        cachekeys.generation(user=history),
+        cachekeys.generation(session_key="ann-browser"),
     ]
     for key in keys:
         cache.set(key, "cached lists")
-    other = serving.shopper_cache_key(session_key="anon-key-1")
+    other = cachekeys.generation(session_key="anon-key-1")
     cache.set(other, "cached lists")
 
     assert "Would delete 2 event(s)" in run("recommender_forget_user", "ann", "--dry-run")

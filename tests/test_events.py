@@ -132,15 +132,24 @@ def test_client_times_are_kept_and_epoch_milliseconds_accepted(catalog):
     assert all(abs((t - when).total_seconds()) < 0.01 for t in stored)
 
 
-def test_latest_for_shopper_reads_newest_first(catalog):
-    now = timezone.now()
-    for minutes, product in enumerate(catalog[:4]):
-        events.record(
-            "view", product, session_key="s1", occurred_at=now - timedelta(minutes=10 - minutes)
-        )
-    events.record("view", catalog[5], session_key="other")
-    latest = Event.objects.latest_for_shopper(3, session_key="s1")
-    assert [e.item_id for e in latest] == [catalog[3].pk, catalog[2].pk, catalog[1].pk]
+def test_for_shopper_and_servings_sql_pick_the_same_events(catalog, django_user_model):
+    """One rule (models.shopper_q): a user's events, else the key's events with no user."""
+    from recommender import serving
+
+    ann = django_user_model.objects.create_user("ann")
+    events.record("view", catalog[0], user=ann, session_key="k1")
+    events.record("view", catalog[1], session_key="k1")
+    events.record("purchase", catalog[2], session_key="k1")
+    events.record("view", catalog[3], session_key="k2")
+    for shopper in ({"user": ann}, {"session_key": "k1"}, {"session_key": "k2"}):
+        orm = Event.objects.for_shopper(**shopper).order_by("occurred_at", "id")
+        history, bought = serving.shopper_activity(**shopper)
+        assert history == [(e.item_id, e.kind) for e in orm]
+        assert bought == {e.item_id for e in orm if e.kind == "purchase"}
+    assert serving.shopper_activity(session_key="k1")[0] == [
+        (catalog[1].pk, "view"),
+        (catalog[2].pk, "purchase"),
+    ]
 
 
 def test_recording_signals_the_shopper_changed(catalog):
@@ -363,3 +372,13 @@ def test_a_click_on_an_item_not_in_the_list_or_an_unknown_list_is_not_credited(c
     assert clicked(catalog[4], popular, session_key="s1") is None
     events.record("click", catalog[0], session_key="s1", recommendation_id=str(uuid.uuid4()))
     assert not Event.objects.filter(recommendation_id__isnull=False).exists()
+
+
+def test_the_postgresql_insert_names_the_table_and_columns_as_the_model_does(db):
+    from django.db import connection
+
+    target = events._insert_target(connection.alias)
+    quote = connection.ops.quote_name
+    assert target.startswith(quote(Event._meta.db_table) + " (")
+    assert quote(Event._meta.get_field("user").column) in target  # user_id, quoted
+    assert target.count(",") == len(events.INSERT_FIELDS) - 1

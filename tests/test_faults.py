@@ -323,7 +323,7 @@ def test_a_worker_killed_mid_training_fails_the_run_frees_the_lock_and_the_next_
 
     first = Worker(private_redis.url, [queue], overrides).wait_ready()
     try:
-        doomed = training.request_training(config=LONG_TRAINING, enqueue=False)
+        doomed = training.request_training(config=LONG_TRAINING)
         task_id = send(tasks.train, doomed.pk)
         wait_until(
             lambda: ModelVersion.objects.filter(
@@ -366,7 +366,7 @@ def test_a_worker_killed_mid_training_fails_the_run_frees_the_lock_and_the_next_
         assert not doomed.is_active and ModelVersion.objects.active() == serving_version
         assert not ModelVersion.objects.running().exists()  # the lock is free
 
-        following = training.request_training(config=QUICK_TRAINING, enqueue=False)
+        following = training.request_training(config=QUICK_TRAINING)
         send(tasks.train, following.pk)
         following = wait_until(  # ready and decided (promotion is its own transaction), or failed
             lambda: (
@@ -403,7 +403,7 @@ def test_a_live_run_keeps_beating_through_a_long_silent_stage(settings, monkeypa
         raise training.TrainingError("stop here")
 
     monkeypatch.setattr(training, "_train", long_silent_epoch)
-    version = training.request_training(enqueue=False)
+    version = training.request_training()
     with pytest.raises(training.TrainingError, match="stop here"):
         training.run_training(version.pk)
     assert swept == [0]
@@ -425,7 +425,7 @@ def test_a_run_failed_as_stale_while_it_ran_stops_and_promotes_nothing(settings,
             sweeper_runs_now()
 
     # At a progress report: the run stops there.
-    version = training.request_training(config=QUICK_TRAINING, enqueue=False)
+    version = training.request_training(config=QUICK_TRAINING)
     with pytest.raises(training.TrainingAbandoned):
         training.run_training(version.pk, echo=echo)
     version.refresh_from_db()
@@ -440,7 +440,7 @@ def test_a_run_failed_as_stale_while_it_ran_stops_and_promotes_nothing(settings,
         return verify(*args, **kwargs)
 
     monkeypatch.setattr(artifact, "load_artifact", verify_while_swept)
-    version = training.request_training(config=QUICK_TRAINING, enqueue=False)
+    version = training.request_training(config=QUICK_TRAINING)
     with pytest.raises(training.TrainingAbandoned):
         training.run_training(version.pk, echo=echo)
     version.refresh_from_db()
@@ -737,16 +737,16 @@ def test_a_queued_run_whose_message_was_lost_is_failed_and_frees_the_lock(settin
     from django.utils import timezone
 
     settings.RECOMMENDER = {**settings.RECOMMENDER, "TRAINING_HEARTBEAT_TIMEOUT": 60}
-    lost = training.request_training(enqueue=False)  # queued; its message never arrives
+    lost = training.request_training()  # queued; its message never arrives
     with pytest.raises(training.TrainingInProgress):
-        training.request_training(enqueue=False)
+        training.request_training()
     ModelVersion.objects.filter(pk=lost.pk).update(
         created_at=timezone.now() - timedelta(seconds=61)
     )
     assert tasks.fail_stale_runs.apply().get() == 1  # the beat task
     lost.refresh_from_db()
     assert lost.status == "failed" and "No worker started the run" in lost.error
-    following = training.request_training(enqueue=False)  # the lock is free
+    following = training.request_training()  # the lock is free
     # The lost message turning up after all changes nothing.
     assert training.run_training(lost.pk).status == "failed"
     assert ModelVersion.objects.get(pk=following.pk).status == "queued"
@@ -760,11 +760,11 @@ def test_a_run_that_cannot_be_queued_fails_at_once_instead_of_holding_the_lock(m
         raise BrokerDown("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
     monkeypatch.setattr(tasks.train, "apply_async", broker_down)
-    version = training.request_training()  # autocommit: sent at once
+    version = tasks.queue_training()  # autocommit: sent at once
     version.refresh_from_db()
     assert version.status == "failed" and "Could not be queued" in version.error
     assert "could not be queued" in caplog.text
-    training.request_training(enqueue=False)  # nothing holds the lock
+    training.request_training()  # nothing holds the lock
 
 
 @pytest.mark.django_db

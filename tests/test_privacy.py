@@ -22,7 +22,7 @@ from django.core.management import call_command
 from django.db.models import Q
 from django.test import override_settings
 
-from recommender import events, serving, training
+from recommender import cachekeys, events, serving, training
 from recommender.conf import recommender_settings
 from recommender.models import Event, ModelVersion, Recommendation
 from recommender.shoppers import shopper_pseudonym
@@ -88,7 +88,7 @@ def leaks(secrets, blobs):
 
 
 def train_tiny():
-    version = training.request_training(config=TINY, enqueue=False)
+    version = training.request_training(config=TINY)
     version = training.run_training(version.pk)
     assert version.status == "ready", version.error
     return version
@@ -147,6 +147,11 @@ def keys_like(pattern):
     return {key for key in cache_keys() if fnmatch.fnmatchcase(key, "*" + pattern)}
 
 
+def shopper_part(shopper):
+    """How a shopper is named in cache keys (scanned for, so a key layout change is caught)."""
+    return f"u{shopper['user'].pk}" if shopper.get("user") else f"s{shopper['session_key']}"
+
+
 @pytest.fixture
 def private_cache():
     """Cached keys other test processes' cache flushes cannot remove (see own_cache)."""
@@ -179,10 +184,10 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
             serving.recommend(**shopper, placement=placement)
     for product in products[:4]:
         serving.bought_together(product)
-    generations = {name: cache.get(serving.shopper_cache_key(**s)) for name, s in shoppers.items()}
+    generations = {name: cache.get(cachekeys.generation(**s)) for name, s in shoppers.items()}
     assert all(generations.values())
     for name in shoppers:
-        assert keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), (
+        assert keys_like("recommender:recs:" + shopper_part(shoppers[name]) + ":*"), (
             f"{name}'s lists should be cached before"
         )
     alice_bought = set(
@@ -208,17 +213,21 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
     assert not Event.objects.filter(Q(user=alice) | Q(session_key=alice_key)).exists()
     assert set(Event.objects.filter(user=bob).values_list("pk", flat=True)) == bob_events
     for name in ("alice", "alice's browser"):
-        assert cache.get(serving.shopper_cache_key(**shoppers[name])) is None, (
-            f"{name}'s generation key"
-        )
-        assert not keys_like(serving.shopper_lists_prefix(**shoppers[name]) + "*"), (
+        assert cache.get(cachekeys.generation(**shoppers[name])) is None, f"{name}'s generation key"
+        assert not keys_like("recommender:recs:" + shopper_part(shoppers[name]) + ":*"), (
             f"{name}'s cached lists"
         )
     assert not {
-        key for pk in alice_bought for key in keys_like(f"recommender:bought_together:*:{pk}:*")
+        key
+        for pk in alice_bought
+        for pattern in (
+            f"recommender:bought_together*:{pk}",
+            f"recommender:bought_together*:{pk}:*",
+        )
+        for key in keys_like(pattern)
     }
-    assert cache.get(serving.shopper_cache_key(user=bob)) == generations["bob"]
-    assert keys_like(serving.shopper_lists_prefix(**shoppers["bob"]) + "*"), (
+    assert cache.get(cachekeys.generation(user=bob)) == generations["bob"]
+    assert keys_like("recommender:recs:" + shopper_part(shoppers["bob"]) + ":*"), (
         "others' cached lists stay"
     )
 
@@ -248,3 +257,39 @@ def test_the_admin_preview_counts_what_forgetting_deletes(store):
     result = privacy.forget_shopper(user=alice)
     assert preview.events == result.events == sum(result.by_kind.values()) and result.events > 0
     assert result.sessions == ["alice-browser-0002"]
+
+
+def test_forgetting_deletes_cached_lists_where_the_cache_cannot_list_its_keys(store, tmp_path):
+    """A file cache can neither scan nor match keys: forgetting deletes the keys it knows."""
+    from recommender import privacy
+
+    products, users = store
+    alice, bob = users[0], users[1]
+    for user in (alice, bob):
+        events.record_many(
+            [{"kind": "purchase", "item": products[i].pk} for i in (1, 2)], user=user
+        )
+    files = {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": tmp_path}
+    with override_settings(
+        CACHES={**settings.CACHES, "files": files},
+        RECOMMENDER={**settings.RECOMMENDER, "CACHE_ALIAS": "files"},
+    ):
+        serving.active_model.reset()
+        install_version(products)
+        serving.recommend(user=bob)
+        for placement in ("", "home"):
+            serving.recommend(user=alice, placement=placement)
+            serving.bought_together(products[1], placement=placement)
+        cache = caches["files"]
+        source = Recommendation.Source.BOUGHT_TOGETHER
+        placements = serving.accepted_placements()
+        alice_keys = cachekeys.shopper_keys(user=alice)
+        item_keys = cachekeys.item_keys(source, products[1].pk, placements)
+        assert sum(cache.has_key(key) for key in alice_keys) == 3  # generation + 2 lists
+        assert sum(cache.has_key(key) for key in item_keys) == 3  # candidates + 2 rows
+
+        privacy.forget_shopper(user=alice)
+
+        assert not any(cache.has_key(key) for key in alice_keys + item_keys)
+        assert cache.has_key(cachekeys.generation(user=bob))
+    serving.active_model.reset()

@@ -136,7 +136,7 @@ def test_one_query_reads_the_latest_events_in_order_and_every_purchase(
         (shelf[5].pk, "purchase"),
     ]
     assert purchased == {shelf[0].pk, shelf[5].pk}  # the first purchase is older than the history
-    assert serving.shopper_history(session_key="s1") == history
+    assert serving.shopper_activity(session_key="s1", with_purchases=False)[0] == history
     assert serving.shopper_activity(session_key="nobody-yet") == ([], set())
 
 
@@ -154,7 +154,7 @@ def test_a_users_activity_is_theirs_and_not_their_anonymous_sessions(shelf):
         [(shelf[3].pk, "purchase")],
         {shelf[3].pk},
     )
-    assert serving.shopper_history(user=ann, length=1) == [history[-1]]
+    assert serving.shopper_activity(user=ann, length=1, with_purchases=False)[0] == [history[-1]]
 
 
 def test_category_filter_and_diversity(shelf):
@@ -271,6 +271,31 @@ def test_trending_favours_what_rises_today(shelf):
     assert serving.popular(limit=2, window="trending").items[0] == shelf[1]
 
 
+@override_settings(
+    RECOMMENDER={
+        "EVENT_KINDS": ["view", "purchase", "wishlist"],
+        "CLEANING": {"kind_weights": {"view": 0.0, "purchase": 1.0, "wishlist": 4.0}},
+    }
+)
+def test_popularity_weighs_kinds_as_training_does_the_stores_own_kinds_included(shelf):
+    for s in range(5):
+        events.record("view", shelf[0], session_key=f"v{s}")  # weight 0: training drops views
+    for s in range(2):
+        events.record("purchase", shelf[1], session_key=f"p{s}")
+    events.record("wishlist", shelf[2], session_key="w0")  # 4 > 2 purchases at 1
+    ranking = serving.popularity_ranking()
+    assert ranking == [(shelf[2].pk, 4.0), (shelf[1].pk, 2.0)]
+
+
+@override_settings(RECOMMENDER={"CLEANING": {"kind_weights": {"view": 0.0, "purchase": 3.0}}})
+def test_the_model_reads_no_kind_that_training_dropped(shelf):
+    serving.active_model.reset()
+    install_version(shelf)
+    predictor = serving.active_model.get().predictor
+    assert predictor.drop_kinds == {"view"}  # remove_from_cart now weighs 1 (the default)
+    serving.active_model.reset()
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"limit": 0}, {"limit": "x"}, {"limit": 10_000}, {"placement": "p" * 65}]
 )
@@ -307,7 +332,7 @@ def test_large_catalogues_are_served_from_the_approximate_index(shelf):
     loaded = serving.active_model.get()
     assert loaded.index is not None and recs.source == "model" and len(recs) == 5
     exact = loaded.__class__(loaded.version_id, loaded.predictor, loaded.categories, None)
-    history = serving.shopper_history(session_key="s1")
+    history = serving.shopper_activity(session_key="s1", with_purchases=False)[0]
     assert [pk for pk, _ in loaded.top_candidates(history, 5)] == [
         pk for pk, _ in exact.top_candidates(history, 5)
     ]

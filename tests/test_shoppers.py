@@ -6,7 +6,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.contrib.sessions.backends.db import SessionStore
 from django.test import RequestFactory
 
-from recommender import events, serving, shoppers
+from recommender import cachekeys, events, serving, shoppers
 from recommender.models import Event
 
 
@@ -51,7 +51,7 @@ def shopper_with_anonymous_events(catalog):
 def test_login_makes_the_sessions_events_the_users_once(shopper_with_anonymous_events):
     request, key = shopper_with_anonymous_events
     user = get_user_model().objects.create_user("bob", password="pw")
-    serving._cache().set(serving.shopper_cache_key(user=user), "stale", 60)
+    serving._cache().set(cachekeys.generation(user=user), "stale", 60)
 
     login(request, user)  # rotates the session key; the shopper key survives in its data
 
@@ -59,7 +59,7 @@ def test_login_makes_the_sessions_events_the_users_once(shopper_with_anonymous_e
     assert Event.objects.filter(user=user).count() == 3
     assert not Event.objects.filter(session_key=key, user__isnull=True).exists()
     assert Event.objects.filter(session_key="someone-else", user__isnull=True).count() == 1
-    assert serving._cache().get(serving.shopper_cache_key(user=user)) is None
+    assert serving._cache().get(cachekeys.generation(user=user)) is None
 
     login(request, user)  # a second login moves nothing and copies nothing
     assert Event.objects.filter(user=user).count() == 3

@@ -1,14 +1,15 @@
 """events_recorded drops the shopper's cached recommendations, and only theirs."""
 
-from recommender import events, serving
+from recommender import cachekeys, events, serving
+from recommender.apps import connect_signals
 from recommender.models import Event
-from recommender.signals import connect_signals, events_recorded
+from recommender.signals import events_recorded
 
 from .serving_fixtures import install_version
 
 
 def cached(session_key):
-    return serving._cache().get(serving.shopper_cache_key(session_key=session_key))
+    return serving._cache().get(cachekeys.generation(session_key=session_key))
 
 
 def test_the_signal_drops_that_shoppers_cache_only(catalog):

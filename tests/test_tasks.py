@@ -19,7 +19,7 @@ TINY = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 1}}
 def test_the_task_trains_the_version_whose_id_it_is_given(db):
     make_history(make_catalogue())
     with override_settings(RECOMMENDER=TINY):
-        queued = training.request_training(enqueue=False)
+        queued = training.request_training()
         other = ModelVersion.objects.create()  # queued too, but not this task's
         result = tasks.train.apply(args=[queued.pk])
     assert result.get() == queued.pk
@@ -78,7 +78,7 @@ def test_runs_are_sent_by_id_to_the_training_queue(
     monkeypatch.setattr(tasks.train, "apply_async", apply_async)
     with override_settings(RECOMMENDER={"TRAINING_QUEUE": queue} if queue else {}):
         with django_capture_on_commit_callbacks(execute=True):
-            version = training.request_training()
+            version = tasks.queue_training()
         expected = queue or "recommender-training"
         assert sent == [{"args": [version.pk], "queue": expected}]
         assert periodic_tasks()["recommender-train"]["options"] == {"queue": expected}

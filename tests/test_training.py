@@ -25,7 +25,7 @@ def history():
 
 
 def train_now(config=FAST_CONFIG):
-    version = training.request_training(config=config, enqueue=False)
+    version = training.request_training(config=config)
     return training.run_training(version.pk)
 
 
@@ -74,7 +74,7 @@ def test_the_tolerance_lets_a_worse_candidate_through(history):
 def test_too_little_data_fails_with_a_reason_and_leaves_the_active_version(db):
     active = ModelVersion.objects.create(status="ready")
     active.activate()
-    version = training.request_training(config=FAST_CONFIG, enqueue=False)
+    version = training.request_training(config=FAST_CONFIG)
     with pytest.raises(training.TrainingError, match="at least 100 are needed"):
         training.run_training(version.pk)
     version.refresh_from_db()
@@ -83,9 +83,9 @@ def test_too_little_data_fails_with_a_reason_and_leaves_the_active_version(db):
 
 
 def test_a_second_run_is_refused_while_one_is_queued(db):
-    training.request_training(enqueue=False)
+    training.request_training()
     with pytest.raises(training.TrainingInProgress):
-        training.request_training(enqueue=False)
+        training.request_training()
 
 
 def test_the_database_never_holds_two_running_trainings(db):
@@ -107,7 +107,7 @@ def test_runs_without_heartbeat_are_failed_and_free_the_lock(db):
     assert training.fail_stale_runs() == 1
     stale.refresh_from_db()
     assert stale.status == "failed" and "stopped reporting" in stale.error
-    training.request_training(enqueue=False)
+    training.request_training()
 
 
 def test_exactly_one_version_is_active(db):

@@ -18,16 +18,16 @@ from .config import checked_config
 
 PAD = 0
 PAD_KIND = "<pad>"
+DEFAULT_KIND_WEIGHTS = {
+    "view": 1.0,
+    "click": 1.0,
+    "add_to_cart": 2.0,
+    "remove_from_cart": 0.0,
+    "purchase": 3.0,
+}
 # Known kinds get stable vocabulary slots (after padding) so two trainings on similar data
 # produce the same kind indices; unknown kinds follow in sorted order.
-KNOWN_KINDS = ("view", "click", "add_to_cart", "remove_from_cart", "purchase")
-DEFAULT_KIND_WEIGHTS = {
-    "purchase": 3.0,
-    "add_to_cart": 2.0,
-    "click": 1.0,
-    "view": 1.0,
-    "remove_from_cart": 0.0,
-}
+KNOWN_KINDS = tuple(DEFAULT_KIND_WEIGHTS)
 
 Interaction = tuple  # (shopper, item, kind: str, value: float | None, ts: float)
 

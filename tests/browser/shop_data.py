@@ -79,8 +79,6 @@ def train_first_version():
     import torch
 
     torch.manual_seed(0)
-    version = training.run_training(
-        training.request_training(config=BROWSER_TRAINING, enqueue=False).pk
-    )
+    version = training.run_training(training.request_training(config=BROWSER_TRAINING).pk)
     assert version.status == "ready" and version.is_active, version.error or version.decision
     return version

@@ -173,7 +173,7 @@ def main():
         check([str(pk) for pk in rec.items][:5] == popular, (rec.items, popular))
 
     with step("train"):
-        version = training.request_training(enqueue=False)
+        version = training.request_training()
         version = training.run_training(version.pk)
         check(version.status == "ready", f"{version.status}: {version.error}")
         check(version.is_active, version.decision)

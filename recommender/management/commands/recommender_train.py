@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from recommender import training
+from recommender import tasks, training
 from recommender.models import ModelVersion
 
 
@@ -34,9 +34,8 @@ class Command(BaseCommand):
         if overrides:
             config["TRAINING"] = {**training.recommender_settings.TRAINING, **overrides}
         try:
-            version = training.request_training(
-                ModelVersion.Trigger.COMMAND, config=config, enqueue=queue
-            )
+            start = tasks.queue_training if queue else training.request_training
+            version = start(ModelVersion.Trigger.COMMAND, config=config)
         except training.TrainingError as exc:
             raise CommandError(str(exc)) from exc
         if queue:

@@ -1,0 +1,71 @@
+"""Every cache key the app writes, built in one place, and the keys a forgotten shopper leaves.
+
+Serving reads and writes these keys and privacy forgets them, so both build them here
+and cannot drift apart. Every key that may hold a shopper's data can be listed from what
+is known about the shopper, so forgetting is one ``delete_many`` of known keys, on any
+cache backend, without listing or scanning the backend's keys.
+
+- ``generation``: a random stamp per shopper. Their lists count only while it is
+  unchanged, so deleting it (a new event) invalidates all of them in one delete.
+- ``shopper_list``: one of ``SHOPPER_SLOTS`` slots per shopper, chosen by the list's
+  ``fingerprint`` (model version, placement, category, exclusions). The entry keeps its
+  fingerprint, so a slot holding another list is a miss, and a shopper never has more
+  than ``SHOPPER_SLOTS`` lists cached.
+- ``item_list``: an item's similar or bought-together candidates; ``list_row``: the
+  Recommendation row of a cached list per placement; ``popular``: the store-wide lists.
+"""
+
+import hashlib
+
+PREFIX = "recommender"
+# Lists cached per shopper at most (one per slot; a colliding list replaces the other).
+SHOPPER_SLOTS = 16
+
+
+def fingerprint(*parts):
+    """Client-chosen text (placement, category) hashed: safe for every cache backend."""
+    return hashlib.sha1(repr(parts).encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def _shopper(user, session_key):
+    return f"u{user.pk}" if user is not None else f"s{session_key}"
+
+
+def generation(user=None, session_key=""):
+    """The shopper's generation key: deleting it invalidates all their cached lists."""
+    return f"{PREFIX}:gen:{_shopper(user, session_key)}"
+
+
+def shopper_list(user=None, session_key="", list_fingerprint=""):
+    """The slot a shopper's list with ``list_fingerprint`` is cached in."""
+    slot = int(list_fingerprint, 16) % SHOPPER_SLOTS if list_fingerprint else 0
+    return f"{PREFIX}:recs:{_shopper(user, session_key)}:{slot}"
+
+
+def shopper_keys(user=None, session_key=""):
+    """Every key that may hold the shopper's data: their generation and all their slots."""
+    shopper = _shopper(user, session_key)
+    return [generation(user, session_key)] + [
+        f"{PREFIX}:recs:{shopper}:{slot}" for slot in range(SHOPPER_SLOTS)
+    ]
+
+
+def item_list(source, pk):
+    """An item's cached candidates of ``source`` (similar, bought_together)."""
+    return f"{PREFIX}:{source}:{pk}"
+
+
+def popular(window):
+    """The store's popular or trending candidates."""
+    return f"{PREFIX}:popular:{window}"
+
+
+def list_row(list_key, placement):
+    """The Recommendation row made for the cached list ``list_key`` shown in ``placement``."""
+    return f"{list_key}:row:{fingerprint(placement)}"
+
+
+def item_keys(source, pk, placements):
+    """Every key of an item's ``source`` list: its candidates and its rows in ``placements``."""
+    key = item_list(source, pk)
+    return [key] + [list_row(key, placement) for placement in placements]
