@@ -8,9 +8,9 @@ cache backend, without listing or scanning the backend's keys.
 - ``generation``: a random stamp per shopper. Their lists count only while it is
   unchanged, so deleting it (a new event) invalidates all of them in one delete.
 - ``shopper_list``: one of ``SHOPPER_SLOTS`` slots per shopper, chosen by the list's
-  ``fingerprint`` (model version, placement, category, exclusions). The entry keeps its
-  fingerprint, so a slot holding another list is a miss, and a shopper never has more
-  than ``SHOPPER_SLOTS`` lists cached.
+  ``fingerprint`` (placement, category, exclusions). The entry keeps its fingerprint and
+  model version, so a slot holding another list (or an older version's) is a miss, and a
+  shopper never has more than ``SHOPPER_SLOTS`` lists cached.
 - ``item_list``: an item's similar or bought-together candidates; ``list_row``: the
   Recommendation row of a cached list per placement; ``popular``: the store-wide lists.
 """

@@ -535,9 +535,8 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     # One round trip reads the shopper's generation and the list; a list counts only if it
     # was stamped with the current generation (a new event deletes the generation key).
     generation_key = cachekeys.generation(user, session_key)
-    fingerprint = cachekeys.fingerprint(
-        model.version_id if model else 0, placement, category, sorted(map(str, exclude))
-    )
+    # The slot follows what the list is for, not the model version: a new version reuses it.
+    fingerprint = cachekeys.fingerprint(placement, category, sorted(map(str, exclude)))
     key = cachekeys.shopper_list(user, session_key, fingerprint)
     found = _cache().get_many([generation_key, key])
     generation, cached = found.get(generation_key), found.get(key)
@@ -546,6 +545,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
         and cached is not None
         and cached.get("generation") == generation
         and cached.get("fingerprint") == fingerprint
+        and cached.get("version") == (model.version_id if model else None)
     ):
         return _personal_list(cached, limit, rules=rules, category=category)
     if generation is None:

@@ -262,7 +262,7 @@ def test_the_documented_worker_runs_the_stale_run_sweeper_and_status_sees_it(bro
             f"the sweeper to fail the dead run:\n{worker.output()}",
         )
         assert not ModelVersion.objects.running().exists()  # the lock is free
-        training.request_training(enqueue=False).delete()  # the next run may start
+        training.request_training().delete()  # the next run may start
 
         out, problem = status()
         assert problem is None, out
