@@ -26,7 +26,7 @@ from django.utils.dateparse import parse_datetime
 from . import itemkeys
 from .conf import get_item_model, recommender_settings
 from .models import Event, Recommendation
-from .shoppers import shopper_pseudonym
+from .pseudonyms import list_owner
 from .signals import events_recorded
 
 EVENT_FIELDS = {
@@ -403,7 +403,7 @@ def _attribute(rows, *, user, session_key):
             pk__in={row["recommendation_id"] for row in claimed}
         ).values_list("pk", "owner", "items")
     }
-    mine = {shopper_pseudonym(user=user), shopper_pseudonym(session_key=session_key)} - {""}
+    mine = {list_owner(user=user), list_owner(session_key=session_key)} - {""}
     counted = set(
         Event.objects.for_shopper(user=user, session_key=session_key)
         .filter(kind=Event.Kind.CLICK, recommendation_id__in=list(lists))

@@ -17,7 +17,7 @@ from django.db.models import Count, Q
 from . import cachekeys, serving
 from .conf import recommender_settings
 from .models import Event, Recommendation
-from .shoppers import shopper_pseudonym
+from .pseudonyms import list_owner
 
 # The owner of a forgotten shopper's lists: not a pseudonym (those are hex), never shared ("").
 FORGOTTEN_OWNER = "forgotten"
@@ -84,9 +84,9 @@ def _forget_list_owners(user, sessions):
     their owner becomes a mark no shopper's pseudonym equals: no one, the forgotten
     shopper included, can be credited with a click on them, and nothing links them back.
     """
-    owners = {shopper_pseudonym(session_key=key) for key in sessions}
+    owners = {list_owner(session_key=key) for key in sessions}
     if user is not None:
-        owners.add(shopper_pseudonym(user=user))
+        owners.add(list_owner(user=user))
     Recommendation.objects.filter(owner__in=owners).update(owner=FORGOTTEN_OWNER)
 
 

@@ -31,7 +31,7 @@ from . import artifacts, cachekeys, itemkeys
 from .artifacts import ArtifactRefused
 from .conf import event_kind_weights, get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation, shopper_q
-from .shoppers import shopper_pseudonym
+from .pseudonyms import list_owner
 
 logger = logging.getLogger(__name__)
 
@@ -586,7 +586,7 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
             placement,
             model.version_id,
             pks,
-            owner=shopper_pseudonym(user=user, session_key=session_key),
+            owner=list_owner(user=user, session_key=session_key),
         ),
         "version": model.version_id,
         "source": Recommendation.Source.MODEL,

@@ -7,7 +7,6 @@ the session data (which login preserves). At login, that key's events become the
 import secrets
 
 from django.db import router, transaction
-from django.utils.crypto import salted_hmac
 
 from .models import Event
 from .signals import events_recorded
@@ -33,23 +32,6 @@ def shopper_of(request, create=True):
     if user is not None and not user.is_authenticated:
         user = None
     return {"user": user, "session_key": anonymous_key(request, create=create)}
-
-
-def shopper_pseudonym(*, user=None, session_key=""):
-    """A stable pseudonym of a user or an anonymous key ("" for neither).
-
-    Stored as the owner of a personal recommendation list, so that a click is credited
-    to the list only by the shopper it was shown to, without the list naming them: it is
-    an HMAC under the site's SECRET_KEY (rotating the key forgets old lists' owners),
-    salted apart from the training export's pseudonyms so the two cannot be joined.
-    """
-    if user is not None and getattr(user, "is_authenticated", False):
-        identity = f"user:{user.pk}"
-    elif session_key:
-        identity = f"session:{session_key}"
-    else:
-        return ""
-    return salted_hmac("recommender.shopper", identity, algorithm="sha256").hexdigest()[:32]
 
 
 def attach_session_events(sender, request, user, **kwargs):

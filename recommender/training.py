@@ -8,20 +8,18 @@ only if it is at least as good as the active version. Celery tasks and managemen
 commands call ``run_training``.
 """
 
-import hashlib
-import hmac
 import logging
 import threading
 import time
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import artifacts, itemkeys
 from .conf import merged, recommender_settings
 from .models import Event, ModelVersion
+from .pseudonyms import export_shopper
 
 logger = logging.getLogger(__name__)
 
@@ -103,29 +101,6 @@ def fail_stale_runs():
 # --------------------------------------------------------------------------- export
 
 
-def pseudonym_key():
-    """The HMAC key of shopper pseudonyms: RECOMMENDER["PSEUDONYM_KEY"], else one derived.
-
-    Never SECRET_KEY itself: whoever knows the key can re-compute every registered
-    shopper's pseudonym from user ids 1, 2, 3..., so a store whose SECRET_KEY is weak or
-    public (a demo default) must not hand it to the export. The derived key is a salted
-    HMAC of SECRET_KEY (secret when SECRET_KEY is); ``check --deploy`` asks for a key of
-    its own (recommender.W002).
-    """
-    key = recommender_settings.PSEUDONYM_KEY
-    if key:
-        return key.encode() if isinstance(key, str) else bytes(key)
-    return hmac.new(
-        settings.SECRET_KEY.encode(), b"recommender.shopper_pseudonym", hashlib.sha256
-    ).digest()
-
-
-def shopper_pseudonym(user_id=None, session_key=""):
-    """A stable id for a shopper that does not reveal who they are without the pseudonym key."""
-    raw = f"u{user_id}" if user_id is not None else f"s{session_key}"
-    return hmac.new(pseudonym_key(), raw.encode(), hashlib.sha256).hexdigest()[:20]
-
-
 def export_interactions(since=None, chunk_size=None):
     """Yield ``(shopper, item, kind, value, ts)`` rows for training, in bounded memory.
 
@@ -145,7 +120,7 @@ def export_interactions(since=None, chunk_size=None):
         key = (user_id, session_key if user_id is None else "")
         shopper = pseudonyms.get(key)
         if shopper is None:
-            shopper = pseudonyms[key] = shopper_pseudonym(*key)
+            shopper = pseudonyms[key] = export_shopper(*key)
         yield (shopper, item_key(item_id), kind, value, occurred_at.timestamp())
 
 

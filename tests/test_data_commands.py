@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 from django.utils import timezone
 
-from recommender import cachekeys, events, training
+from recommender import cachekeys, events, pseudonyms, training
 from recommender.conf import recommender_settings
 from recommender.models import Event, ModelVersion
 
@@ -201,8 +201,8 @@ def test_export_csv_is_pseudonymous_by_default(tmp_path, history):
     for secret in ("ann", "anon-key-1", "ann-browser", "id:", "session:"):
         assert secret not in text
     assert {r["shopper"] for r in rows} == {
-        training.shopper_pseudonym(history.pk),
-        training.shopper_pseudonym(None, "anon-key-1"),
+        pseudonyms.export_shopper(history.pk),
+        pseudonyms.export_shopper(None, "anon-key-1"),
     }
     assert [r["kind"] for r in rows] == ["view", "view", "purchase", "view"]  # oldest first
 
@@ -290,8 +290,8 @@ def test_forget_user_deletes_events_and_cached_recommendations(history, catalog)
 
     # The next training export has nothing of the forgotten user.
     exported = {row[0] for row in training.export_interactions()}
-    assert training.shopper_pseudonym(history.pk) not in exported
-    assert exported == {training.shopper_pseudonym(None, "anon-key-1")}
+    assert pseudonyms.export_shopper(history.pk) not in exported
+    assert exported == {pseudonyms.export_shopper(None, "anon-key-1")}
 
     out = run("recommender_forget_user", "--session", "anon-key-1")
     assert "deleted 2 event(s)" in out and Event.objects.count() == 0

@@ -339,11 +339,11 @@ def clicked(item, rec, **shopper):
 
 
 def test_a_click_is_credited_to_a_personal_list_only_by_its_shopper(catalog):
-    from recommender.shoppers import shopper_pseudonym
+    from recommender.pseudonyms import list_owner
 
     ann = get_user_model().objects.create_user("ann")
-    annes_list = shown_list(catalog[:3], owner=shopper_pseudonym(user=ann))
-    anonymous_list = shown_list(catalog[:3], owner=shopper_pseudonym(session_key="anon"))
+    annes_list = shown_list(catalog[:3], owner=list_owner(user=ann))
+    anonymous_list = shown_list(catalog[:3], owner=list_owner(session_key="anon"))
     assert clicked(catalog[0], annes_list, session_key="mallory") is None
     assert clicked(catalog[0], annes_list, user=ann) == annes_list.pk
     # A list made while anonymous is still the shopper's after login (same session key).

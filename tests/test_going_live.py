@@ -28,7 +28,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from django.utils import timezone
 
-from recommender import training
+from recommender import pseudonyms, training
 from recommender.models import ModelVersion
 from recommender.schedule import periodic_tasks
 from shop_demo.celery import app as celery_app
@@ -146,15 +146,15 @@ def attackers_pseudonym(secret_key, user_id):
 @override_settings(SECRET_KEY=PUBLIC_DEMO_KEY)
 def test_a_public_secret_key_does_not_reverse_the_pseudonyms(settings):
     guesses = {attackers_pseudonym(PUBLIC_DEMO_KEY, user_id): user_id for user_id in range(1, 50)}
-    assert not {training.shopper_pseudonym(user_id=u) for u in range(1, 50)} & set(guesses)
+    assert not {pseudonyms.export_shopper(user_id=u) for u in range(1, 50)} & set(guesses)
 
     key = "a-pseudonym-key-of-the-store-itself-0123456789"
     settings.RECOMMENDER = {**settings.RECOMMENDER, "PSEUDONYM_KEY": key}
-    keyed = training.shopper_pseudonym(user_id=7)
-    assert keyed == hmac.new(key.encode(), b"u7", hashlib.sha256).hexdigest()[:20]
+    keyed = pseudonyms.export_shopper(user_id=7)
+    assert keyed == hmac.new(key.encode(), b"export:u7", hashlib.sha256).hexdigest()[:20]
     assert keyed not in guesses
     settings.RECOMMENDER = {**settings.RECOMMENDER, "PSEUDONYM_KEY": key + "-rotated"}
-    assert training.shopper_pseudonym(user_id=7) != keyed
+    assert pseudonyms.export_shopper(user_id=7) != keyed
 
 
 def deploy_warnings():

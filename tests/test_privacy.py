@@ -25,7 +25,7 @@ from django.test import override_settings
 from recommender import cachekeys, events, serving, training
 from recommender.conf import recommender_settings
 from recommender.models import Event, ModelVersion, Recommendation
-from recommender.shoppers import shopper_pseudonym
+from recommender.pseudonyms import export_shopper, list_owner
 
 from .own_cache import own_cache
 from .serving_fixtures import install_version
@@ -117,9 +117,9 @@ def test_training_exports_and_artifacts_hold_only_pseudonyms_items_kinds_values_
         assert isinstance(ts, float)
     pseudonyms = {row[0] for row in rows}
     # Keyed: the same ids under another SECRET_KEY are other pseudonyms, and none is a plain id.
-    assert training.shopper_pseudonym(user_id=users[0].pk) in pseudonyms
+    assert export_shopper(user_id=users[0].pk) in pseudonyms
     with override_settings(SECRET_KEY="another-secret-key-for-this-test-only-000000000"):
-        assert training.shopper_pseudonym(user_id=users[0].pk) not in pseudonyms
+        assert export_shopper(user_id=users[0].pk) not in pseudonyms
 
     secrets = set().union(*(personal_values(user) for user in users)) | sessions
     exported = repr(rows).encode()
@@ -197,18 +197,18 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
     )
     bob_events = set(Event.objects.filter(user=bob).values_list("pk", flat=True))
     alice_owners = {
-        shopper_pseudonym(user=alice),
-        shopper_pseudonym(session_key=alice_key),
+        list_owner(user=alice),
+        list_owner(session_key=alice_key),
     }
     assert Recommendation.objects.filter(owner__in=alice_owners).count() == 6
-    bob_lists = Recommendation.objects.filter(owner=shopper_pseudonym(user=bob)).count()
+    bob_lists = Recommendation.objects.filter(owner=list_owner(user=bob)).count()
 
     call_command("recommender_forget_user", alice.get_username(), stdout=io.StringIO())
 
     # Her personal lists stay for the version's metrics, linked to no one (and not shared).
     assert not Recommendation.objects.filter(owner__in=alice_owners).exists()
     assert Recommendation.objects.filter(owner="forgotten").count() == 6
-    assert Recommendation.objects.filter(owner=shopper_pseudonym(user=bob)).count() == bob_lists
+    assert Recommendation.objects.filter(owner=list_owner(user=bob)).count() == bob_lists
 
     assert not Event.objects.filter(Q(user=alice) | Q(session_key=alice_key)).exists()
     assert set(Event.objects.filter(user=bob).values_list("pk", flat=True)) == bob_events
@@ -232,8 +232,8 @@ def test_forgetting_a_shopper_leaves_nothing_in_events_caches_or_the_next_artifa
     )
 
     alice_pseudonyms = {
-        training.shopper_pseudonym(user_id=alice.pk),
-        training.shopper_pseudonym(session_key=alice_key),
+        export_shopper(user_id=alice.pk),
+        export_shopper(session_key=alice_key),
     }
     rows = list(training.export_interactions())
     assert not alice_pseudonyms & {row[0] for row in rows}

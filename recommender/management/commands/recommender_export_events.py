@@ -13,7 +13,7 @@ from recommender import itemkeys
 from recommender.conf import recommender_settings
 from recommender.events import as_utc
 from recommender.models import Event
-from recommender.training import shopper_pseudonym
+from recommender.pseudonyms import export_shopper
 
 PSEUDONYMOUS_COLUMNS = ["shopper", "item", "kind", "timestamp", "value"]
 # With --with-user-ids the "user" column follows recommender_import_events' rule, so an
@@ -116,7 +116,7 @@ def _pseudonymous():
     def convert(user_id, session_key, item_id, kind, occurred_at, value, event_id, placement):
         key = (user_id, session_key if user_id is None else "")
         if key not in cache:
-            cache[key] = shopper_pseudonym(*key)
+            cache[key] = export_shopper(*key)
         return [cache[key], itemkeys.to_json(item_id), kind, occurred_at.isoformat(), value]
 
     return convert
