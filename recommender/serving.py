@@ -415,7 +415,9 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
     The candidates (the costly part) are cached once under ``key`` for every placement
     and limit; each placement gets its own row (clicks are counted per placement), made
     the first time the placement is served these candidates. ``compute() -> [(pk, score)]``.
-    Candidates another model version made are a miss.
+    Candidates another model version made are a miss. An empty list is neither cached nor
+    stored: a store's first events (or a new model) must show up on the next page, not
+    after the cache expires.
     """
     row_key = cachekeys.list_row(key, placement)
     found = _cache().get_many([key, row_key])
@@ -428,6 +430,8 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
             "stamp": uuid.uuid4().hex[:12],
             "version": version_id,
         }
+        if not entry["pks"]:
+            return {**entry, "rid": None, "source": source, "placement": placement}
         _cache().set(key, entry, timeout)
     if row is None or row["stamp"] != entry["stamp"]:
         row = {

@@ -123,6 +123,7 @@ def test_impressions_need_csrf_and_are_counted(shelf):
     client = Client(enforce_csrf_checks=True)
     client.get("/admin/login/")
     token = client.cookies["csrftoken"].value
+    events.record("view", shelf[0].pk, session_key="somebody")  # a non-empty popular list
     rid = client.get(f"{API}/popular/").json()["recommendation_id"]
     payload = json.dumps({"recommendations": [rid]})
     assert (

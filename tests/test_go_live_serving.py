@@ -339,3 +339,14 @@ def test_a_version_error_of_training_is_not_cleared_by_serving(shelf):
     assert serving.recommend(session_key="s1").version_id == version.pk
     version.refresh_from_db()
     assert version.error == "a note from training"
+
+
+# --------------------------------------------------------------------------- empty lists
+
+
+def test_a_store_with_no_events_yet_caches_no_empty_list(client, shelf):
+    """The first page load of a new store must not pin an empty "popular" list for minutes."""
+    assert shown(client.get(f"{API}/popular/")) == []
+    assert not Recommendation.objects.exists()  # nothing shown, nothing to attribute
+    views("first-shopper", shelf[:3])
+    assert set(shown(client.get(f"{API}/popular/"))) == {p.pk for p in shelf[:3]}
