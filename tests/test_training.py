@@ -182,5 +182,9 @@ def test_the_evaluate_command_needs_a_ready_version(db):
 def test_training_is_reproducible_under_its_seed(history):
     first, second = train_now(), train_now()
     learned = [[(e["loss"], e["val_ndcg10"]) for e in v.curve] for v in (first, second)]
-    assert learned[0] == learned[1]
-    assert first.metric("ndcg@10") == second.metric("ndcg@10")
+    # Equal up to float summation order: torch's thread count may differ between the runs.
+    assert len(learned[0]) == len(learned[1])
+    for (loss_a, ndcg_a), (loss_b, ndcg_b) in zip(*learned, strict=True):
+        assert loss_a == pytest.approx(loss_b, rel=1e-5)
+        assert ndcg_a == pytest.approx(ndcg_b, abs=1e-4)
+    assert first.metric("ndcg@10") == pytest.approx(second.metric("ndcg@10"), abs=1e-4)
