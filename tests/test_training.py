@@ -258,6 +258,13 @@ def test_the_served_model_knows_an_item_seen_only_in_the_holdout_days(history, a
     choice = version.metrics["choice"]
     assert choice["refit"]["done"], choice
     assert choice["trained_until"] > choice["validated_until"]
+    # The store serves it: personal lists from item-kNN's scores, not the popular fallback.
+    from recommender import serving
+
+    Event.objects.create(session_key="newcomer", item=launch, kind="view")
+    served = serving.recommend(session_key="newcomer", limit=3)
+    assert served.source == "model" and served.version_id == version.pk
+    assert served.items[0].pk == new.pk
     page = admin_client.get(f"/admin/recommender/modelversion/{version.pk}/change/").content
     assert "Validated: trained on events before" in page.decode()
     assert "refit on all" in page.decode()
