@@ -15,7 +15,7 @@ The views hold no logic of their own: they call ``training``, ``ModelVersion.act
 ``reports`` and ``privacy``.
 """
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django import forms
 from django.contrib import admin, messages
@@ -236,7 +236,8 @@ STAGE_PERCENT = {
     "export": 3,
     "clean": 7,
     "train": 10,
-    "evaluate": 92,
+    "evaluate": 91,
+    "refit": 93,
     "save": 97,
     "done": 100,
 }
@@ -511,6 +512,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "duration": _duration(version.duration),
             "best_epoch": (version.metrics or {}).get("best_epoch"),
             "stopped": (version.metrics or {}).get("stopped"),
+            "choice": _choice_facts(version),
         }
 
     def progress_view(self, request, pk):
@@ -644,10 +646,40 @@ def _comparison(version, other):
         label = "active" if other.is_active else "previously active"
         columns.append((f"v{other.pk} ({label})", other.metrics["valid"]))
     for name, result in sorted((version.metrics.get("baselines") or {}).items()):
-        columns.append((f"{name} baseline", (result or {}).get("valid") or {}))
+        # A run's other candidates: the baselines, or the trained model when a baseline serves.
+        kind = "baseline" if name in ("popularity", "itemknn") else "trained, not chosen"
+        columns.append((f"{name} {kind}", (result or {}).get("valid") or {}))
     if not columns[0][1]:
         return []
     return [(name, [metrics.get(key) for _, key in COMPARED_METRICS]) for name, metrics in columns]
+
+
+def _choice_facts(version):
+    """Which model the version holds and why; which model was validated and which refit."""
+    choice = (version.metrics or {}).get("choice")
+    if not choice:
+        return None
+    refit = choice.get("refit") or {}
+    validated = (
+        f"trained on events before {_when(choice.get('validated_until'))} and measured on the "
+        f"{choice.get('validation_shoppers')} validation shoppers after that (the metrics below)"
+    )
+    if refit.get("done"):
+        trained = (
+            f"Validated: {validated}. Serves: {refit.get('reason')}, up to "
+            f"{_when(choice.get('trained_until'))}."
+        )
+    elif refit:
+        trained = f"Serves the validated model, {validated}: {refit.get('reason')}."
+    else:
+        trained = f"Serves the validated model, {validated} (REFIT is off)."
+    return {"model": f"Model: {choice.get('reason')}.", "trained": trained}
+
+
+def _when(timestamp):
+    if timestamp is None:
+        return "—"
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _fmt(value):

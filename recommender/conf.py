@@ -67,6 +67,17 @@ DEFAULTS = {
     "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},
     # A candidate is promoted when its validation NDCG@10 >= active's - tolerance.
     "PROMOTION_TOLERANCE": 0.0,
+    # Each run measures the trained model, item-kNN and popularity on the same validation
+    # shoppers and keeps the best of them (ties to the trained model). With fewer
+    # validation shoppers than this a trained model's lead may be noise: the better of
+    # item-kNN and popularity is kept instead, and the version's decision says so.
+    "MIN_VALIDATION_SHOPPERS": 200,
+    # After validation has chosen the model and its epochs (on events before the last
+    # HOLDOUT_DAYS), train it again the same way on every event, so the model that serves
+    # knows the newest items. Training then gets half of TRAINING["max_seconds"] and the
+    # refit the rest; a net that cannot finish its epochs in time is served as validated.
+    # The version's metrics stay the validation measurement. False serves the validated model.
+    "REFIT": True,
     # The model trained by recommender.train: "cnn_dnn" (default), "cnn", or a baseline
     # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets), all but
     # max_len, which HISTORY_LENGTH decides.

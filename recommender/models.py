@@ -208,34 +208,101 @@ class ModelVersion(models.Model):
         return (self.metrics.get(split) or {}).get(name)
 
     def activate(self, attempts=5):
-        """Make this version the one that serves, atomically (promotion and rollback).
+        """Make this version the one that serves, atomically (an admin's activation or rollback).
 
         Concurrent activations serialise on the active row's lock; when three or more
         overlap, one may still find that another activated a version after its statement
-        began, and the one-active constraint refuses it. It then retries: a new statement
-        sees the other's commit and switches that version off instead.
+        began, and the one-active constraint refuses it. It then tries again at once: a
+        new statement sees the other's commit and switches that version off instead.
+        """
+        self._retry_on_race(lambda: self._switch_on(self._lock_ready()), attempts)
+        self.refresh_from_db()
+        return self
+
+    def promote(self, tolerance=0.0, attempts=5):
+        """Serve this version if its validation NDCG@10 >= the active one's - ``tolerance``.
+
+        Decided and switched in one transaction under the row locks (this version's, then
+        the active one's: ``activate``'s order, so the two cannot deadlock), against the
+        version active once the locks are held, not one switched away while waiting. A
+        switch refused by the one-active constraint (another activation committed after
+        this statement began) is decided again at once. The decision is stored in words,
+        followed by the run's own choice of model (``metrics["choice"]``). Returns whether
+        this version serves.
+        """
+        served = self._retry_on_race(lambda: self._decide(tolerance), attempts)
+        self.refresh_from_db()
+        return served
+
+    def _retry_on_race(self, switch, attempts):
+        """``switch()`` in a transaction, tried again when the one-active constraint refuses it.
+
+        No sleep: the losing transaction has already waited on the winner's row lock, and
+        a new statement sees its commit.
         """
         for attempt in range(attempts):
             try:
                 with transaction.atomic():
-                    me = ModelVersion.objects.select_for_update().get(pk=self.pk)
-                    if me.status != self.Status.READY:
-                        raise ValueError(
-                            f"Only a ready version can be activated (v{me.pk} is {me.status})."
-                        )
-                    list(ModelVersion.objects.select_for_update().filter(is_active=True))
-                    ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(
-                        is_active=False
-                    )
-                    ModelVersion.objects.filter(pk=me.pk).update(
-                        is_active=True, activated_at=timezone.now()
-                    )
-                break
+                    return switch()
             except IntegrityError:
                 if attempt == attempts - 1:
                     raise
-        self.refresh_from_db()
-        return self
+
+    def _lock_ready(self):
+        me = ModelVersion.objects.select_for_update().get(pk=self.pk)
+        if me.status != self.Status.READY:
+            raise ValueError(f"Only a ready version can be activated (v{me.pk} is {me.status}).")
+        return me
+
+    @staticmethod
+    def _lock_active():
+        """The active version, row-locked; None only if none is active once the lock is held."""
+        for _ in range(20):
+            active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
+            # Waiting for the lock, the row may have been switched off: then look again.
+            if active is not None or not ModelVersion.objects.filter(is_active=True).exists():
+                return active
+        return None
+
+    @staticmethod
+    def _switch_on(me, **fields):
+        """Inside a transaction holding ``me``'s lock: ``me`` serves, every other stops."""
+        list(ModelVersion.objects.select_for_update().filter(is_active=True))
+        ModelVersion.objects.filter(is_active=True).exclude(pk=me.pk).update(is_active=False)
+        ModelVersion.objects.filter(pk=me.pk).update(
+            is_active=True, activated_at=timezone.now(), **fields
+        )
+
+    def _decide(self, tolerance):
+        me = self._lock_ready()
+        active = self._lock_active()
+        if active is not None and active.pk == me.pk:
+            return True
+        mine = me.metric("ndcg@10")
+        chosen = (me.metrics or {}).get("choice") or {}
+        if active is None:
+            verdict = "Promoted: no version was active."
+        else:
+            theirs = active.metric("ndcg@10") or 0.0
+            if mine is None or mine < theirs - tolerance:
+                shown = "none" if mine is None else f"{mine:.4f}"
+                decision = (
+                    f"Kept as a candidate: validation NDCG@10 {shown} is below the active "
+                    f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g}); v{active.pk} "
+                    "serves on."
+                )
+                if chosen.get("reason"):
+                    decision += f" This run's best was {chosen['reason']}."
+                ModelVersion.objects.filter(pk=me.pk).update(decision=decision)
+                return False
+            verdict = (
+                f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
+                f"{theirs:.4f} (tolerance {tolerance:g})."
+            )
+        if chosen.get("reason"):
+            verdict += f" Serving {chosen['reason']}."
+        self._switch_on(me, decision=verdict)
+        return True
 
 
 class RecommendationQuerySet(models.QuerySet):

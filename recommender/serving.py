@@ -87,16 +87,21 @@ class LoadedModel:
             item_seq, kind_seq, seen = predictor.encode(history)
             if not seen:
                 return []
-            vector = predictor.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
             banned = {predictor.item_map.index(pk, 0) for pk in exclude_pks} - {0}
             if category is not None:
                 wanted = self._category_mask(category)
             else:
                 wanted = None
-            if self.index is not None and wanted is None:
+            nets = hasattr(predictor, "_items")
+            if nets:
+                vector = predictor.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
+            if nets and self.index is not None and wanted is None:
                 indices, scores = self.index.search(vector, k + len(banned))
             else:
-                scores = predictor._items @ vector  # [N+1]
+                if nets:
+                    scores = predictor._items @ vector  # [N+1]
+                else:  # a baseline won the run (item-kNN, popularity): its own exact scores
+                    scores = predictor.model.full_sort_predict(item_seq, kind_seq)[0].clone()
                 scores[0] = -torch.inf
                 if wanted is not None:
                     scores = torch.where(wanted, scores, torch.tensor(-torch.inf))
@@ -249,10 +254,8 @@ def load_version(version_id, artifact_name, sha256=""):
     predictor = artifacts.read_predictor(
         artifact_name, sha256, item_key=itemkeys.from_json, drop_kinds=dropped
     )
-    if not hasattr(predictor, "_items"):
-        raise ValueError(
-            f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
-        )
+    if not hasattr(predictor.model, "full_sort_predict"):
+        raise ValueError(f"Model {type(predictor.model).__name__} cannot score items.")
     categories = None
     field_name = recommender_settings.ITEM_CATEGORY_FIELD
     if field_name:
@@ -262,7 +265,7 @@ def load_version(version_id, artifact_name, sha256=""):
             .iterator(chunk_size=10_000)
         )
     index = None
-    if predictor.n_items > recommender_settings.ANN_MIN_ITEMS:
+    if predictor.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(predictor, "_items"):
         from .ml.ann import IVFIndex
 
         index = artifacts.read_index(artifact_name)

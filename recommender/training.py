@@ -8,6 +8,7 @@ only if it is at least as good as the active version. Celery tasks and managemen
 commands call ``run_training``.
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -279,6 +280,8 @@ def _settings_for(version):
         "HOLDOUT_DAYS",
         "MIN_TRAINING_EVENTS",
         "HISTORY_LENGTH",
+        "MIN_VALIDATION_SHOPPERS",
+        "REFIT",
     )
     cfg = {name: getattr(recommender_settings, name) for name in names}
     for name, value in (version.config or {}).items():
@@ -315,11 +318,16 @@ def _refuse_own_max_len(cfg):
 
 
 def _train(version, progress):
-    """Export, fit and measure (``ml.pipeline``), store the verified artifact, decide promotion."""
+    """Export, fit and measure every candidate (``ml.pipeline``), choose the one to serve,
+    refit it on every event, store the verified artifact, decide promotion."""
     from .ml import artifact, pipeline
 
     cfg = _settings_for(version)
     train_config = train_config_for(cfg)
+    budget = train_config.max_seconds
+    if cfg["REFIT"] and budget is not None:
+        # Half the budget to train and validate, half to refit the chosen model.
+        train_config = dataclasses.replace(train_config, max_seconds=budget / 2)
 
     progress.stage("export")
     sequences, split = store_split(cfg, train_config.seed, on_stage=progress.stage)
@@ -332,26 +340,42 @@ def _train(version, progress):
         cfg["MODEL"],
         model_config_for(cfg),
         train_config,
-        index_above=recommender_settings.ANN_MIN_ITEMS,
         progress=progress,
         on_stage=progress.stage,
     )
-    results = _jsonable(result.metrics())
     ModelVersion.objects.filter(pk=version.pk).update(curve=_jsonable(result.curve))
+    choice = pipeline.choose(result, cfg["MIN_VALIDATION_SHOPPERS"])
+    results = pipeline.served_metrics(result, choice)
+    served = result.scores[choice.name].model
+    trained_until = split.cut_ts
+    if cfg["REFIT"]:
+        served, results["choice"]["refit"] = _refit(
+            pipeline, choice, result, sequences, train_config, budget, progress
+        )
+        if results["choice"]["refit"]["done"]:
+            trained_until = max((float(t[-1]) for t in sequences.times if len(t)), default=None)
+    results["choice"]["validated_until"] = split.cut_ts
+    results["choice"]["trained_until"] = trained_until
+    results = _jsonable(results)
+
+    index = None
+    if split.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(served, "item_embeddings"):
+        progress.stage("index")
+        index = pipeline.build_index(served, split.validation, train_config.max_len)
 
     progress.stage("save")
     payload = artifact.artifact_bytes(
-        model_name=cfg["MODEL"],
-        model_config=result.model.config,
-        state_dict=result.model.state_dict(),
+        model_name=choice.name,
+        model_config=served.config,
+        state_dict=served.state_dict(),
         item_ids=split.item_map.to_list(),
         kind_names=list(split.kind_names),
         metrics=results,
-        extra={"version": version.pk, "trained_until": split.cut_ts},
+        extra={"version": version.pk, "trained_until": trained_until},
     )
     name, digest = artifacts.write_verified(version.pk, payload)
-    if result.index is not None:
-        artifacts.save_index(name, result.index)
+    if index is not None:
+        artifacts.save_index(name, index)
 
     done = {
         "stage": "done",
@@ -359,7 +383,29 @@ def _train(version, progress):
         "epochs": train_config.epochs,
         "elapsed": round(time.monotonic() - progress.started, 1),
     }
+    ModelVersion.objects.filter(pk=version.pk).update(model_name=choice.name)
     _finish(version, results, name, digest, done)
+
+
+def _refit(pipeline, choice, result, sequences, train_config, budget, progress):
+    """The chosen model refit on every event within what is left of the budget, or the
+    validated one if the refit cannot finish: ``(model to serve, what happened)``."""
+    progress.stage("refit", model=choice.name)
+    left = None
+    if budget is not None:
+        left = max(budget - (time.monotonic() - progress.started), 1.0)
+    epochs = result.fitted.best_epoch if choice.name == result.name else 1
+    refit = pipeline.refit(
+        choice.name,
+        result.scores[choice.name].model,
+        sequences,
+        train_config,
+        epochs=epochs,
+        max_seconds=left,
+        progress=lambda row: progress({**row, "stage": "refit"}),
+    )
+    served = refit.model if refit.model is not None else result.scores[choice.name].model
+    return served, refit.to_dict()
 
 
 def _data_stats(sequences, split):
@@ -395,7 +441,7 @@ def _finish(version, metrics, artifact_name, sha256, progress):
                 f"Training v{version.pk} was marked failed before it finished; not promoted."
             )
         version.refresh_from_db()
-        promote_if_better(version)
+        version.promote(tolerance=recommender_settings.PROMOTION_TOLERANCE)
 
 
 def store_split(cfg, seed, on_stage=None):
@@ -435,67 +481,6 @@ def evaluate_version(version, *, on_stage=None):
         predictor.model, predictor.item_map, predictor.kind_names, split, train_config
     )
     return _jsonable(results)
-
-
-def promote_if_better(version, attempts=5):
-    """Activate ``version`` if its validation NDCG@10 >= the active one's - tolerance.
-
-    Safe beside concurrent promotions and rollbacks: the comparison is made against the
-    version that is active when the row lock is held (not one that was switched away while
-    waiting for it), and an activation that loses a race to another one (the database's
-    one-active constraint refuses it) is decided again, rather than failing the run.
-    """
-    for attempt in range(attempts):
-        try:
-            with transaction.atomic():
-                return _promote_if_better(version)
-        except IntegrityError:
-            if attempt == attempts - 1:
-                raise
-            logger.info("Promotion of v%s raced another activation; deciding again.", version.pk)
-            time.sleep(0.02 * (attempt + 1))
-    return False
-
-
-def _lock_active_version():
-    """The active version, row-locked; None only if none is active once the lock is held."""
-    for _ in range(20):
-        active = ModelVersion.objects.select_for_update().filter(is_active=True).first()
-        # Waiting for the lock, the row may have been switched off: then look again.
-        if active is not None or not ModelVersion.objects.filter(is_active=True).exists():
-            return active
-    return None
-
-
-def _promote_if_better(version):
-    tolerance = recommender_settings.PROMOTION_TOLERANCE
-    # Row locks in ModelVersion.activate()'s order (this version, then the active one), so a
-    # promotion and an admin's activation of the same version cannot deadlock.
-    list(ModelVersion.objects.select_for_update().filter(pk=version.pk))
-    active = _lock_active_version()
-    mine = version.metric("ndcg@10")
-    if active is None:
-        decision = "Promoted: no version was active."
-    elif active.pk == version.pk:
-        return True
-    else:
-        theirs = active.metric("ndcg@10") or 0.0
-        if mine is None or mine < theirs - tolerance:
-            shown = "none" if mine is None else f"{mine:.4f}"
-            decision = (
-                f"Kept as a candidate: validation NDCG@10 {shown} is below the active "
-                f"v{active.pk}'s {theirs:.4f} (tolerance {tolerance:g})."
-            )
-            ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
-            version.refresh_from_db()
-            return False
-        decision = (
-            f"Promoted: validation NDCG@10 {mine:.4f} >= active v{active.pk}'s "
-            f"{theirs:.4f} (tolerance {tolerance:g})."
-        )
-    ModelVersion.objects.filter(pk=version.pk).update(decision=decision)
-    version.activate()
-    return True
 
 
 def _jsonable(value):

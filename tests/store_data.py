@@ -71,6 +71,8 @@ FAST_CONFIG = {
     "CLEANING": {"min_item_count": 1, "min_shopper_count": 2},
     "HOLDOUT_DAYS": 4,
     "MIN_TRAINING_EVENTS": 100,
+    # A small test store: let its ~25 validation shoppers decide between the candidates.
+    "MIN_VALIDATION_SHOPPERS": 10,
 }
 # A candidate that learns nothing: one epoch at learning rate 0 leaves the random weights.
 UNTRAINED = {**FAST_CONFIG, "TRAINING": {**FAST_CONFIG["TRAINING"], "epochs": 1, "lr": 0.0}}

@@ -643,7 +643,7 @@ def test_events_sent_through_a_database_restart_are_stored_exactly_once():
 def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
     """Threads (each its own connection) promote and roll back at random while a checker samples.
 
-    Three "trainers" call training.promote_if_better, three "admins" call activate() (the
+    Three "trainers" call ModelVersion.promote, three "admins" call activate() (the
     admin's activate / roll back). The sampled count of active versions must be 1 every
     time; the trainers' promotions must never fail.
     """
@@ -678,7 +678,7 @@ def test_concurrent_promotions_and_rollbacks_leave_exactly_one_active_version():
                 version = rng.choice(versions)
                 try:
                     if promote:
-                        assert training.promote_if_better(version)
+                        assert version.promote()
                         outcomes["promoted"] += 1
                     else:
                         version.activate()

@@ -892,8 +892,12 @@ def test_admin_pages_escape_names_kinds_placements_and_run_details(world, evil_s
             assert payload not in html[url], f"{url} renders {payload!r} raw"
             assert escape(payload) in html[url], f"{url} does not show {payload!r}"
     # The charts' own SVG text: legend entries and per-point tooltips.
-    legend = re.compile(r"<text [^>]*>" + re.escape(escape(XSS)) + r"( baseline)?</text>")
-    tooltip = re.compile(r"<title>" + re.escape(escape(XSS)) + r"( baseline)?, ")
+    legend = re.compile(
+        r"<text [^>]*>" + re.escape(escape(XSS)) + r"( baseline| trained, not chosen)?</text>"
+    )
+    tooltip = re.compile(
+        r"<title>" + re.escape(escape(XSS)) + r"( baseline| trained, not chosen)?, "
+    )
     for url in (
         "/admin/recommender/event/dashboard/",
         f"/admin/recommender/modelversion/{version.pk}/change/",

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from recommender import artifacts, training
 from recommender.ml import artifact
-from recommender.models import ModelVersion
+from recommender.models import Event, ModelVersion
 
 from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
 
@@ -188,3 +188,87 @@ def test_training_is_reproducible_under_its_seed(history):
         assert loss_a == pytest.approx(loss_b, rel=1e-5)
         assert ndcg_a == pytest.approx(ndcg_b, abs=1e-4)
     assert first.metric("ndcg@10") == pytest.approx(second.metric("ndcg@10"), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- the promotion gate
+
+
+def test_an_untrained_first_model_does_not_serve_item_knn_does(history, admin_client):
+    """No version active is no reason to serve a model worse than a baseline of the same run."""
+    version = train_now(UNTRAINED)
+    assert version.is_active and version.model_name == "itemknn", version.decision
+    choice = version.metrics["choice"]
+    assert choice["model"] == "itemknn"
+    assert choice["scores"]["itemknn"] > choice["scores"]["cnn_dnn"]
+    assert version.decision.startswith("Promoted: no version was active. Serving item-kNN: ")
+    assert "beats the CNN+DNN's" in version.decision and "popularity's" in version.decision
+    # What is stored and served is item-kNN, measured as such.
+    assert version.metric("ndcg@10") == choice["scores"]["itemknn"]
+    assert set(version.metrics["baselines"]) == {"cnn_dnn", "popularity"}
+    predictor = artifacts.read_predictor(version.artifact, version.artifact_sha256)
+    assert type(predictor.model).__name__ == "ItemKNN"
+    page = admin_client.get(f"/admin/recommender/modelversion/{version.pk}/change/")
+    assert "Model: item-kNN: validation NDCG@10" in page.content.decode()
+
+
+def test_a_run_worse_than_the_active_version_does_not_serve(history):
+    best = ModelVersion.objects.create(status="ready", metrics={"valid": {"ndcg@10": 0.99}})
+    best.activate()
+    worse = train_now({**UNTRAINED, "MODEL": "itemknn", "MODEL_CONFIG": {}})
+    assert not worse.is_active and worse.model_name == "itemknn"
+    assert worse.decision.startswith("Kept as a candidate: validation NDCG@10 ")
+    assert (
+        f"is below the active v{best.pk}'s 0.9900 (tolerance 0); v{best.pk} serves on. This run's best was item-kNN: validation NDCG@10 "
+        in worse.decision
+    )
+    assert ModelVersion.objects.active() == best
+
+
+def test_too_few_validation_shoppers_give_a_baseline_and_say_why(history, admin_client):
+    version = train_now({**FAST_CONFIG, "MIN_VALIDATION_SHOPPERS": 1000})
+    shoppers = version.data_stats["validation_shoppers"]
+    assert version.is_active and version.model_name in ("itemknn", "popularity")
+    assert f"only {shoppers} validation shoppers (fewer than 1000)" in version.decision
+    assert "the CNN+DNN scored" in version.decision
+    page = admin_client.get(f"/admin/recommender/modelversion/{version.pk}/change/")
+    assert "fewer than 1000" in page.content.decode()
+
+
+def test_the_served_model_knows_an_item_seen_only_in_the_holdout_days(history, admin_client):
+    """Validation picks the model and its epochs; the refit on every event is what serves."""
+    from shop_demo.catalog.models import Product
+
+    launch = Product.objects.create(
+        category=history[0].category, name="Launch", slug="launch", price=5, stock=9
+    )
+    new = Product.objects.create(
+        category=history[0].category, name="New", slug="new", price=5, stock=9
+    )
+    now = timezone.now()
+    for i in range(40):  # after the cut (HOLDOUT_DAYS 4): launch, then the new item
+        for item, days in ((history[i], 6), (launch, 1), (new, 0.9)):
+            Event.objects.create(
+                session_key=f"launch{i:03d}",
+                item=item,
+                kind="view",
+                occurred_at=now - timezone.timedelta(days=days, minutes=i),
+            )
+    # item-kNN keeps the test fast; tests/ml/test_pipeline.py refits a net the same way.
+    version = train_now({**FAST_CONFIG, "MODEL": "itemknn", "MODEL_CONFIG": {}})
+    assert version.is_active and version.model_name == "itemknn", version.decision
+    predictor = artifacts.read_predictor(version.artifact, version.artifact_sha256)
+    top = predictor.recommend([(launch.pk, "view")], k=1)
+    assert [str(item) for item, _ in top] == [str(new.pk)]
+    choice = version.metrics["choice"]
+    assert choice["refit"]["done"], choice
+    assert choice["trained_until"] > choice["validated_until"]
+    # The store serves it: personal lists from item-kNN's scores, not the popular fallback.
+    from recommender import serving
+
+    Event.objects.create(session_key="newcomer", item=launch, kind="view")
+    served = serving.recommend(session_key="newcomer", limit=3)
+    assert served.source == "model" and served.version_id == version.pk
+    assert served.items[0].pk == new.pk
+    page = admin_client.get(f"/admin/recommender/modelversion/{version.pk}/change/").content
+    assert "Validated: trained on events before" in page.decode()
+    assert "refit on all" in page.decode()

@@ -11,6 +11,7 @@ trained earlier, on a newer split.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -208,3 +209,173 @@ def build_index(model, part: SplitPart, max_len: int, n_queries: int = 500):
             else None
         )
         return IVFIndex.build(model.item_embeddings().detach(), queries=queries)
+
+
+# --------------------------------------------------------------------------- the served model
+
+# How the admin's decisions name each model, mid-sentence.
+MODEL_LABELS = {
+    "cnn_dnn": "the CNN+DNN",
+    "cnn": "the CNN",
+    "popularity": "popularity",
+    "itemknn": "item-kNN",
+}
+
+
+def label(name: str) -> str:
+    return MODEL_LABELS.get(name, name)
+
+
+@dataclass
+class Choice:
+    """Which of a run's candidates serves, and why, in words."""
+
+    name: str
+    reason: str  # "item-kNN: validation NDCG@10 0.0682 beats the CNN+DNN's 0.0314 and ..."
+    scores: dict[str, float]  # validation NDCG@10 of every candidate
+    validation_shoppers: int
+    too_few_shoppers: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.name,
+            "reason": self.reason,
+            "scores": self.scores,
+            "validation_shoppers": self.validation_shoppers,
+            "too_few_shoppers": self.too_few_shoppers,
+        }
+
+
+def choose(result: PipelineResult, min_shoppers: int = 0) -> Choice:
+    """The candidate to serve: the best validation NDCG@10 of the model and its baselines.
+
+    Ties go to the trained model, then item-kNN, then popularity. With fewer than
+    ``min_shoppers`` validation shoppers a trained model's lead may be noise, so only
+    the baselines (few, robust parameters) are considered.
+    """
+    scores = {name: float(s.valid["ndcg@10"] or 0.0) for name, s in result.scores.items()}
+    shoppers = int(result.scores[result.name].valid.get("users") or 0)
+    order = [result.name] + [n for n in ("itemknn", "popularity") if n != result.name]
+    order = [n for n in order if n in scores] + [n for n in scores if n not in order]
+    too_few = shoppers < min_shoppers
+    pool = [n for n in order if n in BASELINES] if too_few else order
+    pool = pool or order
+    best = max(pool, key=lambda n: (scores[n], -pool.index(n)))
+    others = [n for n in pool if n != best]
+    compared = " and ".join(
+        f"{verb} " + " and ".join(f"{label(n)}'s {scores[n]:.4f}" for n in names)
+        for verb, names in (
+            ("beats", [n for n in others if scores[best] > scores[n]]),
+            ("equals", [n for n in others if scores[best] == scores[n]]),
+        )
+        if names
+    )
+    reason = f"{label(best)}: validation NDCG@10 {scores[best]:.4f}" + (
+        f" {compared}" if compared else ""
+    )
+    if too_few:
+        left_out = [n for n in order if n not in pool]
+        reason += (
+            f"; only {shoppers} validation shoppers (fewer than {min_shoppers}), too few to "
+            "trust a trained model over a baseline"
+            + (
+                " (" + ", ".join(f"{label(n)} scored {scores[n]:.4f}" for n in left_out) + ")"
+                if left_out
+                else ""
+            )
+        )
+    return Choice(best, reason, scores, shoppers, too_few)
+
+
+def served_metrics(result: PipelineResult, choice: Choice) -> dict:
+    """What a version stores when ``choice`` serves: its metrics, every other candidate's beside."""
+    mine = result.scores[choice.name]
+    return {
+        **mine.to_dict(),
+        "baselines": {n: s.to_dict() for n, s in result.scores.items() if n != choice.name},
+        "best_epoch": result.fitted.best_epoch if choice.name == result.name else 1,
+        "stopped": result.fitted.stopped if choice.name == result.name else "fitted",
+        "train_seconds": round(
+            result.fitted.train_seconds if choice.name == result.name else mine.fit_seconds, 1
+        ),
+        "choice": choice.to_dict(),
+    }
+
+
+@dataclass
+class Refit:
+    """A chosen model trained again on every event; ``model`` is None when it could not be."""
+
+    model: torch.nn.Module | None
+    epochs: int
+    seconds: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {
+            "done": self.model is not None,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 1),
+            "reason": self.reason,
+        }
+
+
+def everything(sequences) -> Split:
+    """Every event as training data (no validation, no test): what a refit learns from."""
+    empty = SplitPart(np.zeros(0, np.int64), [], [], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return Split(
+        list(sequences.items),
+        list(sequences.kinds),
+        list(sequences.weights),
+        empty,
+        empty,
+        sequences.item_map,
+        sequences.kind_names,
+    )
+
+
+def refit(
+    name: str,
+    validated: torch.nn.Module,
+    sequences,
+    config: train.TrainConfig,
+    *,
+    epochs: int,
+    max_seconds: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> Refit:
+    """``validated`` built afresh and trained on every event, the holdout days included.
+
+    Validation chose the model and its epochs on events before the cut; the refit repeats
+    that recipe (same configuration, seed and number of epochs) on all events, so the
+    served model knows the newest items and shoppers' latest moves. A net that cannot run
+    its ``epochs`` within ``max_seconds`` is not served half-trained: ``model`` is None.
+    """
+    t0 = time.perf_counter()
+    data = everything(sequences)
+    torch.manual_seed(config.seed)
+    model = nets.build_model(name, data.n_items, data.n_kinds, **validated.config)
+    if hasattr(model, "fit_sequences"):
+        model.fit_sequences(data.train_items, data.train_kinds, data.train_weights)
+        seconds = time.perf_counter() - t0
+        return Refit(model, 1, seconds, f"{label(name)} refit on all {sequences.n_events} events")
+    refit_config = dataclasses.replace(
+        config, epochs=max(1, int(epochs)), max_seconds=max_seconds, patience=int(epochs) + 1
+    )
+    fitted = train.fit(model, data, refit_config, progress=progress)
+    seconds = time.perf_counter() - t0
+    if fitted.epochs_run < refit_config.epochs or fitted.stopped == "max_seconds":
+        return Refit(
+            None,
+            fitted.epochs_run,
+            seconds,
+            f"the refit of {label(name)} ran out of time after {fitted.epochs_run} of "
+            f"{refit_config.epochs} epochs; the validated model serves",
+        )
+    return Refit(
+        fitted.model,
+        fitted.epochs_run,
+        seconds,
+        f"{label(name)} refit on all {sequences.n_events} events for the {refit_config.epochs} "
+        "epochs chosen on validation",
+    )

@@ -181,7 +181,12 @@ def fit(
         train_epoch_seconds = time.perf_counter() - epoch_start
 
         e0 = time.perf_counter()
-        val = _validate(model, split, config, max_len=config.max_len)
+        # No validation shoppers (a refit on every event): train the epochs, keep the last.
+        val = (
+            _validate(model, split, config, max_len=config.max_len)
+            if len(split.validation)
+            else None
+        )
         eval_seconds = time.perf_counter() - e0
         elapsed = time.perf_counter() - t0
         per_epoch = train_epoch_seconds + eval_seconds
@@ -193,13 +198,15 @@ def fit(
             "epoch": epoch,
             "epochs": config.epochs,
             "loss": total / max(count, 1),
-            "val_ndcg10": val["ndcg@10"],
-            "val_hr10": val["hr@10"],
+            "val_ndcg10": val and val["ndcg@10"],
+            "val_hr10": val and val["hr@10"],
             "elapsed": elapsed,
             "eta": eta,
         }
         result.curve.append(row)
-        if val["ndcg@10"] > best_ndcg:
+        if val is None:
+            result.best_epoch = epoch
+        elif val["ndcg@10"] > best_ndcg:
             best_ndcg, bad_epochs = val["ndcg@10"], 0
             best_state = copy.deepcopy(model.state_dict())
             result.best_epoch = epoch

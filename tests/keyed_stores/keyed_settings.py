@@ -87,6 +87,8 @@ RECOMMENDER = {
     "CLEANING": {"min_item_count": 1, "min_shopper_count": 2},
     "HOLDOUT_DAYS": 4,
     "MIN_TRAINING_EVENTS": 100,
+    # A tiny store: let its few validation shoppers choose between the model and the baselines.
+    "MIN_VALIDATION_SHOPPERS": 10,
     # Serve from the approximate nearest-neighbour index too (built when training).
     "ANN_MIN_ITEMS": 10,
 }

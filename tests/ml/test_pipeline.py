@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from recommender.ml import ann, data, metrics, pipeline, train
 
@@ -115,3 +116,105 @@ def test_a_trained_model_is_measured_in_its_own_vocabulary_beside_fresh_baseline
     missing = split.test.targets == 1
     assert np.all(remapped.targets[missing] == 0) and np.all(remapped.targets[~missing] > 0)
     assert all(lost not in vocabulary.ids(seq) for seq in remapped.items)
+
+
+# --------------------------------------------------------------------------- the served model
+
+
+def _scored(ndcg, users=500):
+    return pipeline.Scored(None, {"ndcg@10": ndcg, "users": users}, {"ndcg@10": ndcg})
+
+
+def _result(**ndcg):
+    """A run whose candidates scored ``ndcg`` (the first one is the trained model)."""
+    name = next(iter(ndcg))
+    fitted = train.FitResult(None, best_epoch=3, stopped="patience", train_seconds=2.0)
+    return pipeline.PipelineResult(name, fitted, {n: _scored(v) for n, v in ndcg.items()})
+
+
+def test_the_trained_model_serves_when_it_beats_or_equals_every_baseline(result):
+    _, out, _, _ = result
+    choice = pipeline.choose(out, min_shoppers=10)
+    assert choice.name == "cnn_dnn" and not choice.too_few_shoppers
+    assert choice.reason.startswith("the CNN+DNN: validation NDCG@10 ")
+    assert "beats item-kNN's" in choice.reason and "and popularity's" in choice.reason
+    tied = pipeline.choose(_result(cnn_dnn=0.05, popularity=0.01, itemknn=0.05))
+    assert tied.name == "cnn_dnn" and "equals item-kNN's 0.0500" in tied.reason
+
+
+def test_a_baseline_serves_when_it_beats_the_trained_model():
+    out = _result(cnn_dnn=0.0314, popularity=0.0327, itemknn=0.0682)
+    choice = pipeline.choose(out)
+    assert choice.name == "itemknn"
+    assert choice.reason == (
+        "item-kNN: validation NDCG@10 0.0682 beats the CNN+DNN's 0.0314 and popularity's 0.0327"
+    )
+    stored = pipeline.served_metrics(out, choice)
+    assert stored["valid"]["ndcg@10"] == 0.0682 and stored["choice"]["model"] == "itemknn"
+    assert set(stored["baselines"]) == {"cnn_dnn", "popularity"}
+    assert pipeline.choose(_result(cnn_dnn=0.0, popularity=0.02, itemknn=0.01)).name == "popularity"
+
+
+def test_too_few_validation_shoppers_give_a_baseline_with_the_reason():
+    out = _result(cnn_dnn=0.30, popularity=0.01, itemknn=0.02)
+    out.scores["cnn_dnn"].valid["users"] = 37
+    choice = pipeline.choose(out, min_shoppers=200)
+    assert choice.name == "itemknn" and choice.too_few_shoppers
+    assert "only 37 validation shoppers (fewer than 200)" in choice.reason
+    assert "the CNN+DNN scored 0.3000" in choice.reason
+    assert pipeline.choose(out, min_shoppers=37).name == "cnn_dnn"
+
+
+def _launch_sequences():
+    """Shoppers walk a chain; after the cut, 30 of them view a new item A, then a new item N
+    (the others walk on, so validation still measures something)."""
+    rows = []
+    for u in range(80):
+        for t in range(8):
+            rows.append((f"u{u}", f"p{(u + t) % 20}", "view", None, 100.0 * t))
+        if u < 30:
+            rows.append((f"u{u}", "A", "view", None, 1000.0 + u))
+            rows.append((f"u{u}", "N", "view", None, 1100.0 + u))
+        else:
+            rows.append((f"u{u}", f"p{(u + 8) % 20}", "view", None, 1000.0 + u))
+    cfg = data.CleaningConfig(
+        burst_window_seconds=None,
+        max_events_per_minute=None,
+        min_item_count=None,
+        min_shopper_count=None,
+    )
+    return data.build_sequences(rows, cfg)
+
+
+@pytest.mark.parametrize("name", ["cnn_dnn", "itemknn"])
+def test_the_refit_model_knows_items_seen_only_after_the_cut(name):
+    sequences = _launch_sequences()
+    split = data.time_split(sequences, 500.0)  # the cut falls between the chain and A, N
+    a, n = sequences.item_map.index("A"), sequences.item_map.index("N")
+    assert not any(n in items for items in split.train_items)
+    assert len(split.validation) == 40
+    config = small_config(epochs=12, patience=12)
+    out = pipeline.run(split, name, NET_CONFIG if name == "cnn_dnn" else None, config)
+
+    def n_comes_first_after_a(model):
+        with torch.no_grad():
+            scores = model.full_sort_predict(torch.tensor([[a]]), torch.tensor([[1]]))[0]
+        others = [i for i in range(1, sequences.n_items + 1) if i not in (a, n)]
+        return bool(scores[n] > scores[others].max())
+
+    assert not n_comes_first_after_a(out.model)  # the validated model never saw N
+    epochs = out.fitted.best_epoch
+    refit = pipeline.refit(name, out.model, sequences, config, epochs=epochs, max_seconds=60)
+    assert refit.model is not None and refit.to_dict()["done"], refit.reason
+    assert n_comes_first_after_a(refit.model)
+    assert refit.model.config == out.model.config
+
+
+def test_a_refit_that_cannot_finish_its_epochs_in_time_serves_nothing_half_trained():
+    sequences = _launch_sequences()
+    split = data.time_split(sequences, 500.0)
+    out = pipeline.run(split, "cnn_dnn", NET_CONFIG, small_config(epochs=2), baselines=())
+    refit = pipeline.refit(
+        "cnn_dnn", out.model, sequences, small_config(), epochs=50, max_seconds=0.01
+    )
+    assert refit.model is None and "ran out of time" in refit.reason

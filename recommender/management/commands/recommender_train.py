@@ -55,8 +55,10 @@ class Command(BaseCommand):
             f"HR@10 {valid.get('hr@10', 0):.4f}, coverage@10 {valid.get('coverage@10') or 0:.3f}"
         )
         for name, result in version.metrics.get("baselines", {}).items():
+            # The run's other candidates: the baselines, or the trained model a baseline beat.
+            kind = "baseline" if name in ("popularity", "itemknn") else "trained"
             self.stdout.write(
-                f"  baseline {name}: validation NDCG@10 {result['valid']['ndcg@10']:.4f}"
+                f"  {kind} {name}: validation NDCG@10 {result['valid']['ndcg@10']:.4f}"
             )
         style = self.style.SUCCESS if version.is_active else self.style.WARNING
         self.stdout.write(style(version.decision))
