@@ -63,6 +63,10 @@ class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight_matrix, target, sample_weight):
         probs = h @ weight_matrix.T  # [M, N+1]
+        # Under bfloat16 autocast the products are bf16; the softmax is summed in float32
+        # and the backward products use the same low precision.
+        ctx.mm_dtype = probs.dtype
+        probs = probs.float()
         probs[:, 0] = -math.inf
         target_logit = probs.gather(1, target[:, None]).squeeze(1)  # [M]
         peak = probs.max(dim=1, keepdim=True).values  # [M, 1]
@@ -79,6 +83,11 @@ class _FullSoftmaxCE(torch.autograd.Function):
         grad = probs  # reused in place: the graph is freed after this backward
         grad[torch.arange(len(target)), target] -= 1.0
         grad.mul_((sample_weight * grad_out)[:, None])
+        if ctx.mm_dtype != grad.dtype:
+            low = grad.to(ctx.mm_dtype)
+            grad_h = (low @ weight_matrix.to(ctx.mm_dtype)).to(h.dtype)  # [M, d]
+            grad_w = (low.T @ h.to(ctx.mm_dtype)).to(weight_matrix.dtype)  # [N+1, d]
+            return grad_h, grad_w, None, None
         grad_h = grad @ weight_matrix  # [M, d]
         grad_w = grad.T @ h  # [N+1, d]
         return grad_h, grad_w, None, None
@@ -130,17 +139,17 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight_matrix, target, sample_weight, chunk):
         n = weight_matrix.shape[0]
-        peak = torch.full((h.shape[0],), -math.inf, dtype=h.dtype, device=h.device)
+        peak = torch.full((h.shape[0],), -math.inf, dtype=torch.float32, device=h.device)
         total = torch.zeros_like(peak)
         for start in range(1, n, chunk):  # row 0 (padding) is never a class
-            logits = h @ weight_matrix[start : start + chunk].T  # [M, c]
+            logits = (h @ weight_matrix[start : start + chunk].T).float()  # [M, c]
             new_peak = torch.maximum(peak, logits.max(dim=1).values)
             total = total * torch.exp(peak - new_peak) + torch.exp(logits - new_peak[:, None]).sum(
                 1
             )
             peak = new_peak
         lse = total.log() + peak  # [M]
-        target_logit = (h * weight_matrix[target]).sum(1)
+        target_logit = (h.float() * weight_matrix[target].float()).sum(1)
         ctx.chunk = chunk
         ctx.save_for_backward(h, weight_matrix, target, sample_weight, lse)
         return ((lse - target_logit) * sample_weight).sum()
@@ -148,18 +157,19 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         h, weight_matrix, target, sample_weight, lse = ctx.saved_tensors
-        scale = (sample_weight * grad_out)[:, None]  # [M, 1]
-        grad_h = torch.zeros_like(h)
-        grad_w = torch.zeros_like(weight_matrix)
+        scale = (sample_weight * grad_out)[:, None].float()  # [M, 1]
+        low = h.dtype  # bf16 under autocast: products in bf16, sums in float32
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight_matrix.shape, dtype=torch.float32, device=h.device)
         for start in range(1, weight_matrix.shape[0], ctx.chunk):
-            rows = weight_matrix[start : start + ctx.chunk]
-            p = torch.exp(h @ rows.T - lse[:, None]).mul_(scale)  # [M, c]
-            grad_h += p @ rows
-            grad_w[start : start + ctx.chunk] = p.T @ h
+            rows = weight_matrix[start : start + ctx.chunk].to(low)
+            p = torch.exp((h @ rows.T).float() - lse[:, None]).mul_(scale)  # [M, c]
+            grad_h += (p.to(low) @ rows).float()
+            grad_w[start : start + ctx.chunk] = (p.to(low).T @ h).float()
         # The target's "-1": d(-target_logit)
-        grad_h -= scale * weight_matrix[target]
-        grad_w.index_add_(0, target, -scale * h)
-        return grad_h, grad_w, None, None, None
+        grad_h -= scale * weight_matrix[target].float()
+        grad_w.index_add_(0, target, -scale * h.float())
+        return grad_h.to(h.dtype), grad_w.to(weight_matrix.dtype), None, None, None
 
 
 def chunked_softmax_loss(h, items, target, weight, chunk: int = 8192) -> torch.Tensor:
@@ -328,7 +338,7 @@ class SequenceNet(nn.Module):
         dropout: float = 0.3,
         emb_dropout: float = 0.3,
         tower_hidden: int = 256,
-        summary: str = "attention",
+        summary: str = "transformer",
         blocks: int = 2,
         heads: int = 1,
         init_std: float = 0.02,
@@ -453,13 +463,13 @@ class CNNDNN(SequenceNet):
     """CNN features + a long-range history summary, mixed by an MLP tower.
 
     The summary covers the whole (capped) history, so a purchase long ago still counts
-    while the CNN focuses on the latest events. ``summary="attention"`` (default): the CNN
+    while the CNN focuses on the latest events. ``summary="attention"``: the CNN
     features ask which earlier events matter (one attention head over the history, with a
     learned bias per distance back in time). ``summary="mean"``: a causal weighted mean of
     item embeddings with a learned weight per event kind; on Beauty it overfitted sooner
     (test NDCG@10 0.0201 against 0.0221, benchmarks/results/quality-notes.md).
-    ``summary="transformer"``: ``blocks`` causal self-attention blocks over the whole window
-    (``CausalTransformer``) run beside the CNN, and the tower mixes the two.
+    ``summary="transformer"`` (default): ``blocks`` causal self-attention blocks over the
+    whole window (``CausalTransformer``) run beside the CNN, and the tower mixes the two.
     """
 
     name = "cnn_dnn"

@@ -275,7 +275,7 @@ def fit(
     eval_seconds, step = 0.0, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        total, count, out_of_time = 0.0, 0, False
+        total, count, positions, out_of_time = 0.0, 0, 0, False
         epoch_start = time.perf_counter()
         for idx in _batches(lengths, config.batch_size, rng):
             batch = {**make_batch(idx), **batch_options(gen, device)}
@@ -293,6 +293,7 @@ def fit(
             step += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+            positions += int(lengths[idx].sum())
             if config.max_seconds is not None and (
                 time.perf_counter() - t0 + eval_seconds > config.max_seconds
             ):
@@ -313,6 +314,8 @@ def fit(
             "epoch": epoch,
             "epochs": config.epochs,
             "loss": total / max(count, 1),
+            "positions": positions,  # training positions this epoch
+            "train_seconds": train_epoch_seconds,  # this epoch's training, validation not included
             "val_ndcg10": val["ndcg@10"],
             "val_hr10": val["hr@10"],
             "elapsed": elapsed,
