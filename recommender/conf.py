@@ -55,8 +55,7 @@ DEFAULTS = {
     "TRAIN_SCHEDULE": {"minute": "30", "hour": "3"},
     # A candidate is promoted when its validation NDCG@10 >= active's - tolerance.
     "PROMOTION_TOLERANCE": 0.0,
-    # The model trained by recommender.train: "cnn_dnn" (default: a CNN over the latest
-    # events beside causal self-attention blocks), "cnn", "sasrec" (attention alone), or a baseline
+    # The model trained by recommender.train: "cnn_dnn" (default), "cnn", or a baseline
     # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets), all but
     # max_len, which HISTORY_LENGTH decides.
     "MODEL": "cnn_dnn",

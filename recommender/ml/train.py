@@ -314,12 +314,12 @@ def fit(
             "epoch": epoch,
             "epochs": config.epochs,
             "loss": total / max(count, 1),
-            "positions": positions,  # training positions this epoch
-            "train_seconds": train_epoch_seconds,  # this epoch's training, validation not included
             "val_ndcg10": val["ndcg@10"],
             "val_hr10": val["hr@10"],
             "elapsed": elapsed,
             "eta": eta,
+            "positions": positions,  # training positions this epoch
+            "train_seconds": train_epoch_seconds,  # its training, validation not included
         }
         result.curve.append(row)
         if val["ndcg@10"] > best_ndcg:
