@@ -16,7 +16,13 @@ too) is measured by ``pipeline.measure``, the function that judges a version bef
 may serve.
 
     python -m benchmarks.quality --seed 0 --max-train-minutes 20 \\
-        --models popularity,itemknn,als,cnn,cnn_dnn
+        --models popularity,itemknn,als,cnn,cnn_dnn [--ablation]
+
+``--ablation`` also trains the CNN alone (``cnn``), the self-attention stack alone
+(``sasrec``) and both (``cnn_dnn``, the default) and prints their cost (train time,
+epochs, training positions per second, the softmax ``TrainConfig.loss="auto"`` chose)
+beside their validation and test NDCG@10 / HR@10: the default must be the best on
+validation.
 
 ``--smoke`` runs every model on a small synthetic file with tiny budgets (seconds).
 
@@ -46,13 +52,18 @@ ROOT = harness.ROOT
 
 DEFAULT_DATA = ROOT / ".." / "shared" / "datasets" / "Beauty.txt"
 ALL_MODELS = ("popularity", "itemknn", "als", "cnn", "cnn_dnn")
+KNOWN_MODELS = (*ALL_MODELS, "sasrec")
 LABELS = {
     "popularity": "popularity",
     "itemknn": "item-kNN",
     "als": "implicit ALS",
     "cnn": "CNN",
     "cnn_dnn": "CNN+DNN",
+    "sasrec": "SASRec+ (attention alone)",
 }
+# --ablation: every part of the default model must earn its place.
+ABLATION = {"cnn": "CNN alone", "sasrec": "attention alone", "cnn_dnn": "CNN + attention"}
+DEFAULT_NET = "cnn_dnn"  # the app's default MODEL (recommender/conf.py)
 
 # Chosen on validation (see benchmarks/results/quality-notes.md).
 NET_CONFIG = {
@@ -65,8 +76,11 @@ NET_CONFIG = {
         dropout=0.3,
         emb_dropout=0.3,
         tower_hidden=256,
-        summary="attention",
+        summary="transformer",
+        blocks=2,
+        heads=1,
     ),
+    "sasrec": dict(dim=64, max_len=50, dropout=0.3, emb_dropout=0.3, blocks=2, heads=1),
 }
 # Full-softmax CE; validation on a seeded 10,000-shopper subset (as Klenitskiy & Vasilev).
 TRAIN_CONFIG = dict(
@@ -258,8 +272,14 @@ def run_net(name, split, args, log):
     result = pipeline.run(split, name, config, tcfg, baselines=(), progress=progress)
     bar.close()
     fitted = result.fitted
+    train_seconds = sum(r["train_seconds"] for r in fitted.curve)
     info = {
         "config": config,
+        "loss": fitted.loss,
+        "loss_us_per_position": {k: round(v * 1e6) for k, v in fitted.loss_costs.items()},
+        "device": fitted.device,
+        "positions_per_s": sum(r["positions"] for r in fitted.curve) / max(train_seconds, 1e-9),
+        "valid": result.scores[name].valid,
         "train": {**TRAIN_CONFIG, **json.loads(args.train_config or "{}")},
         "best_epoch": fitted.best_epoch,
         "stopped": fitted.stopped,
@@ -267,6 +287,25 @@ def run_net(name, split, args, log):
     }
     scores = result.scores[name].test
     return result.model, fitted.train_seconds, str(len(fitted.curve)), info, scores
+
+
+def ablation_table(infos) -> str:
+    """CNN alone, attention alone, CNN + attention: cost and validation + test quality."""
+    lines = [
+        "| ablation | softmax | train time | epochs (best) | positions/s | val NDCG@10 "
+        "| val HR@10 | test NDCG@10 | test HR@10 |",
+        "|---|---|---|---|---:|---|---|---|---|",
+    ]
+    for name, label in ABLATION.items():
+        seconds, epochs, info, scores = infos[name]
+        valid = info["valid"]
+        lines.append(
+            f"| {label} (`{name}`) | {info['loss']} | {seconds / 60:.1f} min "
+            f"| {epochs} ({info['best_epoch']}) | {info['positions_per_s']:,.0f} "
+            f"| {valid['ndcg@10']:.4f} | {valid['hr@10']:.4f} "
+            f"| {scores['ndcg@10']:.4f} | {scores['hr@10']:.4f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -280,6 +319,11 @@ def main(argv=None):
         help="wall-clock training budget per neural model (default 20: the whole run ~43 min on 2 cores)",
     )
     ap.add_argument("--models", default=",".join(ALL_MODELS))
+    ap.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also train CNN alone, attention alone and CNN + attention; print their table",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
         "--refit-baselines",
@@ -312,7 +356,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = set(names) - set(ALL_MODELS)
+    if args.ablation:
+        names += [name for name in ABLATION if name not in names]
+    unknown = set(names) - set(KNOWN_MODELS)
     if unknown:
         ap.error(f"unknown models: {sorted(unknown)}")
 
@@ -326,7 +372,7 @@ def main(argv=None):
     split = data.leave_one_out(seqs)
     log(f"data {args.data}: {len(seqs)} shoppers, {seqs.n_items} items, {seqs.n_events} events")
 
-    rows, trained = [], {}
+    rows, trained, infos = [], {}, {}
     jobs = list(names)
     if args.blend:
         if "itemknn" not in names or not set(names) & set(nets.NET_NAMES):
@@ -343,6 +389,7 @@ def main(argv=None):
             runner = run_net if name in nets.NET_NAMES else run_baseline
             model, seconds, epochs, info, scores = runner(name, split, args, log)
             trained[name] = model
+            infos[name] = (seconds, epochs, info, scores)
         rows.append(
             (
                 LABELS[name],
@@ -368,6 +415,8 @@ def main(argv=None):
             f"| {sec / 60:.1f} min | {ep} |"
         )
     table = "\n".join(lines)
+    if args.ablation:
+        table += "\n\n" + ablation_table(infos)
     print(table)
 
     cmd = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])

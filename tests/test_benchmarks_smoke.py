@@ -27,7 +27,14 @@ TIMEOUT_S = 600  # a generous bound for a loaded machine; each run takes seconds
 
 # benchmark: (report file name or None for stdout, what the report must show)
 EXPECTED = {
-    "quality": ("quality.md", ["| CNN+DNN |", "| CNN+DNN + α·item-kNN (benchmark only) |"]),
+    "quality": (
+        "quality.md",
+        [
+            "| CNN+DNN |",
+            "| CNN+DNN + α·item-kNN (benchmark only) |",
+            "| CNN + attention (`cnn_dnn`) |",  # the --ablation table
+        ],
+    ),
     "train_step": (None, ["| 512 | 1024 sampled negatives |"]),
     "ingest": ("ingest.md", ["record_many / raw:", "| sync | API, batch of 100 |"]),
     # The summary row comes from model_share's IVF branch, where the attribute error was.
@@ -63,7 +70,7 @@ def smoke_runs(tmp_path_factory):
     redis = PrivateRedis().start() if with_services else None
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     options = {
-        "quality": [],
+        "quality": ["--ablation"],
         "train_step": [],
         "ingest": ["--database-url", _database_url(prefix + "ingest")],
         "serving": [

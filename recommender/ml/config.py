@@ -75,19 +75,31 @@ class TrainConfig:
     max_seconds: float | None = 1200.0  # wall-clock budget, validation included
     seed: int = 0
     max_len: int = 50  # events per training window (longer histories give several)
-    # Full softmax up to this many items, then shared uniform negatives. On 2 CPU threads
-    # at 54,542 items a training position costs ~740 us with the full softmax, ~230 us with
-    # 4096 negatives (benchmarks/train_step.py): 3x the epochs in a wall-clock budget. On a
-    # GPU, where epochs are cheap, the full softmax converged slightly higher (quality-notes.md).
-    sampled_softmax_above: int = 50_000
+    # The softmax of the training loss: "full" (every item, one [positions, items]
+    # buffer), "chunked" (the same loss in blocks of softmax_chunk items), "sampled"
+    # (n_negatives shared negatives, drawn by negative_sampling), or "auto": full below
+    # loss_probe_above items, else the trainer times a few steps of each candidate on the
+    # real batches at start and takes the faster exact loss unless sampled is more than
+    # sampled_speedup times faster per position (ml.train.choose_loss;
+    # benchmarks/train_step.py measures the same candidates).
+    loss: str = "auto"
+    softmax_chunk: int = 8192
     n_negatives: int = 4096
+    negative_sampling: str = "uniform"  # or "popularity" (with the log-Q correction)
+    loss_probe_above: int = 5_000
+    sampled_speedup: float = 2.0
+    # Former fixed rule (sampled above this many items), kept for stores that set it: when
+    # set, "auto" follows it instead of measuring.
+    sampled_softmax_above: int | None = None
     grad_clip: float | None = 5.0
     val_max_users: int | None = 10_000  # seeded validation subset (None: all) to save time
     eval_batch_size: int = 512
     num_threads: int | None = None  # torch threads; None leaves the process default
     warmup_epochs: float = 0.0  # linear lr warm-up
     lr_decay: float = 1.0  # lr multiplier applied after every epoch
-    device: str = "cpu"  # e.g. "cuda" on a GPU worker; the artifact is always saved on CPU
+    # "auto": CUDA when the worker has it, else CPU; or "cpu", "cuda", "cuda:1", ...
+    # The artifact is always saved on CPU.
+    device: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:

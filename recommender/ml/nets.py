@@ -24,6 +24,15 @@ Two encoders, chosen by ``encoder=``:
   Departures: no per-user embedding (shoppers must be scored from their events alone, so
   new shoppers work), kind embeddings, and it is applied at every position (a sliding
   window) so every prefix is a training example, with full-softmax cross-entropy.
+
+The DNN side may be a stack of causal self-attention blocks (``summary="transformer"``),
+SASRec+ style (Kang & McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+Klenitskiy & Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than
+SASRec?", RecSys 2023): learned positional embeddings, pre-norm blocks, dropout, item
+embeddings shared with the output, cross-entropy over the whole catalogue; here the event
+kind is one more input embedding. ``sasrec`` is that stack alone (the ablation's
+"attention alone"); ``cnn_dnn`` runs the CNN and the stack side by side and mixes them in
+its tower.
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("cnn", "cnn_dnn", "popularity", "itemknn")
-NET_NAMES = ("cnn", "cnn_dnn")
+MODEL_NAMES = ("cnn", "cnn_dnn", "sasrec", "popularity", "itemknn")
+NET_NAMES = ("cnn", "cnn_dnn", "sasrec")
+SUMMARIES = ("mean", "attention", "transformer")
 
 
 # --------------------------------------------------------------------------- losses
@@ -53,6 +63,10 @@ class _FullSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight_matrix, target, sample_weight):
         probs = h @ weight_matrix.T  # [M, N+1]
+        # Under bfloat16 autocast the products are bf16; the softmax is summed in float32
+        # and the backward products use the same low precision.
+        ctx.mm_dtype = probs.dtype
+        probs = probs.float()
         probs[:, 0] = -math.inf
         target_logit = probs.gather(1, target[:, None]).squeeze(1)  # [M]
         peak = probs.max(dim=1, keepdim=True).values  # [M, 1]
@@ -69,6 +83,11 @@ class _FullSoftmaxCE(torch.autograd.Function):
         grad = probs  # reused in place: the graph is freed after this backward
         grad[torch.arange(len(target)), target] -= 1.0
         grad.mul_((sample_weight * grad_out)[:, None])
+        if ctx.mm_dtype != grad.dtype:
+            low = grad.to(ctx.mm_dtype)
+            grad_h = (low @ weight_matrix.to(ctx.mm_dtype)).to(h.dtype)  # [M, d]
+            grad_w = (low.T @ h.to(ctx.mm_dtype)).to(weight_matrix.dtype)  # [N+1, d]
+            return grad_h, grad_w, None, None
         grad_h = grad @ weight_matrix  # [M, d]
         grad_w = grad.T @ h  # [N+1, d]
         return grad_h, grad_w, None, None
@@ -88,18 +107,75 @@ def sampled_softmax_loss(
     target: torch.Tensor,
     weight: torch.Tensor,
     negatives: torch.Tensor,
+    log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """CE against the target plus shared uniform negatives [K] (accidental hits masked).
+    """CE against the target plus shared negatives [K] (accidental hits masked).
 
-    Uniform sampling makes the log-Q correction a constant, so none is needed.
+    ``log_q`` [N+1]: log of each item's expected count in the sample (K times its sampling
+    probability) when negatives are drawn non-uniformly, e.g. by popularity; it is
+    subtracted from every logit (the log-Q correction of Bengio & Senecal, as in
+    TensorFlow's sampled_softmax_loss) so the loss estimates the full softmax. Uniform
+    sampling makes the correction a constant, so ``None`` skips it.
     """
     pos = (h * items[target]).sum(-1, keepdim=True)  # [M, 1]
     neg = h @ items[negatives].T  # [M, K]
+    if log_q is not None:
+        pos = pos - log_q[target][:, None]
+        neg = neg - log_q[negatives][None, :]
     neg = neg.masked_fill(negatives[None, :] == target[:, None], -math.inf)
     logits = torch.cat([pos, neg], dim=1)  # [M, 1+K]
     nll = torch.logsumexp(logits, dim=1) - pos.squeeze(1)
     w = weight / weight.sum().clamp_min(1e-12)
     return (nll * w).sum()
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    """The same loss as ``_FullSoftmaxCE``, computed ``chunk`` catalogue rows at a time.
+
+    Memory is [M, chunk] instead of [M, N]; the logits are computed twice (forward for the
+    log-sum-exp, backward for the gradient), which a cache-sized block may repay on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight_matrix, target, sample_weight, chunk):
+        n = weight_matrix.shape[0]
+        peak = torch.full((h.shape[0],), -math.inf, dtype=torch.float32, device=h.device)
+        total = torch.zeros_like(peak)
+        for start in range(1, n, chunk):  # row 0 (padding) is never a class
+            logits = (h @ weight_matrix[start : start + chunk].T).float()  # [M, c]
+            new_peak = torch.maximum(peak, logits.max(dim=1).values)
+            total = total * torch.exp(peak - new_peak) + torch.exp(logits - new_peak[:, None]).sum(
+                1
+            )
+            peak = new_peak
+        lse = total.log() + peak  # [M]
+        target_logit = (h.float() * weight_matrix[target].float()).sum(1)
+        ctx.chunk = chunk
+        ctx.save_for_backward(h, weight_matrix, target, sample_weight, lse)
+        return ((lse - target_logit) * sample_weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        h, weight_matrix, target, sample_weight, lse = ctx.saved_tensors
+        scale = (sample_weight * grad_out)[:, None].float()  # [M, 1]
+        low = h.dtype  # bf16 under autocast: products in bf16, sums in float32
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight_matrix.shape, dtype=torch.float32, device=h.device)
+        for start in range(1, weight_matrix.shape[0], ctx.chunk):
+            rows = weight_matrix[start : start + ctx.chunk].to(low)
+            p = torch.exp((h @ rows.T).float() - lse[:, None]).mul_(scale)  # [M, c]
+            grad_h += (p.to(low) @ rows).float()
+            grad_w[start : start + ctx.chunk] = (p.to(low).T @ h).float()
+        # The target's "-1": d(-target_logit)
+        grad_h -= scale * weight_matrix[target].float()
+        grad_w.index_add_(0, target, -scale * h.float())
+        return grad_h.to(h.dtype), grad_w.to(weight_matrix.dtype), None, None, None
+
+
+def chunked_softmax_loss(h, items, target, weight, chunk: int = 8192) -> torch.Tensor:
+    """``full_softmax_loss`` in blocks of ``chunk`` items (same value and gradient)."""
+    w = weight / weight.sum().clamp_min(1e-12)
+    return _ChunkedSoftmaxCE.apply(h, items, target, w, int(chunk))
 
 
 # --------------------------------------------------------------------------- encoders
@@ -174,6 +250,66 @@ class CaserEncoder(nn.Module):
         return self.norm(F.gelu(self.fc(self.drop(z))))
 
 
+class _AttentionBlock(nn.Module):
+    """Pre-norm transformer block: x + attention(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"dim {d} is not divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, 4 * d), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d, d)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x, allowed):  # x [B, L, d], allowed [B, 1, L, L] bool
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, length, 3, self.heads, d // self.heads).unbind(2)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=allowed,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+        )  # [B, heads, L, d/heads]
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, length, d)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class CausalTransformer(nn.Module):
+    """SASRec+ stack: learned positions, ``blocks`` pre-norm causal blocks, a final norm.
+
+    Positions count back from the latest event (the right-aligned window), so extra left
+    padding never moves a real event. A position attends to itself and to earlier real
+    events only: a later event never changes an earlier position's output.
+    """
+
+    def __init__(self, d: int, max_len: int, blocks: int, heads: int, dropout: float):
+        super().__init__()
+        self.max_len = max_len
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(_AttentionBlock(d, heads, dropout) for _ in range(blocks))
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):  # x [B, L, d] (embedded events), mask [B, L] bool -> [B, L, d]
+        length = x.shape[1]
+        pos = torch.arange(self.max_len - length, self.max_len, device=x.device)
+        x = self.drop(x + self.pos_emb(pos)[None]) * mask.unsqueeze(-1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=x.device)
+        allowed = ((causal & mask[:, None, :]) | eye)[:, None]  # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -181,6 +317,10 @@ class SequenceNet(nn.Module):
     """Shared embedding, loss and scoring logic; subclasses define ``_vectors``."""
 
     name = "sequence"
+    uses_cnn = True
+
+    def uses_transformer(self) -> bool:
+        return self.summary_kind == "transformer"
 
     def __init__(
         self,
@@ -198,7 +338,9 @@ class SequenceNet(nn.Module):
         dropout: float = 0.3,
         emb_dropout: float = 0.3,
         tower_hidden: int = 256,
-        summary: str = "attention",
+        summary: str = "transformer",
+        blocks: int = 2,
+        heads: int = 1,
         init_std: float = 0.02,
     ):
         super().__init__()
@@ -216,20 +358,25 @@ class SequenceNet(nn.Module):
             emb_dropout=emb_dropout,
             tower_hidden=tower_hidden,
             summary=summary,
+            blocks=blocks,
+            heads=heads,
             init_std=init_std,
         )
-        if summary not in ("mean", "attention"):
-            raise ValueError(f"unknown summary {summary!r}; use 'mean' or 'attention'")
+        if summary not in SUMMARIES:
+            raise ValueError(f"unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}")
         self.summary_kind = summary
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.kind_emb = nn.Embedding(max(n_kinds, 2), dim, padding_idx=0)
         self.emb_drop = nn.Dropout(emb_dropout)
-        if encoder == "dilated":
-            self.encoder = DilatedEncoder(dim, kernel_size, dilations, dropout)
-        elif encoder == "caser":
-            self.encoder = CaserEncoder(dim, window, n_h, n_v, dropout)
-        else:
-            raise ValueError(f"unknown encoder {encoder!r}; use 'dilated' or 'caser'")
+        if self.uses_transformer():
+            self.transformer = CausalTransformer(dim, self.max_len, blocks, heads, dropout)
+        if self.uses_cnn:
+            if encoder == "dilated":
+                self.encoder = DilatedEncoder(dim, kernel_size, dilations, dropout)
+            elif encoder == "caser":
+                self.encoder = CaserEncoder(dim, window, n_h, n_v, dropout)
+            else:
+                raise ValueError(f"unknown encoder {encoder!r}; use 'dilated' or 'caser'")
         self._build_head(dim, tower_hidden, dropout)
         self.reset_parameters(init_std)
 
@@ -244,6 +391,8 @@ class SequenceNet(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
             self.kind_emb.weight[0].zero_()
+        if hasattr(self, "transformer"):
+            nn.init.normal_(self.transformer.pos_emb.weight, std=std)
 
     def _build_head(self, dim, hidden, dropout):
         raise NotImplementedError
@@ -271,7 +420,12 @@ class SequenceNet(nn.Module):
         return self.shopper_vector(item_seq, kind_seq) @ self.item_embeddings().T  # [B, N+1]
 
     def calculate_loss(self, batch: dict) -> torch.Tensor:
-        """Next-item CE at every non-padding position of ``batch['target']`` [B, L]."""
+        """Next-item CE at every non-padding position of ``batch['target']`` [B, L].
+
+        The softmax: over shared ``negatives`` [K] when the batch has them (with the log-Q
+        correction ``log_q`` [N+1] when they were not drawn uniformly), else over the whole
+        catalogue, in blocks of ``softmax_chunk`` items when the batch says so.
+        """
         item_seq, kind_seq, target = batch["item_seq"], batch["kind_seq"], batch["target"]
         select = target > 0  # [B, L]
         h = self._vectors(item_seq, kind_seq, select)  # [M, d]
@@ -280,7 +434,11 @@ class SequenceNet(nn.Module):
         weight = torch.ones_like(tgt, dtype=h.dtype) if weight is None else weight[select]
         items = self.item_embeddings()
         if batch.get("negatives") is not None:
-            return sampled_softmax_loss(h, items, tgt, weight, batch["negatives"])
+            return sampled_softmax_loss(
+                h, items, tgt, weight, batch["negatives"], batch.get("log_q")
+            )
+        if batch.get("softmax_chunk"):
+            return chunked_softmax_loss(h, items, tgt, weight, batch["softmax_chunk"])
         return full_softmax_loss(h, items, tgt, weight)
 
     def _clip(self, item_seq, kind_seq):
@@ -305,17 +463,21 @@ class CNNDNN(SequenceNet):
     """CNN features + a long-range history summary, mixed by an MLP tower.
 
     The summary covers the whole (capped) history, so a purchase long ago still counts
-    while the CNN focuses on the latest events. ``summary="attention"`` (default): the CNN
+    while the CNN focuses on the latest events. ``summary="attention"``: the CNN
     features ask which earlier events matter (one attention head over the history, with a
     learned bias per distance back in time). ``summary="mean"``: a causal weighted mean of
     item embeddings with a learned weight per event kind; on Beauty it overfitted sooner
     (test NDCG@10 0.0201 against 0.0221, benchmarks/results/quality-notes.md).
+    ``summary="transformer"`` (default): ``blocks`` causal self-attention blocks over the
+    whole window (``CausalTransformer``) run beside the CNN, and the tower mixes the two.
     """
 
     name = "cnn_dnn"
 
     def _build_head(self, dim, hidden, dropout):
-        if self.summary_kind == "attention":
+        if self.summary_kind == "transformer":
+            pass  # self.transformer, built with the embeddings
+        elif self.summary_kind == "attention":
             self.query = nn.Linear(dim, dim)
             self.key = nn.Linear(dim, dim)
             self.distance_bias = nn.Parameter(torch.zeros(self.max_len))
@@ -354,6 +516,8 @@ class CNNDNN(SequenceNet):
     def _cnn_and_summary(self, item_seq, kind_seq, select):  # -> ([M, d], [M, d])
         x = self._embed(item_seq, kind_seq)  # [B, L, d]
         h = self.encoder(x, select, item_seq > 0)  # [M, d]
+        if self.summary_kind == "transformer":
+            return h, self.transformer(x, item_seq > 0)[select]
         if self.summary_kind == "attention":
             return h, self._attention_summary(x, item_seq, select, h)
         return h, self._summary(item_seq, kind_seq, select)
@@ -372,12 +536,32 @@ class CNNDNN(SequenceNet):
         return self.out_norm(h + self.tower(z))  # [M, d]
 
 
+class SASRec(SequenceNet):
+    """The causal self-attention stack alone (SASRec+), no CNN: the ablation's baseline
+    for what the CNN adds. ``summary`` is always "transformer"."""
+
+    name = "sasrec"
+    uses_cnn = False
+
+    def __init__(self, n_items: int, n_kinds: int, **config):
+        super().__init__(n_items, n_kinds, **{**config, "summary": "transformer"})
+
+    def _build_head(self, dim, hidden, dropout):
+        pass
+
+    def _vectors(self, item_seq, kind_seq, select):
+        mask = item_seq > 0
+        return self.transformer(self._embed(item_seq, kind_seq), mask)[select]  # [M, d]
+
+
 def build_model(name: str, n_items: int, n_kinds: int, **config) -> nn.Module:
     """Instantiate any model in ``MODEL_NAMES`` from its JSON-able config."""
     if name == "cnn":
         return CNN(n_items, n_kinds, **config)
     if name == "cnn_dnn":
         return CNNDNN(n_items, n_kinds, **config)
+    if name == "sasrec":
+        return SASRec(n_items, n_kinds, **config)
     if name in ("popularity", "itemknn"):
         from . import baselines
 

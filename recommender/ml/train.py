@@ -28,6 +28,9 @@ class FitResult:
     best_metrics: dict = field(default_factory=dict)  # val_ndcg10, val_hr10, ...
     stopped: str = "epochs"  # 'epochs' | 'patience' | 'max_seconds' | 'fitted'
     train_seconds: float = 0.0
+    loss: str = ""  # the softmax trained with ('full', 'chunked', 'sampled')
+    loss_costs: dict = field(default_factory=dict)  # seconds per position, when measured
+    device: str = "cpu"
 
     @property
     def epochs_run(self) -> int:
@@ -69,6 +72,107 @@ def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def choose_device(requested: str = "auto", cuda_available: Callable[[], bool] | None = None):
+    """The torch device to train on: "auto" is CUDA when this worker has it, else CPU."""
+    if requested != "auto":
+        return torch.device(requested)
+    available = cuda_available or torch.cuda.is_available
+    return torch.device("cuda" if available() else "cpu")
+
+
+LOSSES = ("auto", "full", "chunked", "sampled")
+
+
+def loss_options(loss: str, config: TrainConfig, n_items: int, popularity=None) -> Callable:
+    """What a batch carries for ``loss`` (see ``SequenceNet.calculate_loss``), as a function
+    of the step: ``options(gen, device) -> dict`` of extra batch keys."""
+    if loss == "full":
+        return lambda gen, device: {}
+    if loss == "chunked":
+        return lambda gen, device: {"softmax_chunk": config.softmax_chunk}
+    if loss != "sampled":
+        raise ValueError(f"unknown loss {loss!r}; use one of {', '.join(LOSSES)}")
+    k = config.n_negatives
+    if config.negative_sampling == "uniform":
+        return lambda gen, device: {
+            "negatives": torch.randint(1, n_items + 1, (k,), generator=gen).to(device)
+        }
+    if config.negative_sampling != "popularity":
+        raise ValueError(
+            f"unknown negative_sampling {config.negative_sampling!r}; use uniform or popularity"
+        )
+    q = torch.as_tensor(popularity, dtype=torch.float64)[: n_items + 1].clone()
+    q[0] = 0.0
+    q = q / q.sum()
+    log_q = {}
+
+    def options(gen, device):
+        if device not in log_q:  # log of each item's expected count in the sample
+            log_q[device] = torch.log(k * q).clamp_min(-1e4).float().to(device)
+        negatives = torch.multinomial(q, k, replacement=True, generator=gen)
+        return {"negatives": negatives.to(device), "log_q": log_q[device]}
+
+    return options
+
+
+def item_popularity(targets: np.ndarray, n_items: int) -> np.ndarray:
+    """Training-target counts per item, plus one (every item can be drawn): [N+1]."""
+    counts = np.bincount(targets[targets > 0].ravel(), minlength=n_items + 1).astype(np.float64)
+    return counts + 1.0
+
+
+def _time_loss(model, batches, make_batch, options, gen, device, config) -> float:
+    """Seconds per training position of a full step (forward, backward, clip, Adam) with
+    the given loss, on a copy of the model: the model itself is not changed."""
+    probe = copy.deepcopy(model)
+    optim = torch.optim.Adam(probe.parameters(), lr=config.lr)
+    spent, positions = 0.0, 0
+    for i, idx in enumerate(batches):
+        batch = {**make_batch(idx), **options(gen, device)}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss = probe.calculate_loss(batch)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(probe.parameters(), config.grad_clip)
+        optim.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first step warms up
+            spent += time.perf_counter() - t0
+            positions += int((batch["target"] > 0).sum())
+    return spent / max(positions, 1)
+
+
+def choose_loss(
+    config: TrainConfig, n_items: int, timer: Callable[[str], float] | None = None
+) -> tuple[str, dict]:
+    """The loss to train with, and the seconds per position measured for each candidate.
+
+    An explicit ``config.loss`` is used as given. "auto": the full softmax below
+    ``loss_probe_above`` items (cheap there, and no timing makes it vary), the former fixed
+    threshold when ``sampled_softmax_above`` is set, else ``timer(loss)`` measures each
+    candidate: the faster exact loss (full or chunked) is kept unless the sampled loss is
+    more than ``sampled_speedup`` times faster (it trades some quality per epoch for
+    epochs, so it has to buy many more of them).
+    """
+    if config.loss != "auto":
+        if config.loss not in LOSSES:
+            raise ValueError(f"unknown loss {config.loss!r}; use one of {', '.join(LOSSES)}")
+        return config.loss, {}
+    if config.sampled_softmax_above is not None:
+        return ("sampled" if n_items > config.sampled_softmax_above else "full"), {}
+    if n_items <= config.loss_probe_above or timer is None:
+        return "full", {}
+    cost = {name: timer(name) for name in ("full", "chunked", "sampled")}
+    exact = min(("full", "chunked"), key=cost.get)
+    if cost[exact] > config.sampled_speedup * cost["sampled"]:
+        return "sampled", cost
+    return exact, cost
 
 
 def _validate(model, split: Split, config: TrainConfig, **options) -> dict:
@@ -130,35 +234,51 @@ def fit(
     )
     if len(x) == 0:
         raise ValueError("no training sequence has two or more events")
-    device = torch.device(config.device)
+    device = choose_device(config.device)
     model.to(device)
     x, k, y, tw = (torch.from_numpy(a).to(device) for a in (x, k, y, tw))
-    sampled = split.n_items > config.sampled_softmax_above
+
+    def make_batch(idx):
+        idx_t = torch.from_numpy(idx).to(device)
+        width = int(lengths[idx].max())
+        sl = slice(config.max_len - width, config.max_len)
+        return {
+            "item_seq": x[idx_t, sl],
+            "kind_seq": k[idx_t, sl],  # [B, W]
+            "target": y[idx_t, sl],
+            "target_weight": tw[idx_t, sl],  # [B, W]
+        }
+
+    popularity = (
+        item_popularity(y.cpu().numpy(), split.n_items)
+        if config.negative_sampling == "popularity"
+        else None
+    )
+
+    def timer(name):
+        probe_batches = _batches(lengths, config.batch_size, np.random.default_rng(config.seed))
+        options = loss_options(name, config, split.n_items, popularity)
+        rng_state = torch.get_rng_state()
+        try:
+            return _time_loss(model, probe_batches[:4], make_batch, options, gen, device, config)
+        finally:
+            torch.set_rng_state(rng_state)
+
+    loss_name, loss_costs = choose_loss(config, split.n_items, timer)
+    batch_options = loss_options(loss_name, config, split.n_items, popularity)
     optim = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_batches = -(-len(x) // config.batch_size)
     warmup_steps = int(config.warmup_epochs * n_batches)
 
-    result = FitResult(model)
+    result = FitResult(model, loss=loss_name, loss_costs=loss_costs, device=str(device))
     best_ndcg, best_state, bad_epochs = -1.0, None, 0
     eval_seconds, step = 0.0, 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        total, count, out_of_time = 0.0, 0, False
+        total, count, positions, out_of_time = 0.0, 0, 0, False
         epoch_start = time.perf_counter()
         for idx in _batches(lengths, config.batch_size, rng):
-            idx = torch.from_numpy(idx).to(device)
-            width = int(lengths[idx.cpu().numpy()].max())
-            sl = slice(config.max_len - width, config.max_len)
-            batch = {
-                "item_seq": x[idx, sl],
-                "kind_seq": k[idx, sl],  # [B, W]
-                "target": y[idx, sl],
-                "target_weight": tw[idx, sl],  # [B, W]
-            }
-            if sampled:
-                batch["negatives"] = torch.randint(
-                    1, split.n_items + 1, (config.n_negatives,), generator=gen
-                ).to(device)
+            batch = {**make_batch(idx), **batch_options(gen, device)}
             lr = config.lr * (config.lr_decay ** (epoch - 1))
             if step < warmup_steps:
                 lr *= (step + 1) / warmup_steps
@@ -173,6 +293,7 @@ def fit(
             step += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
+            positions += int(lengths[idx].sum())
             if config.max_seconds is not None and (
                 time.perf_counter() - t0 + eval_seconds > config.max_seconds
             ):
@@ -202,6 +323,8 @@ def fit(
             "val_hr10": val and val["hr@10"],
             "elapsed": elapsed,
             "eta": eta,
+            "positions": positions,  # training positions this epoch
+            "train_seconds": train_epoch_seconds,  # its training, validation not included
         }
         result.curve.append(row)
         if val is None:

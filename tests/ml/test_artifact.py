@@ -47,8 +47,20 @@ def test_an_artifact_from_before_the_attention_summary_loads_as_the_mean_it_was_
     rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
     assert (
         rebuilt.summary_kind == "mean"
-        and nets.build_model("cnn_dnn", 5, 3).summary_kind == "attention"
+        and nets.build_model("cnn_dnn", 5, 3).summary_kind == "transformer"
     )
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), old.eval().full_sort_predict(x, k))
+
+
+def test_an_artifact_of_the_former_default_attention_head_still_loads():
+    """Written before the self-attention blocks became the default (no blocks/heads keys)."""
+    torch.manual_seed(0)
+    old = nets.build_model("cnn_dnn", 5, 3, dim=8, max_len=6, tower_hidden=16, summary="attention")
+    config = {k: v for k, v in old.config.items() if k not in ("blocks", "heads")}
+    model, raw = saved(model_config=config, state_dict=old.state_dict())
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    assert rebuilt.summary_kind == "attention" and not hasattr(rebuilt, "transformer")
     x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.eval().full_sort_predict(x, k))
 

@@ -10,6 +10,8 @@ CONFIGS = [
     ("cnn_dnn", {"encoder": "dilated"}),
     ("cnn_dnn", {"encoder": "caser", "window": 4}),
     ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "attention"}),
+    ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "transformer", "heads": 2}),
+    ("sasrec", {"blocks": 2, "heads": 2}),
 ]
 
 
@@ -54,14 +56,21 @@ def test_encoding_is_causal_and_kind_aware(name, cfg):
     other_kinds = kinds.clone()
     other_kinds[0, 4] = 1 if kinds[0, 4] != 1 else 2
     assert not torch.allclose(before, model._vectors(items, other_kinds, select))
-    if name == "cnn_dnn":  # the summary reaches beyond the CNN's window: the oldest event counts
+    if name != "cnn":  # the summary reaches beyond the CNN's window: the oldest event counts
         oldest = items.clone()
         oldest[0, 0] = (oldest[0, 0] % N_ITEMS) + 1
         assert not torch.allclose(before, model._vectors(oldest, kinds, select))
 
 
 @pytest.mark.parametrize(
-    "name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})]
+    "name,cfg",
+    [
+        ("cnn", {}),
+        ("cnn_dnn", {}),
+        ("cnn_dnn", {"summary": "attention"}),
+        ("cnn_dnn", {"summary": "transformer"}),
+        ("sasrec", {}),
+    ],
 )
 def test_left_padding_does_not_change_the_shopper_vector(name, cfg):
     model = make(name, **cfg).eval()
@@ -94,7 +103,14 @@ def test_fused_full_softmax_matches_autograd_cross_entropy():
 
 
 @pytest.mark.parametrize(
-    "name,cfg", [("cnn", {}), ("cnn_dnn", {}), ("cnn_dnn", {"summary": "attention"})]
+    "name,cfg",
+    [
+        ("cnn", {}),
+        ("cnn_dnn", {}),
+        ("cnn_dnn", {"summary": "attention"}),
+        ("cnn_dnn", {"summary": "transformer"}),
+        ("sasrec", {}),
+    ],
 )
 def test_loss_is_finite_and_sampled_mode_works(name, cfg):
     model = make(name, **cfg).train()
@@ -115,14 +131,14 @@ def test_build_model_rejects_unknown_names_and_roundtrips_config():
         nets.build_model("transformer", 5, 2)
     with pytest.raises(ValueError, match="summary"):
         nets.build_model("cnn_dnn", 5, 2, summary="median")
-    for summary in ("mean", "attention"):
+    for summary in ("mean", "attention", "transformer"):
         model = make("cnn_dnn", encoder="caser", window=3, summary=summary)
         again = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, **model.config)
         again.load_state_dict(model.state_dict())
     assert set(nets.NET_NAMES) <= set(nets.MODEL_NAMES)
 
 
-@pytest.mark.parametrize("summary", ["mean", "attention"])
+@pytest.mark.parametrize("summary", ["mean", "attention", "transformer"])
 def test_history_summary_is_the_dnn_branch_input_for_either_summary(summary):
     """The serving benchmark reads the summary of real histories; it must exist for both kinds
     (it once called the mean summary's weights on an attention net and died)."""
@@ -136,3 +152,58 @@ def test_history_summary_is_the_dnn_branch_input_for_either_summary(summary):
         assert torch.allclose(m, expected, atol=1e-5)
     else:  # attention over each history's own events: different histories, different summaries
         assert not torch.allclose(m[1], m[2])
+
+
+def test_attention_is_causal_at_every_position():
+    """Training predicts every position at once: changing event t must leave the outputs of
+    every earlier position unchanged, and change its own (the mask is not all-blocking)."""
+    model = make("sasrec", blocks=2, heads=2).eval()
+    items, kinds = batch(b=2, length=9)
+    every = items > 0
+    before = model._vectors(items, kinds, every)  # [M, d], row-major over (b, t)
+    positions = every.nonzero()
+    for t in range(3, 9):
+        later = items.clone()
+        later[:, t] = (later[:, t] % N_ITEMS) + 1
+        after = model._vectors(later, kinds, every)
+        earlier = positions[:, 1] < t
+        assert torch.allclose(before[earlier], after[earlier], atol=1e-6)
+        assert not torch.allclose(before[positions[:, 1] == t], after[positions[:, 1] == t])
+
+
+def test_chunked_softmax_matches_the_full_softmax():
+    torch.manual_seed(0)
+    h = torch.randn(6, 5, requires_grad=True)
+    w = torch.randn(23, 5, requires_grad=True)
+    target = torch.tensor([1, 2, 3, 22, 22, 4])
+    weight = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5, 3.0])
+    full = nets.full_softmax_loss(h, w, target, weight)
+    full.backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    chunked = nets.chunked_softmax_loss(h, w, target, weight, chunk=4)  # 22 items: 6 blocks
+    chunked.backward()
+    assert torch.allclose(full, chunked, atol=1e-5)
+    assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
+
+
+def test_log_q_correction_makes_popularity_sampling_estimate_the_full_softmax():
+    """With every item drawn exactly its expected number of times, the corrected sampled
+    loss is the full softmax; uncorrected, the often-drawn items are over-counted."""
+    torch.manual_seed(0)
+    h, w = torch.randn(4, 5), torch.randn(11, 5)
+    target, weight = torch.tensor([1, 2, 3, 4]), torch.ones(4)
+    counts = torch.tensor([0, 1, 1, 1, 1, 1, 1, 1, 1, 3, 4])  # items 9, 10 drawn more often
+    negatives = torch.repeat_interleave(torch.arange(11), counts)  # [15], never item 0
+    log_q = torch.log(counts.float().clamp_min(1e-9))  # log expected count in the sample
+    corrected = nets.sampled_softmax_loss(h, w, target, weight, negatives, log_q)
+    plain = nets.sampled_softmax_loss(h, w, target, weight, negatives)
+    exact = nets.full_softmax_loss(h, w, target, weight)
+    assert torch.allclose(corrected, exact, atol=1e-5)
+    assert not torch.allclose(plain, exact, atol=1e-3)
+
+
+def test_item_embeddings_are_the_shared_output_table():
+    for name in nets.NET_NAMES:
+        model = make(name)
+        assert model.item_embeddings() is model.item_emb.weight

@@ -1,5 +1,8 @@
 import time
 
+import pytest
+import torch
+
 from recommender.ml import baselines, metrics, nets, train
 
 from .conftest import small_net
@@ -94,3 +97,73 @@ def test_config_from_dict():
         pass
     else:
         raise AssertionError("unknown key accepted")
+
+
+def test_device_auto_takes_cuda_only_when_the_worker_has_it():
+    assert train.choose_device("auto", cuda_available=lambda: True).type == "cuda"
+    assert train.choose_device("auto", cuda_available=lambda: False).type == "cpu"
+    assert str(train.choose_device("cuda:1", cuda_available=lambda: False)) == "cuda:1"
+    assert train.choose_device("cpu", cuda_available=lambda: True).type == "cpu"
+    assert train.TrainConfig().device == "auto"
+
+
+def test_fit_trains_on_cpu_when_no_cuda(chain_split, monkeypatch):
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: False)
+    result = train.fit(small_net(chain_split), chain_split, small_config(epochs=1))
+    assert result.device == "cpu"
+
+
+def test_loss_chooser_measures_large_catalogues_and_keeps_explicit_choices():
+    timed = []
+
+    def timer(costs):
+        def time_one(name):
+            timed.append(name)
+            return costs[name]
+
+        return time_one
+
+    cfg = train.TrainConfig(loss_probe_above=1000, sampled_speedup=2.0)
+    # small catalogue: full softmax, nothing timed
+    assert train.choose_loss(cfg, 500, timer({}))[0] == "full" and not timed
+    # the faster exact loss wins unless sampled is more than 2x faster
+    assert train.choose_loss(cfg, 5000, timer({"full": 3, "chunked": 2, "sampled": 1.5}))[0] == (
+        "chunked"
+    )
+    name, costs = train.choose_loss(cfg, 5000, timer({"full": 3, "chunked": 4, "sampled": 1}))
+    assert name == "sampled" and costs == {"full": 3, "chunked": 4, "sampled": 1}
+    assert set(timed) == {"full", "chunked", "sampled"}
+    # explicit choices and the former fixed threshold are obeyed without timing
+    timed.clear()
+    assert train.choose_loss(train.TrainConfig(loss="chunked"), 10**6, timer({}))[0] == "chunked"
+    old = train.TrainConfig(sampled_softmax_above=50_000)
+    assert train.choose_loss(old, 60_000, timer({}))[0] == "sampled" and not timed
+    with pytest.raises(ValueError, match="unknown loss"):
+        train.choose_loss(train.TrainConfig(loss="hinge"), 10, timer({}))
+
+
+def test_fit_times_the_candidates_on_a_large_enough_catalogue(chain_split):
+    """With the probe threshold below the catalogue size, fit measures each candidate on
+    real batches and records what it chose; the model itself is not trained by the probe."""
+    cfg = small_config(epochs=1, loss_probe_above=5, n_negatives=8, softmax_chunk=7)
+    result = train.fit(small_net(chain_split), chain_split, cfg)
+    assert set(result.loss_costs) == {"full", "chunked", "sampled"}
+    assert all(c > 0 for c in result.loss_costs.values())
+    assert result.loss in ("full", "chunked", "sampled")
+
+
+@pytest.mark.parametrize("loss", ["chunked", "sampled"])
+@pytest.mark.parametrize("name", ["sasrec", "cnn_dnn"])
+def test_every_loss_lowers_the_training_loss(chain_split, loss, name):
+    cfg = small_config(
+        epochs=6, patience=10, loss=loss, n_negatives=30, softmax_chunk=7,
+        negative_sampling="popularity",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = nets.build_model(
+        name, chain_split.n_items, chain_split.n_kinds, dim=16, max_len=8, summary="transformer"
+    )
+    result = train.fit(model, chain_split, cfg)
+    assert result.loss == loss
+    assert result.curve[-1]["loss"] < result.curve[0]["loss"]
+    assert all(r["positions"] > 0 and r["train_seconds"] > 0 for r in result.curve)
