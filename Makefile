@@ -50,7 +50,7 @@ fresh-install: install
 	tests/fresh_install/run.sh
 
 # Tiny sizes through each benchmark's real code, to see that they still run. The real runs
-# (README "Benchmarks") take minutes each and write benchmarks/results/.
+# (docs/benchmarks.md) take minutes each and write benchmarks/results/.
 benchmarks: install
 	for name in quality train_step ingest serving soak; do \
 	  $(BIN)/python -m benchmarks.$$name --smoke || exit 1; \

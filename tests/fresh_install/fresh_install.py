@@ -106,7 +106,7 @@ def doc_blocks():
 
 def run(command, *, cwd, env, shell=False):
     shown = command if shell else " ".join(map(str, command))
-    say("$ " + shown.strip().replace("\n", " && ")[:160])
+    say("$ " + shown.strip().replace("\n", " ⏎ ")[:160])
     done = subprocess.run(command, cwd=cwd, env=env, shell=shell, text=True, capture_output=True)
     if done.returncode != 0:
         print(done.stdout[-4000:], done.stderr[-4000:], sep="\n")
@@ -129,8 +129,11 @@ class Shopper:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
 
     def get(self, path):
-        with self.opener.open(self.base + path, timeout=60) as response:
-            return response.status, response.read().decode()
+        try:
+            with self.opener.open(self.base + path, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
 
     def post_json(self, path, payload, *, csrf=True):
         headers = {"Content-Type": "application/json"}
@@ -148,18 +151,21 @@ class Shopper:
 
 
 def local_assets(shopper, html, page):
-    """Every src/href of a page is on the site and answers 200."""
+    """Every file a page loads (script, style sheet, icon) is on the site and answers 200;
+    no link or address on it points elsewhere."""
+    loaded = re.findall(r'<(?:script|img)[^>]*\ssrc=["\']([^"\']+)', html)
+    loaded += re.findall(r'<link[^>]*\shref=["\']([^"\']+)', html)
     for url in re.findall(r'(?:src|href)=["\']([^"\']+)["\']', html):
-        if url.startswith("#"):
-            continue
-        if not url.startswith("/") or url.startswith("//"):
-            fail(f"{page} loads {url} from outside the site")
+        if not url.startswith(("/", "#")) or url.startswith("//"):
+            fail(f"{page} points at {url}, outside the site")
+    for url in loaded:
         status, _ = shopper.get(url)
         if status != 200:
             fail(f"{page}: {url} answered {status}")
     outside = re.search(r"https?://[^\s\"'<]+", html)
     if outside:
         fail(f"{page} names an outside URL: {outside.group(0)}")
+    return loaded
 
 
 def main():
@@ -376,8 +382,8 @@ def api_documents_itself(base):
     status, html = shopper.get("/api/recommender/docs/")
     if status != 200 or "swagger-ui" not in html:
         fail(f"docs/ answered {status}")
-    local_assets(shopper, html, "docs/")
-    say("schema/ and docs/ work, and docs/ loads only the site's own files")
+    loaded = local_assets(shopper, html, "docs/")
+    say(f"schema/ and docs/ work; docs/ loads only the site's own files: {', '.join(loaded)}")
 
 
 if __name__ == "__main__":
