@@ -131,9 +131,9 @@ class Shopper:
     def get(self, path):
         try:
             with self.opener.open(self.base + path, timeout=60) as response:
-                return response.status, response.read().decode()
+                return response.status, response.read().decode(errors="replace")
         except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+            return error.code, error.read().decode(errors="replace")
 
     def post_json(self, path, payload, *, csrf=True):
         headers = {"Content-Type": "application/json"}
@@ -147,7 +147,7 @@ class Shopper:
             with self.opener.open(request, timeout=60) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
+            return error.code, error.read().decode(errors="replace")
 
 
 def local_assets(shopper, html, page):
