@@ -3,13 +3,15 @@
 #   make test   the whole test suite (PostgreSQL and Redis used when reachable)
 #   make lint   ruff: formatting and lint rules (CI runs it before the tests)
 #   make benchmarks   every benchmark's --smoke run (seconds each; reports under $TMPDIR)
+#   make docs   the documentation site (MkDocs, strict: broken links fail) into site/
+#   make fresh-install   docs/install.md followed on a new project in a clean virtualenv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install demo test test-fast test-ml lint benchmarks clean
+.PHONY: install demo test test-fast test-ml lint docs fresh-install benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -39,12 +41,20 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
+# A new Django project, a clean virtualenv, this package's wheel and the commands and code
+# of docs/install.md read from the page itself (minutes: it installs torch from disk).
+fresh-install: install
+	tests/fresh_install/run.sh
+
 # Tiny sizes through each benchmark's real code, to see that they still run. The real runs
-# (README "Benchmarks") take minutes each and write benchmarks/results/.
+# (docs/benchmarks.md) take minutes each and write benchmarks/results/.
 benchmarks: install
 	for name in quality train_step ingest serving soak; do \
 	  $(BIN)/python -m benchmarks.$$name --smoke || exit 1; \
 	done
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache site

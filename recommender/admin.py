@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -101,7 +101,15 @@ class ForgetShopperForm(forms.Form):
 class EventAdmin(admin.ModelAdmin):
     """Events are evidence: staff may look and filter, never edit or add."""
 
-    list_display = ["occurred_at", "kind", "item", "user", "short_session", "value", "placement"]
+    list_display = [
+        "occurred_at",
+        "kind",
+        "item_or_deleted",
+        "user",
+        "short_session",
+        "value",
+        "placement",
+    ]
     list_filter = [
         "kind",
         ShopperTypeFilter,
@@ -110,10 +118,22 @@ class EventAdmin(admin.ModelAdmin):
     ]
     search_fields = ["=user__username", "=session_key", "=event_id", "=recommendation_id"]
     date_hierarchy = "occurred_at"
-    list_select_related = ["item", "user"]
+    list_select_related = ["user"]
     raw_id_fields = ["item", "user"]
     show_full_result_count = False
     list_per_page = 100
+
+    def get_queryset(self, request):
+        # Prefetched, not joined: an event whose product was deleted keeps its row (and
+        # the join would hide it); one query for the page's items.
+        return super().get_queryset(request).prefetch_related("item")
+
+    @admin.display(description="item", ordering="item")
+    def item_or_deleted(self, event):
+        try:
+            return event.item
+        except ObjectDoesNotExist:
+            return f"deleted item {event.item_id}"
 
     @admin.display(description="session", ordering="session_key")
     def short_session(self, event):

@@ -67,8 +67,14 @@ class Event(models.Model):
         db_index=False,
     )
     session_key = models.CharField(max_length=40, blank=True, default="")
+    # History outlives the catalogue: deleting a product keeps its events (training data,
+    # reports, purchase history), so no cascade and no database constraint. Readers cope
+    # with an item that is gone: serving and reports look items up and skip missing ones.
     item = models.ForeignKey(
-        ITEM_MODEL, on_delete=models.CASCADE, related_name="recommender_events"
+        ITEM_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="recommender_events",
     )
     # Not limited to Kind's choices: stores extend the list with RECOMMENDER["EVENT_KINDS"].
     kind = models.CharField(max_length=32)

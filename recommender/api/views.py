@@ -7,7 +7,8 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from drf_spectacular.authentication import SessionScheme
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import ParseError, PermissionDenied
@@ -18,6 +19,7 @@ from rest_framework.views import APIView
 from .. import events, itemkeys, serving
 from ..conf import recommender_settings
 from ..shoppers import shopper_of
+from .schema import extend_schema
 from .serializers import (
     ErrorSerializer,
     EventBatchInSerializer,
@@ -84,6 +86,7 @@ class SessionWriteMixin:
     """JSON body parsing with a size limit, and CSRF for cookie-identified shoppers."""
 
     permission_classes = [AllowAny]
+    schema = AutoSchema()  # whatever the site's DEFAULT_SCHEMA_CLASS (see .schema)
     # JSON is parsed here, not by DRF, so the size limit applies before parsing.
     parser_classes = []
 
@@ -260,6 +263,7 @@ class ServingView(APIView):
 
     permission_classes = [AllowAny]
     throttle_classes = [ShopperRateThrottle]
+    schema = AutoSchema()  # whatever the site's DEFAULT_SCHEMA_CLASS (see .schema)
 
     def params(self, request, *names):
         query = request.query_params
