@@ -35,7 +35,7 @@ def test_training_and_serving_cope_with_a_deleted_product(history):
     gone = next(p for p in history if p.pk == seen)
     gone.delete()
 
-    version = training.request_training(config=FAST_CONFIG, enqueue=False)
+    version = training.request_training(config=FAST_CONFIG)
     version = training.run_training(version.pk)
     assert version.status == ModelVersion.Status.READY and version.is_active, version.error
 

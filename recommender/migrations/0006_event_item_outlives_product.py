@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     """
 
     dependencies = [
-        ("recommender", "0004_event_id_per_shopper_list_owner"),
+        ("recommender", "0005_drop_unused_api_trigger"),
         migrations.swappable_dependency(settings.RECOMMENDER_ITEM_MODEL),
     ]
 
