@@ -82,36 +82,14 @@ class LoadedModel:
         self.index = index  # approximate nearest-neighbour index, or None (exact)
 
     def top_candidates(self, history, k, *, exclude_pks=(), category=None):
-        """The k best (item pk, score) for a history of (item pk, kind), best first."""
-        import torch
+        """The k best (item pk, score) for a history of (item pk, kind), best first.
 
-        predictor = self.predictor
-        with torch.inference_mode():
-            item_seq, kind_seq, seen = predictor.encode(history)
-            if not seen:
-                return []
-            vector = predictor.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
-            banned = {predictor.item_map.index(pk, 0) for pk in exclude_pks} - {0}
-            if category is not None:
-                wanted = self._category_mask(category)
-            else:
-                wanted = None
-            if self.index is not None and wanted is None:
-                indices, scores = self.index.search(vector, k + len(banned))
-            else:
-                scores = predictor._items @ vector  # [N+1]
-                scores[0] = -torch.inf
-                if wanted is not None:
-                    scores = torch.where(wanted, scores, torch.tensor(-torch.inf))
-                if banned:
-                    scores[torch.tensor(sorted(banned))] = -torch.inf
-                top = torch.topk(scores, min(k, len(scores) - 1))
-                indices, scores = top.indices.tolist(), top.values.tolist()
-        return [
-            (predictor.item_map.id(i), s)
-            for i, s in zip(indices, scores, strict=True)
-            if i not in banned and s != float("-inf")
-        ][:k]
+        The score is the one training measured (``Predictor.top``: the net blended with
+        item-kNN as validation chose); candidates come from the IVF index when there is
+        one and no category narrows the catalogue, else from every item.
+        """
+        wanted = self._category_mask(category) if category is not None else None
+        return self.predictor.top(history, k, exclude=exclude_pks, allowed=wanted, index=self.index)
 
     @property
     def history_length(self):
@@ -248,7 +226,7 @@ def load_version(version_id, artifact_name, sha256=""):
     torch.set_num_threads(recommender_settings.SERVING_TORCH_THREADS)
     # The artifact holds item keys as JSON; requests look items up by the ORM's keys.
     predictor = artifacts.read_predictor(artifact_name, sha256, item_key=itemkeys.from_json)
-    if not hasattr(predictor, "_items"):
+    if predictor.item_vectors is None:
         raise ValueError(
             f"Model {type(predictor.model).__name__} has no item embeddings to serve from."
         )
@@ -266,7 +244,7 @@ def load_version(version_id, artifact_name, sha256=""):
 
         index = artifacts.read_index(artifact_name)
         if index is None:  # versions promoted before the catalogue grew past the threshold
-            index = IVFIndex.build(predictor._items)
+            index = IVFIndex.build(predictor.item_vectors)
     return LoadedModel(version_id, predictor, categories, index)
 
 
@@ -656,7 +634,8 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
 
 
 def similar(item, *, limit=10, placement="", exclude=()):
-    """Items whose learned embeddings are closest (cosine) to ``item``'s."""
+    """Items most like ``item``: embedding cosine, co-occurrence cosine or both, whichever
+    training measured best at finding shoppers' next items (``HybridRanker.similar``)."""
 
     def compute(pk, model):
         if model is None:

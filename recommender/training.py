@@ -372,8 +372,9 @@ def _train(version, progress):
     ModelVersion.objects.filter(pk=version.pk).update(curve=_jsonable(result.curve))
 
     progress.stage("save")
+    # What serves: a net as its hybrid ranker (net, kNN lists, blend weight, "similar" choice).
     payload = artifact.artifact_bytes(
-        model_name=cfg["MODEL"],
+        model_name=result.model.name,
         model_config=result.model.config,
         state_dict=result.model.state_dict(),
         item_ids=split.item_map.to_list(),
