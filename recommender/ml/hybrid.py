@@ -190,7 +190,7 @@ class HybridRanker(nn.Module):
         return torch.unique(self._knn_entries(item_seq)[1])
 
     def candidate_scores(self, item_seq, kind_seq, vector, candidates) -> torch.Tensor:
-        """The blended score of ``candidates`` [C] only, for one history: the same numbers
+        """The blended score of distinct ``candidates`` [C] only, for one history: the same numbers
         ``full_sort_predict`` gives them, without scoring the whole catalogue."""
         item_seq, kind_seq = self._window(item_seq, kind_seq)
         vectors = vector[None, :]  # [1, d]
