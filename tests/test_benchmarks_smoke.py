@@ -27,7 +27,7 @@ TIMEOUT_S = 600  # a generous bound for a loaded machine; each run takes seconds
 
 # benchmark: (report file name or None for stdout, what the report must show)
 EXPECTED = {
-    "quality": ("quality.md", ["| CNN+DNN |", "| CNN+DNN + α·item-kNN (benchmark only) |"]),
+    "quality": ("quality.md", ["| CNN+DNN |", "| CNN+DNN + α·item-kNN (served) |"]),
     "train_step": (None, ["| 512 | 1024 sampled negatives |"]),
     "ingest": ("ingest.md", ["record_many / raw:", "| sync | API, batch of 100 |"]),
     # The summary row comes from model_share's IVF branch, where the attribute error was.

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Blend weights tried on validation, net alone first: a tie keeps the simpler ranker.
-BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 # "Similar products": (embedding cosine weight, co-occurrence cosine weight), standardised.
 SIMILAR_CHOICES = {"embedding": (1.0, 0.0), "cooccurrence": (0.0, 1.0), "blend": (1.0, 1.0)}
 
