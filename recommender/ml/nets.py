@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("cnn", "cnn_dnn", "popularity", "itemknn", "hybrid")
+MODEL_NAMES = ("cnn", "cnn_dnn", "popularity", "itemknn")  # trainable; artifacts add "hybrid"
 NET_NAMES = ("cnn", "cnn_dnn")
 
 
@@ -373,7 +373,7 @@ class CNNDNN(SequenceNet):
 
 
 def build_model(name: str, n_items: int, n_kinds: int, **config) -> nn.Module:
-    """Instantiate any model in ``MODEL_NAMES`` from its JSON-able config."""
+    """Instantiate any model in ``MODEL_NAMES``, or a stored ``hybrid``, from its JSON-able config."""
     from . import baselines, hybrid
 
     models = {m.name: m for m in (CNN, CNNDNN, baselines.Popularity, baselines.ItemKNN)}
