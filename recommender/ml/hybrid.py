@@ -182,28 +182,24 @@ class HybridRanker(nn.Module):
         knn = self.knn_scores(item_seq) if self.weight else None
         return self._blend(item_seq, vectors, net, knn)
 
-    def neighbours_of(self, item_seq) -> torch.Tensor:
-        """Items with a non-zero kNN score for one history [1, L] (empty at weight 0)."""
-        if self.weight == 0.0:
-            return torch.zeros(0, dtype=torch.long)
-        item_seq = item_seq[:, -self.max_len :]
-        return torch.unique(self._knn_entries(item_seq)[1])
-
-    def candidate_scores(self, item_seq, kind_seq, vector, candidates) -> torch.Tensor:
-        """The blended score of distinct ``candidates`` [C] only, for one history: the same numbers
-        ``full_sort_predict`` gives them, without scoring the whole catalogue."""
+    def candidate_scores(self, item_seq, kind_seq, vector, net_candidates):
+        """(candidates [C], their blended scores [C]) for one history [1, L]: the net's
+        ``net_candidates`` together with every item the history's kNN neighbours score,
+        with the numbers ``full_sort_predict`` gives them, without scoring the catalogue."""
         item_seq, kind_seq = self._window(item_seq, kind_seq)
         vectors = vector[None, :]  # [1, d]
-        net = vectors @ self.item_embeddings()[candidates].T  # [1, C]
-        knn = None
-        if self.weight:
-            rows, idx, val = self._knn_entries(item_seq)
-            position = torch.full((self.n_items + 1,), -1, dtype=torch.long)
-            position[candidates] = torch.arange(len(candidates))
-            at = position[idx]
-            knn = torch.zeros(1, len(candidates))
-            knn.index_put_((rows[at >= 0], at[at >= 0]), val[at >= 0], accumulate=True)
-        return self._blend(item_seq, vectors, net, knn)[0]
+        if not self.weight:
+            candidates = torch.unique(net_candidates)
+            return candidates, (vectors @ self.item_embeddings()[candidates].T)[0]
+        rows, idx, val = self._knn_entries(item_seq)
+        candidates = torch.unique(torch.cat([net_candidates, idx]))  # sorted
+        knn = torch.zeros(1, len(candidates), dtype=torch.float64)
+        knn.index_put_((rows, torch.searchsorted(candidates, idx)), val.double(), accumulate=True)
+        # Every non-zero kNN score is a candidate's: the moments need no other item.
+        total, squares = knn.sum(1), (knn * knn).sum(1)
+        net = self._net_standardised(vectors, vectors @ self.item_embeddings()[candidates].T)
+        co = _standardise(knn.float(), total, squares, self.n_items)
+        return candidates, (net + self.weight * co)[0]
 
     # ---- similar products
 

@@ -112,11 +112,10 @@ class Predictor:
         if index is not None and allowed is None and isinstance(self.model, HybridRanker):
             vector = self.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
             found, _ = index.search(vector, k + len(banned))
-            candidates = set(found) | set(self.model.neighbours_of(item_seq).tolist())
-            candidates = torch.tensor(sorted(candidates - banned - {0}), dtype=torch.long)
-            if not len(candidates):
-                return []
-            scores = self.model.candidate_scores(item_seq, kind_seq, vector, candidates)
+            found = torch.tensor(found, dtype=torch.long)
+            candidates, scores = self.model.candidate_scores(item_seq, kind_seq, vector, found)
+            if banned:
+                scores[torch.isin(candidates, torch.tensor(sorted(banned)))] = -torch.inf
         else:
             candidates = None
             scores = self.model.full_sort_predict(item_seq, kind_seq)[0]  # [N+1]

@@ -53,8 +53,11 @@ def test_candidate_scores_are_the_full_scores_of_those_candidates(chain_split):
         for row in range(5):
             one, kinds = item_seq[row : row + 1], kind_seq[row : row + 1]
             vector = ranker.shopper_vector(one, kinds)[0]
-            candidates = torch.tensor(sorted({1, 4, 7, *ranker.neighbours_of(one).tolist()}))
-            got = ranker.candidate_scores(one, kinds, vector, candidates)
+            candidates, got = ranker.candidate_scores(one, kinds, vector, torch.tensor([1, 4, 7]))
+            assert {1, 4, 7} <= set(candidates.tolist())
+            # Every item kNN scores for this history is a candidate.
+            knn = ranker.knn_scores(one)[0]
+            assert set(torch.nonzero(knn).flatten().tolist()) <= set(candidates.tolist())
             assert torch.allclose(got, full[row, candidates], atol=1e-5)
 
 
