@@ -131,8 +131,9 @@ def choose_ranker(net, knn, split: Split, config: train.TrainConfig):
     """The net blended with ``knn`` as validation prefers (``hybrid.choose``), measured alike."""
     options = dict(n_items=split.n_items, max_len=config.max_len, seed=config.seed)
 
-    def validate(ranker):
-        return measure(ranker, split.validation, max_users=config.val_max_users, **options)
+    def validate(ranker):  # full ranking only: the weight is chosen on NDCG@10
+        users = config.val_max_users
+        return metrics.evaluate(ranker, split.validation, 10, "full", max_users=users, **options)
 
     return hybrid.choose(
         net, knn, split.validation, validate, max_users=config.val_max_users, seed=config.seed
