@@ -35,11 +35,14 @@ SIMILAR_CHOICES = {"embedding": (1.0, 0.0), "cooccurrence": (0.0, 1.0), "blend":
 
 
 def _standardise(values: torch.Tensor, total, squares, n: int) -> torch.Tensor:
-    """(values - mean) / std, from the sum and sum of squares over ``n`` items (float64)."""
+    """(values - mean) / std per row, from the sum and sum of squares over ``n`` items.
+
+    The moments are taken in float64 (a sum of squares cancels), the scores stay float32.
+    """
     mean = total / n
     var = (squares - n * mean * mean) / max(n - 1, 1)
     std = torch.sqrt(torch.clamp(var, min=0.0)).clamp_min(1e-9)
-    return ((values.double() - mean[:, None]) / std[:, None]).float()
+    return (values - mean[:, None].float()) / std[:, None].float()
 
 
 class HybridRanker(nn.Module):
