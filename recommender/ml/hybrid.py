@@ -148,31 +148,19 @@ class HybridRanker(nn.Module):
 
     def knn_scores(self, item_seq) -> torch.Tensor:
         """Item-kNN's scores [B, N+1]: the summed similarities to the history's items."""
-        rows, idx, val = self._knn_entries(item_seq)
-        scores = torch.zeros(item_seq.shape[0], self.n_items + 1)
-        scores.index_put_((rows, idx), val, accumulate=True)
-        return scores
-
-    def _knn_sums(self, item_seq):
-        """Per shopper: sum and sum of squares of kNN scores over the catalogue (float64)."""
-        rows, idx, val = self._knn_entries(item_seq)
         b = item_seq.shape[0]
-        key = rows * (self.n_items + 1) + idx
-        unique, inverse = torch.unique(key, return_inverse=True)
-        summed = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, val.double())
-        owner = unique // (self.n_items + 1)
-        total = torch.zeros(b, dtype=torch.float64).index_add_(0, owner, summed)
-        squares = torch.zeros(b, dtype=torch.float64).index_add_(0, owner, summed * summed)
-        return total, squares
+        scores = torch.zeros(b, self.n_items + 1)
+        idx = self.neighbours[item_seq].reshape(b, -1).long()  # [B, L*k]
+        scores.scatter_add_(1, idx, self.similarity[item_seq].reshape(b, -1))
+        scores[:, 0] = 0.0  # padding and unused slots
+        return scores
 
     # ---- the blended score
 
-    def _blend(self, item_seq, vectors, net_scores, knn_scores) -> torch.Tensor:
-        if self.weight == 0.0:
-            return net_scores
+    def _blend(self, vectors, net_scores, knn_scores, knn_total, knn_squares) -> torch.Tensor:
         net = self._net_standardised(vectors, net_scores)
-        total, squares = self._knn_sums(item_seq)
-        return net + self.weight * _standardise(knn_scores, total, squares, self.n_items)
+        knn = _standardise(knn_scores, knn_total, knn_squares, self.n_items)
+        return net + self.weight * knn
 
     def _window(self, item_seq, kind_seq):
         return item_seq[:, -self.max_len :], kind_seq[:, -self.max_len :]
@@ -182,8 +170,11 @@ class HybridRanker(nn.Module):
         item_seq, kind_seq = self._window(item_seq, kind_seq)
         vectors = self.shopper_vector(item_seq, kind_seq)  # [B, d]
         net = vectors @ self.item_embeddings().T  # [B, N+1]
-        knn = self.knn_scores(item_seq) if self.weight else None
-        return self._blend(item_seq, vectors, net, knn)
+        if not self.weight:
+            return net
+        knn = self.knn_scores(item_seq)  # [B, N+1], column 0 zero
+        total, squares = knn.sum(1, dtype=torch.float64), (knn * knn).sum(1, dtype=torch.float64)
+        return self._blend(vectors, net, knn, total, squares)
 
     def candidate_scores(self, item_seq, kind_seq, vector, net_candidates):
         """(candidates [C], their blended scores [C]) for one history [1, L]: the net's
@@ -200,9 +191,8 @@ class HybridRanker(nn.Module):
         knn.index_put_((rows, torch.searchsorted(candidates, idx)), val.double(), accumulate=True)
         # Every non-zero kNN score is a candidate's: the moments need no other item.
         total, squares = knn.sum(1), (knn * knn).sum(1)
-        net = self._net_standardised(vectors, vectors @ self.item_embeddings()[candidates].T)
-        co = _standardise(knn.float(), total, squares, self.n_items)
-        return candidates, (net + self.weight * co)[0]
+        net = vectors @ self.item_embeddings()[candidates].T  # [1, C]
+        return candidates, self._blend(vectors, net, knn.float(), total, squares)[0]
 
     # ---- similar products
 
