@@ -11,18 +11,19 @@ the baselines on all test-time inputs (training + validation events) after their
 which favours them: the nets are not retrained on validation events.
 
 The models the app trains (nets, popularity, item-kNN) are fitted and measured by
-``recommender.ml.pipeline.run``, the app's own training path; every row (ALS and blends
-too) is measured by ``pipeline.measure``, the function that judges a version before it
-may serve.
+``recommender.ml.pipeline.run``, the app's own training path; every row (ALS too) is
+measured by ``pipeline.measure``, the function that judges a version before it may serve.
+Each net has two rows: the net alone, and the hybrid ranker the app serves for it (the
+net blended with item-kNN at the weight validation chose, 0 allowed).
 
     python -m benchmarks.quality --seed 0 --max-train-minutes 20 \\
         --models popularity,itemknn,als,cnn,cnn_dnn [--ablation]
 
 ``--ablation`` also trains the CNN alone (``cnn``), the self-attention stack alone
-(``sasrec``) and both (``cnn_dnn``, the default) and prints their cost (train time,
-epochs, training positions per second, the softmax ``TrainConfig.loss="auto"`` chose)
-beside their validation and test NDCG@10 / HR@10: the default must be the best on
-validation.
+(``sasrec``) and both (``cnn_dnn``, the default), each alone and blended with item-kNN as
+served, and prints their cost (train time, epochs, training positions per second, the
+softmax ``TrainConfig.loss="auto"`` chose) beside their validation and test NDCG@10: the
+default must be the best on validation.
 
 ``--smoke`` runs every model on a small synthetic file with tiny budgets (seconds).
 
@@ -63,7 +64,7 @@ LABELS = {
 }
 # --ablation: every part of the default model must earn its place.
 ABLATION = {"cnn": "CNN alone", "sasrec": "attention alone", "cnn_dnn": "CNN + attention"}
-DEFAULT_NET = "cnn_dnn"  # the app's default MODEL (recommender/conf.py)
+SERVED = " + α·item-kNN (served)"
 
 # Chosen on validation (see benchmarks/results/quality-notes.md).
 NET_CONFIG = {
@@ -139,49 +140,6 @@ def _fit_als(params, items, n_items, seed, threads):
     return ALSScorer(model, n_items)
 
 
-class BlendScorer:
-    """A net's scores plus ``alpha`` times item-kNN's, each standardised per shopper.
-
-    Benchmark only: it measures how much of item-kNN's signal the net is missing. The
-    served models score by one dot product, which a blend would not be.
-    """
-
-    max_len = 10_000  # the net clips its input to its own max_len; kNN reads it all
-
-    def __init__(self, net, knn, alpha: float):
-        self.net, self.knn, self.alpha = net.eval(), knn, float(alpha)
-
-    @staticmethod
-    def _standardised(scores):
-        real = scores[:, 1:]
-        return (scores - real.mean(1, keepdim=True)) / real.std(1, keepdim=True).clamp_min(1e-9)
-
-    @torch.no_grad()
-    def full_sort_predict(self, item_seq, kind_seq=None):
-        net = self._standardised(self.net.full_sort_predict(item_seq, kind_seq))
-        if self.alpha == 0.0:
-            return net
-        knn = self._standardised(self.knn.full_sort_predict(item_seq, kind_seq))
-        return net + self.alpha * knn
-
-
-BLEND_ALPHAS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def run_blend(net_name, net, knn, split, args, log):
-    """Pick alpha on validation (same shoppers as the grids), nothing else is trained."""
-    t0 = time.perf_counter()
-    best, best_ndcg = 0.0, -1.0
-    for alpha in tqdm(BLEND_ALPHAS, desc=f"{LABELS[net_name]} + item-kNN alpha", leave=False):
-        val = validate(BlendScorer(net, knn, alpha), split, args)
-        log(f"  blend {net_name} + itemknn alpha {alpha} val NDCG@10 {val['ndcg@10']:.4f}")
-        if val["ndcg@10"] > best_ndcg:
-            best, best_ndcg = alpha, val["ndcg@10"]
-    model = BlendScorer(net, knn, best)
-    seconds = time.perf_counter() - t0
-    return model, seconds, "-", {"alpha": best, "val_ndcg10": best_ndcg}, test(model, split, args)
-
-
 def train_config(args):
     """The TrainConfig of every model in the run: TRAIN_CONFIG with the command's overrides."""
     tconf = {**TRAIN_CONFIG, **json.loads(args.train_config or "{}")}
@@ -251,8 +209,12 @@ def run_baseline(name, split, args, log):
     return model, seconds, "-", {"params": best, "val_ndcg10": best_ndcg}, scores
 
 
-def run_net(name, split, args, log):
-    """Fitted and measured by the app's pipeline (seeded, early-stopped on validation)."""
+def run_net(name, split, args, log, knn_params=None):
+    """Fitted and measured by the app's pipeline (seeded, early-stopped on validation).
+
+    Two rows: the net alone, and what the app serves for it, the hybrid ranker (blended
+    with an item-kNN of ``knn_params``, the grid's choice, at the weight validation chose).
+    """
     config = {**NET_CONFIG[name], **json.loads(args.net_config or "{}")}
     tcfg = train_config(args)
     bar = tqdm(total=tcfg.epochs, desc=f"{LABELS[name]} epochs", leave=False)
@@ -269,9 +231,18 @@ def run_net(name, split, args, log):
             f"{p['val_ndcg10']:.4f} HR@10 {p['val_hr10']:.4f} ({p['elapsed']:.0f}s)"
         )
 
-    result = pipeline.run(split, name, config, tcfg, baselines=(), progress=progress)
+    t0 = time.perf_counter()
+    result = pipeline.run(
+        split,
+        name,
+        config,
+        tcfg,
+        baselines=(),
+        baseline_configs={"itemknn": knn_params or {}},
+        progress=progress,
+    )
     bar.close()
-    fitted = result.fitted
+    fitted, blend = result.fitted, result.blend
     train_seconds = sum(r["train_seconds"] for r in fitted.curve)
     info = {
         "config": config,
@@ -279,31 +250,50 @@ def run_net(name, split, args, log):
         "loss_us_per_position": {k: round(v * 1e6) for k, v in fitted.loss_costs.items()},
         "device": fitted.device,
         "positions_per_s": sum(r["positions"] for r in fitted.curve) / max(train_seconds, 1e-9),
-        "valid": result.scores[name].valid,
+        "valid": blend["net_alone"]["valid"],
         "train": {**TRAIN_CONFIG, **json.loads(args.train_config or "{}")},
         "best_epoch": fitted.best_epoch,
         "stopped": fitted.stopped,
         **fitted.best_metrics,
     }
-    scores = result.scores[name].test
-    return result.model, fitted.train_seconds, str(len(fitted.curve)), info, scores
+    for weight, ndcg in blend["tried"].items():
+        log(f"  {name} + itemknn weight {weight} val NDCG@10 {ndcg:.4f}")
+    for choice, hr in blend["similar_tried"].items():
+        log(f"  {name} similar products by {choice}: val item-to-next HR@10 {hr:.4f}")
+    served = {
+        "weight": blend["weight"],
+        "similar": blend["similar"],
+        "val_ndcg10": result.scores[name].valid["ndcg@10"],
+        "net_alone_val_ndcg10": blend["net_alone"]["valid"]["ndcg@10"],
+        "valid": result.scores[name].valid,
+    }
+    epochs = str(len(fitted.curve))
+    return [
+        (LABELS[name], fitted.train_seconds, epochs, info, blend["net_alone"]["test"]),
+        (
+            LABELS[name] + SERVED,
+            time.perf_counter() - t0,
+            epochs,
+            served,
+            result.scores[name].test,
+        ),
+    ]
 
 
 def ablation_table(infos) -> str:
-    """CNN alone, attention alone, CNN + attention: cost and validation + test quality."""
+    """CNN alone, attention alone, CNN + attention, each alone and as served (+ item-kNN)."""
     lines = [
         "| ablation | softmax | train time | epochs (best) | positions/s | val NDCG@10 "
-        "| val HR@10 | test NDCG@10 | test HR@10 |",
+        "| test NDCG@10 | + item-kNN: val NDCG@10 | + item-kNN: test NDCG@10 |",
         "|---|---|---|---|---:|---|---|---|---|",
     ]
     for name, label in ABLATION.items():
-        seconds, epochs, info, scores = infos[name]
-        valid = info["valid"]
+        (_, seconds, epochs, alone, alone_test), (_, _, _, served, served_test) = infos[name]
         lines.append(
-            f"| {label} (`{name}`) | {info['loss']} | {seconds / 60:.1f} min "
-            f"| {epochs} ({info['best_epoch']}) | {info['positions_per_s']:,.0f} "
-            f"| {valid['ndcg@10']:.4f} | {valid['hr@10']:.4f} "
-            f"| {scores['ndcg@10']:.4f} | {scores['hr@10']:.4f} |"
+            f"| {label} (`{name}`) | {alone['loss']} | {seconds / 60:.1f} min "
+            f"| {epochs} ({alone['best_epoch']}) | {alone['positions_per_s']:,.0f} "
+            f"| {alone['valid']['ndcg@10']:.4f} | {alone_test['ndcg@10']:.4f} "
+            f"| {served['valid']['ndcg@10']:.4f} | {served_test['ndcg@10']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -330,11 +320,6 @@ def main(argv=None):
         action="store_true",
         help="refit baselines on training + validation events for the test",
     )
-    ap.add_argument(
-        "--blend",
-        action="store_true",
-        help="also score each net blended with item-kNN (weight chosen on validation)",
-    )
     ap.add_argument("--net-config", default=None, help="JSON overrides for the nets")
     ap.add_argument("--train-config", default=None, help="JSON overrides for TrainConfig")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.md"))
@@ -347,7 +332,6 @@ def main(argv=None):
             data=harness.smoke_user_item_file(),
             max_train_minutes=0.05,
             train_config='{"epochs": 2}',
-            blend=True,
             threads=1,
             out=harness.smoke_output("quality"),
         )
@@ -372,37 +356,29 @@ def main(argv=None):
     split = data.leave_one_out(seqs)
     log(f"data {args.data}: {len(seqs)} shoppers, {seqs.n_items} items, {seqs.n_events} events")
 
-    rows, trained, infos = [], {}, {}
-    jobs = list(names)
-    if args.blend:
-        if "itemknn" not in names or not set(names) & set(nets.NET_NAMES):
-            ap.error("--blend needs itemknn and a net in --models")
-        jobs += [f"{name}+itemknn" for name in names if name in nets.NET_NAMES]
-    for name in tqdm(jobs, desc="models"):
-        if name.endswith("+itemknn"):
-            net_name = name.removesuffix("+itemknn")
-            model, seconds, epochs, info, scores = run_blend(
-                net_name, trained[net_name], trained["itemknn"], split, args, log
-            )
-            LABELS[name] = f"{LABELS[net_name]} + α·item-kNN (benchmark only)"
+    rows, knn_params, infos = [], None, {}
+    for name in tqdm(names, desc="models"):
+        if name in nets.NET_NAMES:
+            done = infos[name] = run_net(name, split, args, log, knn_params)
         else:
-            runner = run_net if name in nets.NET_NAMES else run_baseline
-            model, seconds, epochs, info, scores = runner(name, split, args, log)
-            trained[name] = model
-            infos[name] = (seconds, epochs, info, scores)
-        rows.append(
-            (
-                LABELS[name],
-                scores["hr@10"],
-                scores["ndcg@10"],
-                scores.get("sampled_hr@10", float("nan")),  # only in a catalogue of 1000+
-                scores.get("sampled_ndcg@10", float("nan")),
-                scores["coverage@10"],
-                seconds,
-                epochs,
+            model, seconds, epochs, info, scores = run_baseline(name, split, args, log)
+            done = [(LABELS[name], seconds, epochs, info, scores)]
+            if name == "itemknn":
+                knn_params = info["params"]
+        for label, seconds, epochs, info, scores in done:
+            rows.append(
+                (
+                    label,
+                    scores["hr@10"],
+                    scores["ndcg@10"],
+                    scores.get("sampled_hr@10", float("nan")),  # only in a catalogue of 1000+
+                    scores.get("sampled_ndcg@10", float("nan")),
+                    scores["coverage@10"],
+                    seconds,
+                    epochs,
+                )
             )
-        )
-        log(f"{LABELS[name]}: test full NDCG@10 {scores['ndcg@10']:.4f} {json.dumps(info)}")
+            log(f"{label}: test full NDCG@10 {scores['ndcg@10']:.4f} {json.dumps(info)}")
 
     header = (
         "| model | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 "

@@ -1,9 +1,11 @@
 """Data for the serving benchmark: catalogues, shoppers with histories, a crafted model.
 
 Serving cost does not depend on how good the weights are, so the model is not trained:
-a ``cnn_dnn`` network of the production shape (dim 64, max_len 50, tower 256) with its
-default random initialisation, whose item embeddings are replaced by vectors with the
-structure trained embeddings have (see ``clustered_embeddings``). The approximate index's
+the hybrid ranker a store is served, over a ``cnn_dnn`` network of the production shape
+(dim 64, max_len 50, tower 256) with its default random initialisation, whose item
+embeddings are replaced by vectors with the structure trained embeddings have (see
+``clustered_embeddings``), and item-kNN lists of ``KNN_K`` neighbours from each item's
+own cluster (``cluster_neighbours``), blended at weight 1. The approximate index's
 recall does depend on that structure, which is why it is not isotropic noise.
 
 Everything is written with PostgreSQL ``COPY`` into a benchmark-only database, and is
@@ -19,7 +21,8 @@ import uuid
 from decimal import Decimal
 from importlib import import_module
 
-GEOMETRY_VERSION = 1
+GEOMETRY_VERSION = 2  # 2: the served hybrid ranker (net + item-kNN lists)
+KNN_K = 50  # neighbours per item (item-kNN fits 100 by default; 50 keeps 1M items at 400 MB)
 N_CATEGORIES = 50
 ITEMS_PER_CLUSTER = 500
 SHOPPER_PREFIX = "sbench-"
@@ -266,7 +269,7 @@ def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, 
     from django.core.files.storage import storages
 
     from recommender.conf import recommender_settings
-    from recommender.ml import artifact, data, nets
+    from recommender.ml import artifact, data, hybrid, nets
     from recommender.models import ModelVersion
 
     tag = hashlib.sha256(
@@ -277,14 +280,26 @@ def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, 
     if not storage.exists(name):
         torch.manual_seed(seed)
         kinds = data.kind_vocabulary(data.KNOWN_KINDS)
-        model = nets.build_model("cnn_dnn", len(item_pks), len(kinds), dim=dim, max_len=max_len)
+        net = nets.build_model("cnn_dnn", len(item_pks), len(kinds), dim=dim, max_len=max_len)
         with torch.no_grad():
-            model.item_emb.weight[0].zero_()
-            model.item_emb.weight[1:] = clustered_embeddings(
+            net.item_emb.weight[0].zero_()
+            net.item_emb.weight[1:] = clustered_embeddings(
                 cluster_of_item, category_of_cluster, seed, dim
             )
+        model = hybrid.HybridRanker(
+            len(item_pks),
+            len(kinds),
+            net="cnn_dnn",
+            net_config=net.config,
+            k=KNN_K,
+            weight=1.0,
+            similar="blend",
+        )
+        model.net.load_state_dict(net.state_dict())
+        del net
+        model.neighbours, model.similarity = cluster_neighbours(cluster_of_item, KNN_K, seed)
         payload = artifact.artifact_bytes(
-            model_name="cnn_dnn",
+            model_name=model.name,
             model_config=model.config,
             state_dict=model.state_dict(),
             item_ids=list(item_pks),
@@ -318,6 +333,30 @@ def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, 
         )
     version.activate()
     return version
+
+
+def cluster_neighbours(cluster_of_item, k, seed):
+    """Item-kNN lists as co-occurrence within clusters makes them: ``k`` items of the
+    item's own cluster (fewer in a small one), similarities in (0, 0.5], best first.
+    Returns (neighbours [N+1, k] int32, similarity [N+1, k]); row 0 is padding."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 5)
+    n = len(cluster_of_item)
+    order = torch.argsort(cluster_of_item, stable=True)
+    counts = torch.bincount(cluster_of_item)
+    starts = torch.cumsum(counts, 0) - counts
+    mine = cluster_of_item[:, None]  # [N, 1]
+    picks = (torch.rand(n, k, generator=gen) * counts[mine]).long()  # [N, k] within cluster
+    neighbours = order[starts[mine] + picks] + 1  # item indices
+    similarity = torch.sort(torch.rand(n, k, generator=gen) * 0.5, dim=1, descending=True).values
+    similarity[neighbours == torch.arange(1, n + 1)[:, None]] = 0.0  # never its own neighbour
+    neighbours[similarity == 0] = 0
+    pad = torch.zeros(1, k)
+    return (
+        torch.cat([pad.int(), neighbours.int()]),
+        torch.cat([pad, similarity.clamp_min(0.0)]),
+    )
 
 
 class _Histories:

@@ -215,10 +215,9 @@ def _model_problems():
         return []
     from .ml import nets
 
-    try:
-        cls = type(nets.build_model(model, 2, 2))
-    except ValueError as exc:
-        return [(("MODEL",), str(exc))]
+    if model not in nets.MODEL_NAMES:  # a net serves blended with item-kNN by itself
+        return [(("MODEL",), f"unknown model {model!r}; known: {', '.join(nets.MODEL_NAMES)}")]
+    cls = type(nets.build_model(model, 2, 2))
     params = {
         name: param.default
         for name, param in inspect.signature(cls).parameters.items()

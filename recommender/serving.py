@@ -79,41 +79,14 @@ class LoadedModel:
         self.index = index  # approximate nearest-neighbour index, or None (exact)
 
     def top_candidates(self, history, k, *, exclude_pks=(), category=None):
-        """The k best (item pk, score) for a history of (item pk, kind), best first."""
-        import torch
+        """The k best (item pk, score) for a history of (item pk, kind), best first.
 
-        predictor = self.predictor
-        with torch.inference_mode():
-            item_seq, kind_seq, seen = predictor.encode(history)
-            if not seen:
-                return []
-            banned = {predictor.item_map.index(pk, 0) for pk in exclude_pks} - {0}
-            if category is not None:
-                wanted = self._category_mask(category)
-            else:
-                wanted = None
-            nets = hasattr(predictor, "_items")
-            if nets:
-                vector = predictor.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
-            if nets and self.index is not None and wanted is None:
-                indices, scores = self.index.search(vector, k + len(banned))
-            else:
-                if nets:
-                    scores = predictor._items @ vector  # [N+1]
-                else:  # a baseline won the run (item-kNN, popularity): its own exact scores
-                    scores = predictor.model.full_sort_predict(item_seq, kind_seq)[0].clone()
-                scores[0] = -torch.inf
-                if wanted is not None:
-                    scores = torch.where(wanted, scores, torch.tensor(-torch.inf))
-                if banned:
-                    scores[torch.tensor(sorted(banned))] = -torch.inf
-                top = torch.topk(scores, min(k, len(scores) - 1))
-                indices, scores = top.indices.tolist(), top.values.tolist()
-        return [
-            (predictor.item_map.id(i), s)
-            for i, s in zip(indices, scores, strict=True)
-            if i not in banned and s != float("-inf")
-        ][:k]
+        The score is the one training measured (``Predictor.top``: the net blended with
+        item-kNN as validation chose); candidates come from the IVF index when there is
+        one and no category narrows the catalogue, else from every item.
+        """
+        wanted = self._category_mask(category) if category is not None else None
+        return self.predictor.top(history, k, exclude=exclude_pks, allowed=wanted, index=self.index)
 
     @property
     def history_length(self):
@@ -270,7 +243,7 @@ def load_version(version_id, artifact_name, sha256=""):
 
         index = artifacts.read_index(artifact_name)
         if index is None:  # versions promoted before the catalogue grew past the threshold
-            index = IVFIndex.build(predictor._items)
+            index = IVFIndex.build(predictor.item_vectors)
     return LoadedModel(version_id, predictor, categories, index)
 
 
@@ -646,7 +619,8 @@ def _item_list(source, item, compute, *, limit, placement, exclude=()):
 
 
 def similar(item, *, limit=10, placement="", exclude=()):
-    """Items whose learned embeddings are closest (cosine) to ``item``'s."""
+    """Items most like ``item``: embedding cosine, co-occurrence cosine or both, whichever
+    training measured best at finding shoppers' next items (``HybridRanker.similar``)."""
 
     def compute(pk, model):
         if model is None:

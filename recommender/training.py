@@ -364,8 +364,9 @@ def _train(version, progress):
         index = pipeline.build_index(served, split.validation, train_config.max_len)
 
     progress.stage("save")
+    # What serves: a net as its hybrid ranker (net, kNN lists, blend weight, "similar" choice).
     payload = artifact.artifact_bytes(
-        model_name=choice.name,
+        model_name=served.name,
         model_config=served.config,
         state_dict=served.state_dict(),
         item_ids=split.item_map.to_list(),
@@ -403,6 +404,7 @@ def _refit(pipeline, choice, result, sequences, train_config, budget, progress):
         epochs=epochs,
         max_seconds=left,
         progress=lambda row: progress({**row, "stage": "refit"}),
+        knn=result.scores["itemknn"].model if "itemknn" in result.scores else None,
     )
     served = refit.model if refit.model is not None else result.scores[choice.name].model
     return served, refit.to_dict()

@@ -31,7 +31,7 @@ EXPECTED = {
         "quality.md",
         [
             "| CNN+DNN |",
-            "| CNN+DNN + α·item-kNN (benchmark only) |",
+            "| CNN+DNN + α·item-kNN (served) |",
             "| CNN + attention (`cnn_dnn`) |",  # the --ablation table
         ],
     ),

@@ -94,6 +94,7 @@ def messages(errors, check_id):
             'RECOMMENDER["MODEL_CONFIG"]["max_len"]: not a setting',
         ),
         ({"MODEL": "cnn_dnm"}, 'RECOMMENDER["MODEL"]: unknown model'),
+        ({"MODEL": "hybrid"}, 'RECOMMENDER["MODEL"]: unknown model'),
         ({"HISTORY_LENGTH": 0}, 'RECOMMENDER["HISTORY_LENGTH"]: must be a whole number'),
     ],
 )

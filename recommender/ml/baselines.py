@@ -134,9 +134,8 @@ class ItemKNN(nn.Module):
         scores.scatter_add_(1, idx, val)
         return scores  # [B, N+1]
 
-    def similar(self, index: int, k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item indices, similarities) of the stored neighbours of one item."""
-        k = min(k, self.k)
-        idx, sim = self.neighbours[index, :k], self.similarity[index, :k]
-        keep = sim > 0
-        return idx[keep], sim[keep]
+    def similar(self, index: int, k: int = 10, exclude=()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item indices, similarities) of the stored neighbours of one item, best first."""
+        idx, sim = self.neighbours[index], self.similarity[index]
+        keep = (sim > 0) & ~torch.isin(idx, torch.as_tensor(list(exclude), dtype=torch.long))
+        return idx[keep][:k], sim[keep][:k]

@@ -37,7 +37,7 @@ Interaction = tuple  # (shopper, item, kind: str, value: float | None, ts: float
 
 @dataclass
 class CleaningConfig:
-    """What `clean` removes. Every step is disabled by ``None`` or ``0``.
+    """What cleaning (``build_sequences``) removes. Every step is disabled by ``None`` or ``0``.
 
     The order is fixed: zero-weight kinds, view bursts, bots, sequence cap, then the
     iterated item/shopper count filter (so the thresholds hold on what the model sees).
@@ -135,9 +135,6 @@ class IdMap:
         if index <= 0:
             raise KeyError("index 0 is padding")
         return self._ids[index - 1]
-
-    def ids(self, indices: Iterable[int]) -> list:
-        return [self._ids[i - 1] for i in indices]
 
     def __contains__(self, store_id) -> bool:
         return store_id in self._index
@@ -350,32 +347,6 @@ def _clean_columns(cols: _Columns, config: CleaningConfig) -> tuple[_Columns, Cl
     rep.shoppers = len(np.unique(cols.shopper))
     rep.items = len(np.unique(cols.item))
     return cols, rep
-
-
-def clean(
-    rows: Iterable[Interaction], config: CleaningConfig | None = None
-) -> tuple[list[Interaction], CleaningReport]:
-    """Clean raw interactions; returns rows sorted per shopper chronologically + a report."""
-    config = config or CleaningConfig()
-    cols, rep = _clean_columns(_to_columns(rows), config)
-    out = [
-        (
-            cols.shopper_ids[s],
-            cols.item_ids[i],
-            cols.kind_names[k],
-            None if math.isnan(v) else v,
-            t,
-        )
-        for s, i, k, v, t in zip(
-            cols.shopper.tolist(),
-            cols.item.tolist(),
-            cols.kind.tolist(),
-            cols.value.tolist(),
-            cols.ts.tolist(),
-            strict=True,
-        )
-    ]
-    return out, rep
 
 
 # --------------------------------------------------------------------------- sequences

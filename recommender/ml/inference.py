@@ -1,8 +1,10 @@
 """Request-time scoring: a shopper's latest (item_id, kind) events -> top-k store ids.
 
 Load once per process (``Predictor.from_artifact``), then each request is one encoder
-pass over at most ``max_len`` events plus one [d] x [d, N] product: about a millisecond
-at 50k items on one core. Thread-safe for concurrent reads (no state is mutated).
+pass over at most ``max_len`` events plus one [d] x [d, N] product (about a millisecond
+at 50k items on one core), and with a hybrid ranker a gather of the history's kNN
+neighbours. ``top`` is the one top-k path: serving and tests alike. Thread-safe for
+concurrent reads (no state is mutated).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from .artifact import Artifact, load_artifact
 from .data import IdMap
-from .similarity import normalize, similar_items
+from .hybrid import HybridRanker
 
 
 class Predictor:
@@ -25,6 +27,8 @@ class Predictor:
         *,
         drop_kinds: Iterable[str] = ("remove_from_cart",),
     ):
+        if hasattr(model, "item_embeddings") and not isinstance(model, HybridRanker):
+            model = HybridRanker.of(model)  # a net trained before the blend: the net alone
         self.model = model.eval()
         self.item_map = IdMap.from_list(list(item_ids))
         self.kind_names = list(kind_names)
@@ -33,10 +37,11 @@ class Predictor:
         self._fallback_kind = self._kind_index.get("view", 1)
         self.drop_kinds = set(drop_kinds)
         self.max_len = int(getattr(model, "max_len", 50))
-        self._unit_embeddings = None
+        # The items' vectors [N+1, d] an approximate index is built over; None for baselines.
+        self.item_vectors = None
         if hasattr(model, "item_embeddings"):
             with torch.no_grad():
-                self._items = model.item_embeddings().detach()  # [N+1, d]
+                self.item_vectors = model.item_embeddings().detach()
 
     @classmethod
     def from_artifact(cls, source, *, item_key=None, **kwargs) -> Predictor:
@@ -77,61 +82,63 @@ class Predictor:
             kind_seq[0, width - len(kinds) :] = torch.tensor(kinds)
         return item_seq, kind_seq, seen
 
-    @torch.no_grad()
-    def scores(self, events: Iterable[tuple]) -> tuple[torch.Tensor, list[int]]:
-        """Scores for every item index [N+1] (row 0 = padding) and the seen indices."""
-        item_seq, kind_seq, seen = self.encode(events)
-        return self.model.full_sort_predict(item_seq, kind_seq)[0], seen
+    def indices(self, item_ids: Iterable) -> set[int]:
+        """The model's indices of the store ids it knows."""
+        return {self.item_map.index(i, 0) for i in item_ids} - {0}
+
+    def mask(self, item_ids: Iterable) -> torch.Tensor:
+        """[N+1] bool: True for the store ids given (those the model knows)."""
+        keep = torch.zeros(self.n_items + 1, dtype=torch.bool)
+        keep[torch.tensor(sorted(self.indices(item_ids)), dtype=torch.long)] = True
+        return keep
 
     @torch.no_grad()
-    def recommend(
-        self,
-        events: Iterable[tuple],
-        k: int = 10,
-        *,
-        exclude: Iterable = (),
-        exclude_seen: bool = True,
-        allowed: Iterable | None = None,
+    def top(
+        self, events: Iterable[tuple], k: int, *, exclude: Iterable = (), allowed=None, index=None
     ) -> list[tuple]:
-        """Top-k ``(item_id, score)``; ``exclude``/``allowed`` are store ids (business rules)."""
-        scores, seen = self.scores(events)
-        scores = scores.clone()
-        scores[0] = -torch.inf
-        if exclude_seen and seen:
-            scores[torch.tensor(seen)] = -torch.inf
-        bad = [self.item_map.index(i, 0) for i in exclude]
-        if bad:
-            scores[torch.tensor(bad)] = -torch.inf
-        if allowed is not None:
-            keep = torch.zeros_like(scores, dtype=torch.bool)
-            ok = [self.item_map.index(i, 0) for i in allowed]
-            keep[torch.tensor(ok, dtype=torch.long)] = True
-            keep[0] = False
-            scores[~keep] = -torch.inf
-        top = torch.topk(scores, min(k, self.n_items))
+        """The k best ``(item_id, score)`` for a shopper's events, best first: the served score.
+
+        ``exclude``: store ids never returned (what the store's rules ban: seen, bought...);
+        ``allowed``: an [N+1] bool mask (``mask``) of the only items that may be returned.
+        ``index`` (an ann.IVFIndex over ``item_vectors``) takes the net's candidates
+        approximately; the hybrid then scores them with the history's kNN neighbours,
+        exactly as ``full_sort_predict`` would. A shopper the model knows none of the items
+        of gets nothing (the caller falls back to popular items).
+        """
+        item_seq, kind_seq, seen = self.encode(events)
+        if not seen:
+            return []
+        banned = self.indices(exclude)
+        if index is not None and allowed is None and isinstance(self.model, HybridRanker):
+            vector = self.model.shopper_vector(item_seq, kind_seq)[0]  # [d]
+            found, _ = index.search(vector, k + len(banned))
+            found = torch.tensor(found, dtype=torch.long)
+            candidates, scores = self.model.candidate_scores(item_seq, kind_seq, vector, found)
+            if banned:
+                scores[torch.isin(candidates, torch.tensor(sorted(banned)))] = -torch.inf
+        else:
+            candidates = None
+            scores = self.model.full_sort_predict(item_seq, kind_seq)[0]  # [N+1]
+            scores[0] = -torch.inf
+            if banned:
+                scores[torch.tensor(sorted(banned))] = -torch.inf
+            if allowed is not None:
+                scores = torch.where(allowed, scores, torch.tensor(-torch.inf))
+        top = torch.topk(scores, min(k, len(scores)))
+        chosen = top.indices if candidates is None else candidates[top.indices]
         return [
             (self.item_map.id(int(i)), float(s))
-            for i, s in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+            for i, s in zip(chosen.tolist(), top.values.tolist(), strict=True)
             if s != -float("inf")
         ]
 
     @torch.no_grad()
     def similar(self, item_id, k: int = 10, *, exclude: Iterable = ()) -> list[tuple]:
-        """Items closest to ``item_id``: embedding cosine for nets, stored kNN lists else."""
+        """Items most like ``item_id``, as measured best on validation (``HybridRanker.similar``):
+        embedding cosine, co-occurrence cosine, or both; the kNN lists for an item-kNN model."""
         idx = self.item_map.index(item_id, 0)
-        if not idx:
+        if not idx or not hasattr(self.model, "similar"):
             return []
-        bad = [self.item_map.index(i, 0) for i in exclude]
-        bad = [b for b in bad if b]
-        if hasattr(self.model, "neighbours"):  # ItemKNN
-            ids, sims = self.model.similar(idx, k + len(bad))
-            pairs = [
-                (int(i), float(s)) for i, s in zip(ids, sims, strict=True) if int(i) not in bad
-            ]
-            return [(self.item_map.id(i), s) for i, s in pairs[:k]]
-        if not hasattr(self, "_items"):
-            return []
-        if self._unit_embeddings is None:
-            self._unit_embeddings = normalize(self._items)
-        ids, sims = similar_items(self._unit_embeddings, idx, k, bad, normalized=True)
+        bad = sorted(self.indices(exclude))
+        ids, sims = self.model.similar(idx, k, bad)
         return [(self.item_map.id(int(i)), float(s)) for i, s in zip(ids, sims, strict=True)]

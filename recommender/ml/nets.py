@@ -43,7 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_NAMES = ("cnn", "cnn_dnn", "sasrec", "popularity", "itemknn")
+MODEL_NAMES = (
+    "cnn",
+    "cnn_dnn",
+    "sasrec",
+    "popularity",
+    "itemknn",
+)  # trainable; artifacts add "hybrid"
 NET_NAMES = ("cnn", "cnn_dnn", "sasrec")
 SUMMARIES = ("mean", "attention", "transformer")
 
@@ -453,7 +459,7 @@ class CNN(SequenceNet):
     name = "cnn"
 
     def _build_head(self, dim, hidden, dropout):
-        self.head = nn.Identity()
+        """None: the encoder's features are the shopper vector."""
 
     def _vectors(self, item_seq, kind_seq, select):
         return self.encoder(self._embed(item_seq, kind_seq), select, item_seq > 0)  # [M, d]
@@ -555,16 +561,11 @@ class SASRec(SequenceNet):
 
 
 def build_model(name: str, n_items: int, n_kinds: int, **config) -> nn.Module:
-    """Instantiate any model in ``MODEL_NAMES`` from its JSON-able config."""
-    if name == "cnn":
-        return CNN(n_items, n_kinds, **config)
-    if name == "cnn_dnn":
-        return CNNDNN(n_items, n_kinds, **config)
-    if name == "sasrec":
-        return SASRec(n_items, n_kinds, **config)
-    if name in ("popularity", "itemknn"):
-        from . import baselines
+    """Instantiate any model in ``MODEL_NAMES``, or a stored ``hybrid``, from its JSON-able config."""
+    from . import baselines, hybrid
 
-        cls = baselines.Popularity if name == "popularity" else baselines.ItemKNN
-        return cls(n_items, n_kinds, **config)
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    models = {m.name: m for m in (CNN, CNNDNN, SASRec, baselines.Popularity, baselines.ItemKNN)}
+    models[hybrid.HybridRanker.name] = hybrid.HybridRanker
+    if name not in models:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
+    return models[name](n_items, n_kinds, **config)

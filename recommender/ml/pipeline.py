@@ -3,7 +3,10 @@
 Like RecBole's trainer or Gorse's ``Fit(train, valid, config) -> Score``: given a split
 and configs, ``run`` fits the model and the baselines (popularity, item-kNN), measures
 every one with the same function on the same validation and test shoppers, and returns
-one ``PipelineResult``. The app's training (``recommender.training``) and the offline
+one ``PipelineResult``. A net is served as a ``hybrid.HybridRanker``: blended with the
+item-kNN fitted beside it, at the weight (0 allowed: the net alone) and with the "similar
+products" choice that measure best on validation; its metrics are the ranker's, since
+that is what serves. The app's training (``recommender.training``) and the offline
 benchmark (``benchmarks/quality.py``) both call it, so the benchmark reports what the
 app measures before it promotes a version. ``measure_trained`` does the same for a model
 trained earlier, on a newer split.
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import metrics, nets, train
+from . import hybrid, metrics, nets, train
 from .data import IdMap, Split, SplitPart
 
 BASELINES = ("popularity", "itemknn")
@@ -47,12 +50,15 @@ class PipelineResult:
 
     name: str
     fitted: train.FitResult  # the model (best weights), its curve, best epoch, stop reason
-    scores: dict[str, Scored] = field(default_factory=dict)  # the model's name first
+    scores: dict[str, Scored] = field(default_factory=dict)  # the served model's first
     index: object | None = None  # an ann.IVFIndex for a large catalogue, else None
+    ranker: hybrid.HybridRanker | None = None  # what a net serves as: blended with item-kNN
+    blend: dict = field(default_factory=dict)  # the weights tried, the net alone's scores
 
     @property
     def model(self) -> torch.nn.Module:
-        return self.fitted.model
+        """What serves: the hybrid ranker for a net, the fitted model itself for a baseline."""
+        return self.ranker if self.ranker is not None else self.fitted.model
 
     @property
     def curve(self) -> list[dict]:
@@ -64,6 +70,7 @@ class PipelineResult:
         return {
             **mine.to_dict(),
             "baselines": {n: s.to_dict() for n, s in self.scores.items() if n != self.name},
+            **({"blend": self.blend} if self.blend else {}),
             "best_epoch": self.fitted.best_epoch,
             "stopped": self.fitted.stopped,
             "train_seconds": round(self.fitted.train_seconds, 1),
@@ -109,12 +116,29 @@ def fit_baselines(
     scores = {}
     for name in names:
         t0 = time.perf_counter()
-        # A baseline reads the history the model reads (it is measured on that window too).
-        options = {"max_len": config.max_len, **(configs or {}).get(name, {})}
-        model = nets.build_model(name, split.n_items, split.n_kinds, **options)
-        model = train.fit(model, split, config).model
+        model = fit_baseline(name, split, config, (configs or {}).get(name))
         scores[name] = _scored(model, split, config, time.perf_counter() - t0)
     return scores
+
+
+def fit_baseline(name: str, split: Split, config: train.TrainConfig, options=None):
+    """One baseline fitted on the split's training part, reading the model's history window."""
+    options = {"max_len": config.max_len, **(options or {})}
+    model = nets.build_model(name, split.n_items, split.n_kinds, **options)
+    return train.fit(model, split, config).model
+
+
+def choose_ranker(net, knn, split: Split, config: train.TrainConfig):
+    """The net blended with ``knn`` as validation prefers (``hybrid.choose``), measured alike."""
+    options = dict(n_items=split.n_items, max_len=config.max_len, seed=config.seed)
+
+    def validate(ranker):  # full ranking only: the weight is chosen on NDCG@10
+        users = config.val_max_users
+        return metrics.evaluate(ranker, split.validation, 10, "full", max_users=users, **options)
+
+    return hybrid.choose(
+        net, knn, split.validation, validate, max_users=config.val_max_users, seed=config.seed
+    )
 
 
 def run(
@@ -143,14 +167,24 @@ def run(
 
     stage("evaluate")
     result = PipelineResult(model_name, fitted)
-    result.scores[model_name] = _scored(fitted.model, split, config, fitted.train_seconds)
     others = [name for name in baselines if name != model_name]
+    result.scores[model_name] = None  # the served model's row first
     result.scores.update(fit_baselines(split, config, others, baseline_configs))
+    served = fitted.model
+    if hasattr(fitted.model, "item_embeddings"):
+        stage("blend")
+        knn = result.scores["itemknn"].model if "itemknn" in result.scores else None
+        if knn is None:
+            knn = fit_baseline("itemknn", split, config, (baseline_configs or {}).get("itemknn"))
+        result.ranker, result.blend = choose_ranker(fitted.model, knn, split, config)
+        result.blend["net_alone"] = _scored(fitted.model, split, config).to_dict()
+        served = result.ranker
+    result.scores[model_name] = _scored(served, split, config, fitted.train_seconds)
 
     if index_above is not None and split.n_items > index_above:
         if hasattr(fitted.model, "item_embeddings"):
             stage("index")
-            result.index = build_index(fitted.model, split.validation, config.max_len)
+            result.index = build_index(served, split.validation, config.max_len)
     return result
 
 
@@ -343,6 +377,7 @@ def refit(
     epochs: int,
     max_seconds: float | None = None,
     progress: Callable[[dict], None] | None = None,
+    knn: torch.nn.Module | None = None,
 ) -> Refit:
     """``validated`` built afresh and trained on every event, the holdout days included.
 
@@ -350,8 +385,33 @@ def refit(
     that recipe (same configuration, seed and number of epochs) on all events, so the
     served model knows the newest items and shoppers' latest moves. A net that cannot run
     its ``epochs`` within ``max_seconds`` is not served half-trained: ``model`` is None.
+    A hybrid ranker refits its net and its item-kNN lists (built like ``knn``, the run's
+    validated item-kNN) and keeps the blend weight and "similar" choice validation made.
     """
     t0 = time.perf_counter()
+    if isinstance(validated, hybrid.HybridRanker):
+        net = refit(
+            validated.net_name,
+            validated.net,
+            sequences,
+            config,
+            epochs=epochs,
+            max_seconds=max_seconds,
+            progress=progress,
+        )
+        if net.model is None:
+            return net
+        lists = None
+        if validated.k:
+            template = knn if knn is not None else nets.build_model("itemknn", 1, 1, k=validated.k)
+            lists = refit("itemknn", template, sequences, config, epochs=1).model
+        ranker = hybrid.HybridRanker.of(
+            net.model, lists, validated.weight, validated.similar_choice
+        )
+        seconds = time.perf_counter() - t0
+        return Refit(
+            ranker, net.epochs, seconds, net.reason + (" (with item-kNN's lists)" if lists else "")
+        )
     data = everything(sequences)
     torch.manual_seed(config.seed)
     model = nets.build_model(name, data.n_items, data.n_kinds, **validated.config)

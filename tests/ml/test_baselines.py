@@ -25,6 +25,7 @@ def test_itemknn_cosine_of_cooccurrence_hand_computed():
     # cos(1,2) = 2 / sqrt(3*2); cos(1,3) = 1 / sqrt(3*1)
     assert ids.tolist() == [2, 3]
     assert sims.tolist() == pytest.approx([2 / np.sqrt(6), 1 / np.sqrt(3)], rel=1e-5)
+    assert knn.similar(1, 2, exclude=[2])[0].tolist() == [3]
     scores = knn.full_sort_predict(torch.tensor([[0, 2, 3]]))
     # history {2,3}: item 1 gets cos(2,1)+cos(3,1); items 2/3 are not neighbours of each other
     assert scores[0, 1].item() == pytest.approx(2 / np.sqrt(6) + 1 / np.sqrt(3), rel=1e-5)

@@ -16,6 +16,19 @@ def cfg(**kw):
     return data.CleaningConfig(**{**OFF, **kw})
 
 
+def clean(rows, config):
+    """Cleaned rows (shopper, item, kind, None, ts) per shopper in time order, and the report."""
+    seqs = data.build_sequences(rows, config)
+    out = [
+        (shopper, seqs.item_map.id(int(i)), seqs.kind_names[int(k)], None, float(t))
+        for shopper, items, kinds, times in zip(
+            seqs.shopper_ids, seqs.items, seqs.kinds, seqs.times, strict=True
+        )
+        for i, k, t in zip(items, kinds, times, strict=True)
+    ]
+    return out, seqs.report
+
+
 def test_idmap_reserves_zero_and_roundtrips_as_list():
     m = data.IdMap(["a", 7, "c"])
     assert [m.index("a"), m.index(7), m.index("c")] == [1, 2, 3]
@@ -33,7 +46,7 @@ def test_rows_from_a_generator_in_any_order_become_chronological():
         ("s", "c", "purchase", 9.5, 30.0),
     ]
     seqs = data.build_sequences((r for r in reversed(rows)), cfg())
-    assert seqs.item_map.ids(seqs.items[0].tolist()) == ["a", "b", "c"]
+    assert [seqs.item_map.id(i) for i in seqs.items[0].tolist()] == ["a", "b", "c"]
     assert [seqs.kind_names[k] for k in seqs.kinds[0]] == ["view", "view", "purchase"]
     assert seqs.weights[0].tolist() == [1.0, 1.0, 3.0]
     assert seqs.times[0].tolist() == [10.0, 20.0, 30.0]
@@ -46,7 +59,7 @@ def test_zero_weight_kind_is_dropped_and_counted():
         ("s", "a", "add_to_cart", None, 2.0),
         ("s", "a", "remove_from_cart", None, 3.0),
     ]
-    out, rep = data.clean(rows, cfg())
+    out, rep = clean(rows, cfg())
     assert [r[2] for r in out] == ["view", "add_to_cart"]
     assert rep.dropped_kind == 1 and rep.output_events == 2
 
@@ -55,24 +68,24 @@ def test_burst_keeps_first_view_and_measures_from_last_kept():
     ts = [0, 10, 25, 31, 45, 70]  # window 30: keep 0, drop 10 and 25, keep 31, drop 45, keep 70
     rows = [("s", "a", "view", None, float(t)) for t in ts]
     rows += [("s", "a", "click", None, 11.0), ("s", "b", "view", None, 12.0)]
-    out, rep = data.clean(rows, cfg(burst_window_seconds=30))
+    out, rep = clean(rows, cfg(burst_window_seconds=30))
     kept_views = [r[4] for r in out if r[1] == "a" and r[2] == "view"]
     assert kept_views == [0.0, 31.0, 70.0]
     assert rep.dropped_burst == 3
     assert any(r[2] == "click" for r in out) and any(r[1] == "b" for r in out)
     # disabled: nothing dropped
-    assert data.clean(rows, cfg())[1].dropped_burst == 0
+    assert clean(rows, cfg())[1].dropped_burst == 0
 
 
 def test_bots_are_dropped_by_sustained_rate():
     human = [("h", f"i{k}", "view", None, 60.0 * k) for k in range(20)]
     bot = [("bot", f"i{k % 20}", "click", None, 0.5 * k) for k in range(400)]  # 120/min
-    out, rep = data.clean(human + bot, cfg(max_events_per_minute=60, bot_window_seconds=120))
+    out, rep = clean(human + bot, cfg(max_events_per_minute=60, bot_window_seconds=120))
     assert {r[0] for r in out} == {"h"}
     assert rep.bot_shoppers == 1 and rep.dropped_bot == 400
     # A short burst below the sustained window rate is not a bot.
     burst = [("b2", f"i{k}", "view", None, 1.0 * k) for k in range(30)]
-    out, rep = data.clean(burst, cfg(max_events_per_minute=60, bot_window_seconds=120))
+    out, rep = clean(burst, cfg(max_events_per_minute=60, bot_window_seconds=120))
     assert rep.bot_shoppers == 0
 
 
@@ -81,7 +94,7 @@ def test_iterated_count_filter_reaches_fixed_point():
     for s in range(3):  # items a, b seen by 3 shoppers each
         rows += [(f"s{s}", "a", "view", None, 1.0), (f"s{s}", "b", "view", None, 2.0)]
     rows += [("s3", "a", "view", None, 1.0), ("s3", "rare", "view", None, 2.0)]
-    out, rep = data.clean(rows, cfg(min_item_count=2, min_shopper_count=2))
+    out, rep = clean(rows, cfg(min_item_count=2, min_shopper_count=2))
     # 'rare' goes (1 event) -> s3 has 1 event and goes -> fixed point.
     assert {r[0] for r in out} == {"s0", "s1", "s2"}
     assert rep.dropped_rare_item == 1 and rep.dropped_rare_shopper == 1
@@ -92,7 +105,7 @@ def test_iterated_count_filter_reaches_fixed_point():
 def test_sequence_cap_keeps_most_recent():
     rows = [("s", f"i{k}", "view", None, float(k)) for k in range(10)]
     seqs = data.build_sequences(rows, cfg(max_seq_len=4))
-    assert seqs.item_map.ids(seqs.items[0].tolist()) == ["i6", "i7", "i8", "i9"]
+    assert [seqs.item_map.id(i) for i in seqs.items[0].tolist()] == ["i6", "i7", "i8", "i9"]
     assert seqs.report.dropped_seq_cap == 6
 
 
@@ -107,7 +120,10 @@ def test_leave_one_out_protocol():
     rows = [("u", f"i{k}", "view", None, float(k)) for k in range(5)]
     rows += [("short", "i0", "view", None, 1.0), ("short", "i1", "view", None, 2.0)]
     split = data.leave_one_out(data.build_sequences(rows, cfg()))
-    ids = split.item_map.ids
+
+    def ids(indices):
+        return [split.item_map.id(int(i)) for i in indices]
+
     assert len(split.validation) == len(split.test) == 1
     assert ids(split.validation.items[0].tolist()) == ["i0", "i1", "i2"]
     assert ids([split.validation.targets[0]]) == ["i3"]

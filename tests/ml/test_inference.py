@@ -28,16 +28,17 @@ def test_predictor_from_artifact_recommends_store_ids(chain_split):
         ("unknown", "view"),
         ("p6", "remove_from_cart"),
     ]
-    top = pred.recommend(events, k=3)
+    seen = ["p3", "p4", "p5"]
+    top = pred.top(events, 3, exclude=seen)
     assert len(top) == 3 and top[0][0] == "p6"  # the chain continues; removal ignored
     assert top[0][1] >= top[1][1] >= top[2][1]
-    assert all(i not in {"p3", "p4", "p5"} for i, _ in top)
-    assert pred.recommend(events, k=3, exclude=["p6"])[0][0] != "p6"
-    assert [i for i, _ in pred.recommend(events, k=5, allowed=["p1", "p2"])] in (
+    assert all(i not in seen for i, _ in top)
+    assert pred.top(events, 3, exclude=[*seen, "p6"])[0][0] != "p6"
+    assert [i for i, _ in pred.top(events, 5, allowed=pred.mask(["p1", "p2"]))] in (
         ["p1", "p2"],
         ["p2", "p1"],
     )
-    assert len(pred.recommend([], k=4)) == 4  # cold shopper still gets scores
+    assert pred.top([("unknown", "view")], 4) == []  # nothing known: the caller falls back
     sim = pred.similar("p3", k=2, exclude=["p9"])
     assert len(sim) == 2 and all(i not in {"p3", "p9"} for i, _ in sim)
 
@@ -56,5 +57,5 @@ def test_predictor_with_itemknn_fallback():
     )
     knn = baselines.ItemKNN(seqs.n_items, k=5).fit_sequences(seqs.items)
     pred = inference.Predictor(knn, seqs.item_map.to_list(), seqs.kind_names)
-    assert pred.recommend([("x", "view")], k=1)[0][0] == "y"
+    assert pred.top([("x", "view")], 1, exclude=["x"])[0][0] == "y"
     assert pred.similar("y", k=2)[0][0] == "x"
