@@ -238,7 +238,10 @@ def load_version(version_id, artifact_name, sha256=""):
             .iterator(chunk_size=10_000)
         )
     index = None
-    if predictor.n_items > recommender_settings.ANN_MIN_ITEMS and hasattr(predictor, "_items"):
+    if (
+        predictor.n_items > recommender_settings.ANN_MIN_ITEMS
+        and predictor.item_vectors is not None
+    ):
         from .ml.ann import IVFIndex
 
         index = artifacts.read_index(artifact_name)

@@ -16,8 +16,16 @@ def install_version(products, *, seed=0, activate=True, max_len=50):
 
     torch.manual_seed(seed)
     kinds = data.kind_vocabulary(data.KNOWN_KINDS)
+    # Untrained: the attention summary's random weights still make lists follow the
+    # history (an untrained transformer stack answers nearly alike for every history).
     model = nets.build_model(
-        "cnn_dnn", len(products), len(kinds), dim=16, tower_hidden=32, max_len=max_len
+        "cnn_dnn",
+        len(products),
+        len(kinds),
+        dim=16,
+        tower_hidden=32,
+        max_len=max_len,
+        summary="attention",
     )
     payload = artifact.artifact_bytes(
         model_name="cnn_dnn",

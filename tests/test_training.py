@@ -257,7 +257,7 @@ def test_the_served_model_knows_an_item_seen_only_in_the_holdout_days(history, a
     version = train_now({**FAST_CONFIG, "MODEL": "itemknn", "MODEL_CONFIG": {}})
     assert version.is_active and version.model_name == "itemknn", version.decision
     predictor = artifacts.read_predictor(version.artifact, version.artifact_sha256)
-    top = predictor.recommend([(launch.pk, "view")], k=1)
+    top = predictor.top([(launch.pk, "view")], 1, exclude=[launch.pk])
     assert [str(item) for item, _ in top] == [str(new.pk)]
     choice = version.metrics["choice"]
     assert choice["refit"]["done"], choice
