@@ -78,13 +78,17 @@ DEFAULTS = {
     # refit the rest; a net that cannot finish its epochs in time is served as validated.
     # The version's metrics stay the validation measurement. False serves the validated model.
     "REFIT": True,
-    # The model trained by recommender.train: "cnn_dnn" (default), "cnn", or a baseline
-    # ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters (ml.nets), all but
-    # max_len, which HISTORY_LENGTH decides.
+    # The model trained by recommender.train: "cnn_dnn" (default: a CNN beside causal
+    # self-attention blocks, under a DNN tower), "cnn", "sasrec" (attention alone), or a
+    # baseline ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters
+    # (ml.nets), all but max_len, which HISTORY_LENGTH decides. A net is served blended
+    # with item-kNN at the weight validation chose (0: the net alone).
     "MODEL": "cnn_dnn",
     "MODEL_CONFIG": {},
-    # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, ...) for store training,
-    # all but max_len (HISTORY_LENGTH). {"lr": 1e-3} keeps the epochs/patience/budget here.
+    # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, loss, device, ...) for
+    # store training, all but max_len (HISTORY_LENGTH). {"lr": 1e-3} keeps the
+    # epochs/patience/budget here. "device": "auto" trains on a GPU when the worker has one;
+    # "loss": "auto" times full, chunked and sampled softmax at start on large catalogues.
     "TRAINING": {"max_seconds": 900, "epochs": 60, "patience": 4},
     # Overrides of ml.data.CleaningConfig (bursts, bots, minimum counts, kind weights).
     # Its kind weights are the app's: training cleans with them (0 drops a kind), popular
