@@ -64,6 +64,7 @@ LABELS = {
 }
 # --ablation: every part of the default model must earn its place.
 ABLATION = {"cnn": "CNN alone", "sasrec": "attention alone", "cnn_dnn": "CNN + attention"}
+DEFAULT_NET = "cnn_dnn"  # the app's default MODEL (recommender/conf.py)
 SERVED = " + α·item-kNN (served)"
 
 # Chosen on validation (see benchmarks/results/quality-notes.md).

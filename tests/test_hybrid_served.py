@@ -66,7 +66,7 @@ def install(ranker, art):
 def test_the_served_top10_is_the_measured_top10_for_every_shopper(django_user_model):
     products = make_catalogue(n_items=60)
     make_history(products, n_shoppers=300, length=8)
-    version = training.run_training(training.request_training(config=FAST_CONFIG, enqueue=False).pk)
+    version = training.run_training(training.request_training(config=FAST_CONFIG).pk)
     assert version.status == "ready" and version.is_active, version.error
     art = artifact.load_artifact(io.BytesIO(artifacts.read_verified(version.artifact)))
     trained = art.build_model()

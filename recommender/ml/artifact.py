@@ -59,11 +59,15 @@ class Artifact:
 
     def build_model(self) -> torch.nn.Module:
         """The model with its trained weights, in eval mode."""
+        from .hybrid import HybridRanker
         from .nets import build_model
 
         config = {**FORMER_DEFAULTS.get(self.model_name, {}), **self.model_config}
         try:
-            model = build_model(self.model_name, self.n_items, self.n_kinds, **config)
+            if self.model_name == HybridRanker.name:  # the served ranker, built on a net
+                model = HybridRanker(self.n_items, self.n_kinds, **config)
+            else:
+                model = build_model(self.model_name, self.n_items, self.n_kinds, **config)
             model.load_state_dict(self.state_dict, strict=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ArtifactError(

@@ -561,11 +561,14 @@ class SASRec(SequenceNet):
 
 
 def build_model(name: str, n_items: int, n_kinds: int, **config) -> nn.Module:
-    """Instantiate any model in ``MODEL_NAMES``, or a stored ``hybrid``, from its JSON-able config."""
-    from . import baselines, hybrid
+    """Instantiate any model in ``MODEL_NAMES`` from its JSON-able config.
+
+    The served ``hybrid`` is built on one of these (``hybrid.HybridRanker``), so it is not
+    here: an artifact that holds one builds it itself.
+    """
+    from . import baselines
 
     models = {m.name: m for m in (CNN, CNNDNN, SASRec, baselines.Popularity, baselines.ItemKNN)}
-    models[hybrid.HybridRanker.name] = hybrid.HybridRanker
     if name not in models:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_NAMES)}")
     return models[name](n_items, n_kinds, **config)

@@ -327,6 +327,8 @@ def served_metrics(result: PipelineResult, choice: Choice) -> dict:
     return {
         **mine.to_dict(),
         "baselines": {n: s.to_dict() for n, s in result.scores.items() if n != choice.name},
+        # The blend weights tried and the net alone's scores, when the net serves as hybrid.
+        **({"blend": result.blend} if result.blend and choice.name == result.name else {}),
         "best_epoch": result.fitted.best_epoch if choice.name == result.name else 1,
         "stopped": result.fitted.stopped if choice.name == result.name else "fitted",
         "train_seconds": round(
