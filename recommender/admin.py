@@ -257,7 +257,9 @@ STAGE_PERCENT = {
     "clean": 7,
     "train": 10,
     "evaluate": 91,
+    "blend": 92,
     "refit": 93,
+    "index": 95,
     "save": 97,
     "done": 100,
 }
