@@ -194,12 +194,16 @@ def new_process():
     serving.active_model.reset()
 
 
-@override_settings(
+# A process looks for a new active version on every request, serving sellable items only.
+checking_versions_on_every_request = override_settings(
     RECOMMENDER={
         "VERSION_CHECK_SECONDS": 0,
         "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
     }
 )
+
+
+@checking_versions_on_every_request
 def test_a_version_once_refused_serves_again_as_the_fallback_once_intact(shelf):
     views("s1", shelf[:3])
     older, older_bytes = verified_version(shelf, seed=1)
@@ -228,12 +232,7 @@ def test_a_version_once_refused_serves_again_as_the_fallback_once_intact(shelf):
     assert older.error == ""
 
 
-@override_settings(
-    RECOMMENDER={
-        "VERSION_CHECK_SECONDS": 0,
-        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
-    }
-)
+@checking_versions_on_every_request
 def test_a_process_keeps_looking_past_more_broken_versions_than_one_check_tries(shelf):
     views("s1", shelf[:3])
     intact, _ = verified_version(shelf, seed=1)
