@@ -13,6 +13,14 @@ CONFIGS = [
     ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "transformer", "heads": 2}),
     ("sasrec", {"blocks": 2, "heads": 2}),
 ]
+# Each net and summary with its default encoder settings.
+DEFAULT_CONFIGS = [
+    ("cnn", {}),
+    ("cnn_dnn", {}),
+    ("cnn_dnn", {"summary": "attention"}),
+    ("cnn_dnn", {"summary": "transformer"}),
+    ("sasrec", {}),
+]
 
 
 def make(name, **cfg):
@@ -62,16 +70,7 @@ def test_encoding_is_causal_and_kind_aware(name, cfg):
         assert not torch.allclose(before, model._vectors(oldest, kinds, select))
 
 
-@pytest.mark.parametrize(
-    "name,cfg",
-    [
-        ("cnn", {}),
-        ("cnn_dnn", {}),
-        ("cnn_dnn", {"summary": "attention"}),
-        ("cnn_dnn", {"summary": "transformer"}),
-        ("sasrec", {}),
-    ],
-)
+@pytest.mark.parametrize("name,cfg", DEFAULT_CONFIGS)
 def test_left_padding_does_not_change_the_shopper_vector(name, cfg):
     model = make(name, **cfg).eval()
     items, kinds = batch(b=1, length=5)
@@ -117,16 +116,7 @@ def test_fused_full_softmax_matches_autograd_cross_entropy():
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "name,cfg",
-    [
-        ("cnn", {}),
-        ("cnn_dnn", {}),
-        ("cnn_dnn", {"summary": "attention"}),
-        ("cnn_dnn", {"summary": "transformer"}),
-        ("sasrec", {}),
-    ],
-)
+@pytest.mark.parametrize("name,cfg", DEFAULT_CONFIGS)
 def test_loss_is_finite_and_sampled_mode_works(name, cfg):
     model = make(name, **cfg).train()
     items, kinds = batch()
