@@ -180,6 +180,24 @@ class Gunicorn(Service):
         raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.tail()}")
 
 
+def redis_server_command(binary, port, directory):
+    """A private ``redis-server`` on 127.0.0.1:``port`` that persists nothing (its files,
+    if any, in ``directory``): the benchmarks' own Redis and the one a fault test kills."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+    ]
+
+
 def celery_worker_command(queues, loglevel="INFO", extra_args=()):
     """A one-process (``--pool solo``) Celery worker of the demo store on ``queues``, as the
     benchmarks and tests run it; ``extra_args`` come last."""
