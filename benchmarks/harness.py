@@ -180,28 +180,51 @@ class Gunicorn(Service):
         raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.tail()}")
 
 
+def redis_server_command(binary, port, directory):
+    """A private ``redis-server`` on 127.0.0.1:``port`` that persists nothing (its files,
+    if any, in ``directory``): the benchmarks' own Redis and the one a fault test kills."""
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        directory,
+    ]
+
+
+def celery_worker_command(queues, loglevel="INFO", extra_args=()):
+    """A one-process (``--pool solo``) Celery worker of the demo store on ``queues``, as the
+    benchmarks and tests run it; ``extra_args`` come last."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "shop_demo",
+        "worker",
+        "--pool",
+        "solo",
+        "--queues",
+        ",".join(queues),
+        "--loglevel",
+        loglevel,
+        "--without-mingle",
+        "--without-gossip",
+        *extra_args,
+    ]
+
+
 class CeleryWorker(Service):
     """``celery worker --pool solo`` of the demo store on the given queues."""
 
     def __init__(self, env, queues, loglevel="INFO", extra_args=(), name="celery", **kw):
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "shop_demo",
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            ",".join(queues),
-            "--loglevel",
-            loglevel,
-            "--without-mingle",
-            "--without-gossip",
-            *extra_args,
-        ]
-        super().__init__(name, command, env, **kw)
+        super().__init__(name, celery_worker_command(queues, loglevel, extra_args), env, **kw)
 
     def wait_ready(self, timeout=60):
         """Until the worker logs that it is ready (needs ``loglevel`` INFO)."""

@@ -504,19 +504,7 @@ def main(argv=None):
             port = harness.free_port()
             redis_server = harness.Service(
                 "redis",
-                [
-                    binary,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    log_dir,
-                ],
+                harness.redis_server_command(binary, port, log_dir),
                 dict(os.environ),
                 log_dir=log_dir,
             )

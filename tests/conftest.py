@@ -91,3 +91,23 @@ def catalog(db):
             )
         )
     return products
+
+
+@pytest.fixture
+def history(db):
+    """The store_data catalogue with its shoppers' history (enough to train on)."""
+    from .store_data import make_catalogue, make_history
+
+    products = make_catalogue()
+    make_history(products)
+    return products
+
+
+@pytest.fixture
+def private_redis():
+    """A redis-server of this test's own, which it may kill (skips without redis-server)."""
+    from .faults.services import PrivateRedis
+
+    server = PrivateRedis().start()
+    yield server
+    server.stop()

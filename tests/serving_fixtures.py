@@ -4,11 +4,41 @@ Serving behaviour (rules, caching, fallbacks, version switches) does not depend 
 good the weights are; training quality is tested in test_training.py.
 """
 
+from decimal import Decimal
+
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
+from recommender import events
 from recommender.ml import artifact, data, nets
 from recommender.models import ModelVersion
+from shop_demo.catalog.models import Category, Product
+
+
+def make_shelf():
+    """30 sellable products in 3 categories, then one inactive (``shelf[30]``, slug
+    ``secret``) and one sold out (``shelf[31]``, slug ``sold-out``)."""
+    cats = [Category.objects.create(name=f"C{i}", slug=f"c{i}") for i in range(3)]
+    products = [
+        Product.objects.create(
+            category=cats[i % 3], name=f"P{i}", slug=f"p{i}", price=Decimal("1.00"), stock=5
+        )
+        for i in range(30)
+    ]
+    products.append(
+        Product.objects.create(
+            category=cats[0], name="Secret launch", slug="secret", price=1, stock=5, is_active=False
+        )
+    )
+    products.append(
+        Product.objects.create(category=cats[0], name="Sold out", slug="sold-out", price=1, stock=0)
+    )
+    return products
+
+
+def views(session, products):
+    """Session ``session`` viewed ``products``, in order."""
+    events.record_many([{"kind": "view", "item": p.pk} for p in products], session_key=session)
 
 
 def install_version(products, *, seed=0, activate=True, max_len=50):

@@ -2,13 +2,13 @@
 
 import os
 import subprocess
-import sys
 import time
 
 import pytest
 from django.conf import settings
 from django.db import connection
 
+from benchmarks.harness import celery_worker_command
 from recommender import tasks
 from recommender.models import ModelVersion
 
@@ -32,22 +32,7 @@ def worker():
         "RECOMMENDER_TEST_VAR_DIR": str(settings.VAR_DIR),
     }
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "shop_demo",
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            "recommender-training",
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
+        celery_worker_command(["recommender-training"], "WARNING"),
         env=env,
         cwd=settings.BASE_DIR,
         stdout=subprocess.PIPE,

@@ -6,16 +6,9 @@ from django.contrib.auth import get_user_model
 from recommender import serving, training
 from recommender.models import Event, ModelVersion
 
-from .store_data import FAST_CONFIG, make_catalogue, make_history
+from .store_data import FAST_CONFIG
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def history():
-    products = make_catalogue()
-    make_history(products)
-    return products
 
 
 def test_deleting_a_product_keeps_its_events(history):

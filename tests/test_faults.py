@@ -26,7 +26,7 @@ from shop_demo.catalog.models import Category, Product
 from shop_demo.celery import app as celery_app
 
 from .faults.processes import Gunicorn, Worker
-from .faults.services import DatabaseFaults, PrivateRedis
+from .faults.services import DatabaseFaults
 from .faults.tracker_client import TrackerClient
 from .serving_fixtures import install_version
 from .store_data import FAST_CONFIG, make_catalogue, make_history
@@ -60,13 +60,6 @@ def carousels(response):
 
 
 # --------------------------------------------------------------------------- Redis down
-
-
-@pytest.fixture
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

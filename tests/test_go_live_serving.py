@@ -2,7 +2,6 @@
 
 import hashlib
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -15,9 +14,9 @@ from django.utils import timezone
 from recommender import events, serving, tasks
 from recommender.models import Event, ModelVersion, Recommendation
 from recommender.schedule import periodic_tasks
-from shop_demo.catalog.models import Category, Product
+from shop_demo.catalog.models import Product
 
-from .serving_fixtures import install_version
+from .serving_fixtures import install_version, make_shelf, views
 
 pytestmark = pytest.mark.django_db
 API = "/api/recommender"
@@ -25,27 +24,7 @@ API = "/api/recommender"
 
 @pytest.fixture
 def shelf():
-    """30 sellable products in 3 categories, plus one inactive and one sold out."""
-    cats = [Category.objects.create(name=f"C{i}", slug=f"c{i}") for i in range(3)]
-    products = [
-        Product.objects.create(
-            category=cats[i % 3], name=f"P{i}", slug=f"p{i}", price=Decimal("1.00"), stock=5
-        )
-        for i in range(30)
-    ]
-    products.append(
-        Product.objects.create(
-            category=cats[0], name="Secret launch", slug="secret", price=1, stock=5, is_active=False
-        )
-    )
-    products.append(
-        Product.objects.create(category=cats[0], name="Sold out", slug="sold-out", price=1, stock=0)
-    )
-    return products
-
-
-def views(session, products):
-    events.record_many([{"kind": "view", "item": p.pk} for p in products], session_key=session)
+    return make_shelf()
 
 
 def anonymous_shopper(client, key="s-web"):
@@ -215,12 +194,16 @@ def new_process():
     serving.active_model.reset()
 
 
-@override_settings(
+# A process looks for a new active version on every request, serving sellable items only.
+checking_versions_on_every_request = override_settings(
     RECOMMENDER={
         "VERSION_CHECK_SECONDS": 0,
         "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
     }
 )
+
+
+@checking_versions_on_every_request
 def test_a_version_once_refused_serves_again_as_the_fallback_once_intact(shelf):
     views("s1", shelf[:3])
     older, older_bytes = verified_version(shelf, seed=1)
@@ -249,12 +232,7 @@ def test_a_version_once_refused_serves_again_as_the_fallback_once_intact(shelf):
     assert older.error == ""
 
 
-@override_settings(
-    RECOMMENDER={
-        "VERSION_CHECK_SECONDS": 0,
-        "ITEM_FILTER": "shop_demo.catalog.rules.sellable_products",
-    }
-)
+@checking_versions_on_every_request
 def test_a_process_keeps_looking_past_more_broken_versions_than_one_check_tries(shelf):
     views("s1", shelf[:3])
     intact, _ = verified_version(shelf, seed=1)

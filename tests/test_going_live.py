@@ -34,7 +34,6 @@ from recommender.schedule import periodic_tasks
 from shop_demo.celery import app as celery_app
 
 from .faults.processes import Gunicorn, Worker
-from .faults.services import PrivateRedis
 from .serving_fixtures import install_version
 from .store_data import make_catalogue
 
@@ -183,13 +182,6 @@ def test_check_deploy_accepts_a_long_secret_pseudonym_key_of_its_own(settings):
 
 
 # --------------------------------------------------------------------------- the sweeper's queue
-
-
-@pytest.fixture
-def private_redis():
-    server = PrivateRedis().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The serving service: fallbacks, business rules, cache invalidation, version switches."""
 
 import uuid
-from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -11,36 +10,16 @@ from django.test import override_settings
 
 from recommender import events, serving
 from recommender.models import Event, ModelVersion, Recommendation
-from shop_demo.catalog.models import Category, Product
+from shop_demo.catalog.models import Product
 
-from .serving_fixtures import install_version
+from .serving_fixtures import install_version, make_shelf, views
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def shelf():
-    """30 sellable products in 3 categories, plus one inactive and one sold out."""
-    cats = [Category.objects.create(name=f"C{i}", slug=f"c{i}") for i in range(3)]
-    products = [
-        Product.objects.create(
-            category=cats[i % 3], name=f"P{i}", slug=f"p{i}", price=Decimal("1.00"), stock=5
-        )
-        for i in range(30)
-    ]
-    products.append(
-        Product.objects.create(
-            category=cats[0], name="Inactive", slug="inactive", price=1, stock=5, is_active=False
-        )
-    )
-    products.append(
-        Product.objects.create(category=cats[0], name="Sold out", slug="sold-out", price=1, stock=0)
-    )
-    return products
-
-
-def views(session, products):
-    events.record_many([{"kind": "view", "item": p.pk} for p in products], session_key=session)
+    return make_shelf()
 
 
 def test_without_a_model_everyone_gets_popular_items(shelf):

@@ -12,16 +12,9 @@ from recommender import artifacts, training
 from recommender.ml import artifact
 from recommender.models import Event, ModelVersion
 
-from .store_data import FAST_CONFIG, UNTRAINED, make_catalogue, make_history
+from .store_data import FAST_CONFIG, UNTRAINED
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def history():
-    products = make_catalogue()
-    make_history(products)
-    return products
 
 
 def train_now(config=FAST_CONFIG):

@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -15,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import override_settings
 
+from benchmarks.harness import celery_worker_command
 from recommender.models import ModelVersion
 
 from .conftest import check_and_capture
@@ -66,23 +66,7 @@ def training_worker():
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     output = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "shop_demo",
-            "worker",
-            "--pool",
-            "solo",
-            "--queues",
-            queue,
-            "--loglevel",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-            "--without-heartbeat",
-        ],
+        celery_worker_command([queue], "WARNING", ["--without-heartbeat"]),
         env=env,
         cwd=settings.BASE_DIR,
         stdout=output,

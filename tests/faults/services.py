@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from benchmarks.harness import free_port
+from benchmarks.harness import free_port, redis_server_command
 
 
 def wait_for_port(port, up=True, timeout=10.0):
@@ -49,17 +49,7 @@ class PrivateRedis:
     def start(self):
         self.process = subprocess.Popen(
             [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
+                *redis_server_command(self.binary, self.port, self.dir),
                 "--logfile",
                 os.path.join(self.dir, "redis.log"),
             ],

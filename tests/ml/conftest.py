@@ -33,6 +33,11 @@ def chain_sequences(n_users=120, n_items=30, seed=0, min_len=5, max_len=9) -> da
             item = f"p{(start + t) % n_items}"
             kind = "purchase" if t % 4 == 3 else "view"
             rows.append((f"u{u}", item, kind, None, 1000.0 * u + 100.0 * t))
+    return uncleaned_sequences(rows)
+
+
+def uncleaned_sequences(rows) -> data.Sequences:
+    """``rows`` as sequences with every cleaning rule off: synthetic data stays as written."""
     cfg = data.CleaningConfig(
         burst_window_seconds=None,
         max_events_per_minute=None,

@@ -13,6 +13,14 @@ CONFIGS = [
     ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "transformer", "heads": 2}),
     ("sasrec", {"blocks": 2, "heads": 2}),
 ]
+# Each net and summary with its default encoder settings.
+DEFAULT_CONFIGS = [
+    ("cnn", {}),
+    ("cnn_dnn", {}),
+    ("cnn_dnn", {"summary": "attention"}),
+    ("cnn_dnn", {"summary": "transformer"}),
+    ("sasrec", {}),
+]
 
 
 def make(name, **cfg):
@@ -62,16 +70,7 @@ def test_encoding_is_causal_and_kind_aware(name, cfg):
         assert not torch.allclose(before, model._vectors(oldest, kinds, select))
 
 
-@pytest.mark.parametrize(
-    "name,cfg",
-    [
-        ("cnn", {}),
-        ("cnn_dnn", {}),
-        ("cnn_dnn", {"summary": "attention"}),
-        ("cnn_dnn", {"summary": "transformer"}),
-        ("sasrec", {}),
-    ],
-)
+@pytest.mark.parametrize("name,cfg", DEFAULT_CONFIGS)
 def test_left_padding_does_not_change_the_shopper_vector(name, cfg):
     model = make(name, **cfg).eval()
     items, kinds = batch(b=1, length=5)
@@ -83,16 +82,31 @@ def test_left_padding_does_not_change_the_shopper_vector(name, cfg):
     )
 
 
-def test_fused_full_softmax_matches_autograd_cross_entropy():
+def softmax_case(n_items):
+    """Six shopper vectors ``h``, ``n_items`` item vectors ``w`` (row 0 is padding), targets
+    including the last item twice, and uneven weights."""
     torch.manual_seed(0)
     h = torch.randn(6, 5, requires_grad=True)
-    w = torch.randn(9, 5, requires_grad=True)
-    target = torch.tensor([1, 2, 3, 8, 8, 4])
+    w = torch.randn(n_items, 5, requires_grad=True)
+    last = n_items - 1
+    target = torch.tensor([1, 2, 3, last, last, 4])
     weight = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5, 3.0])
+    return h, w, target, weight
+
+
+def full_softmax_with_grads(h, w, target, weight):
+    """The full softmax loss and its gradients on ``h`` and ``w``, which are then cleared
+    so a second loss can be compared against them."""
     loss = nets.full_softmax_loss(h, w, target, weight)
     loss.backward()
     gh, gw = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
+    return loss, gh, gw
+
+
+def test_fused_full_softmax_matches_autograd_cross_entropy():
+    h, w, target, weight = softmax_case(9)
+    loss, gh, gw = full_softmax_with_grads(h, w, target, weight)
     logits = h @ w.T
     logits = torch.cat([torch.full_like(logits[:, :1], -1e9), logits[:, 1:]], dim=1)
     ref = (torch.nn.functional.cross_entropy(logits, target, reduction="none") * weight).sum()
@@ -102,16 +116,7 @@ def test_fused_full_softmax_matches_autograd_cross_entropy():
     assert torch.allclose(gh, h.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "name,cfg",
-    [
-        ("cnn", {}),
-        ("cnn_dnn", {}),
-        ("cnn_dnn", {"summary": "attention"}),
-        ("cnn_dnn", {"summary": "transformer"}),
-        ("sasrec", {}),
-    ],
-)
+@pytest.mark.parametrize("name,cfg", DEFAULT_CONFIGS)
 def test_loss_is_finite_and_sampled_mode_works(name, cfg):
     model = make(name, **cfg).train()
     items, kinds = batch()
@@ -172,15 +177,8 @@ def test_attention_is_causal_at_every_position():
 
 
 def test_chunked_softmax_matches_the_full_softmax():
-    torch.manual_seed(0)
-    h = torch.randn(6, 5, requires_grad=True)
-    w = torch.randn(23, 5, requires_grad=True)
-    target = torch.tensor([1, 2, 3, 22, 22, 4])
-    weight = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.5, 3.0])
-    full = nets.full_softmax_loss(h, w, target, weight)
-    full.backward()
-    gh, gw = h.grad.clone(), w.grad.clone()
-    h.grad = w.grad = None
+    h, w, target, weight = softmax_case(23)
+    full, gh, gw = full_softmax_with_grads(h, w, target, weight)
     chunked = nets.chunked_softmax_loss(h, w, target, weight, chunk=4)  # 22 items: 6 blocks
     chunked.backward()
     assert torch.allclose(full, chunked, atol=1e-5)

@@ -9,7 +9,7 @@ import torch
 
 from recommender.ml import ann, data, metrics, pipeline, train
 
-from .conftest import chain_sequences
+from .conftest import chain_sequences, uncleaned_sequences
 
 NET_CONFIG = dict(dim=16, max_len=8, tower_hidden=32, dropout=0.1, emb_dropout=0.1)
 
@@ -177,13 +177,7 @@ def _launch_sequences():
             rows.append((f"u{u}", "N", "view", None, 1100.0 + u))
         else:
             rows.append((f"u{u}", f"p{(u + 8) % 20}", "view", None, 1000.0 + u))
-    cfg = data.CleaningConfig(
-        burst_window_seconds=None,
-        max_events_per_minute=None,
-        min_item_count=None,
-        min_shopper_count=None,
-    )
-    return data.build_sequences(rows, cfg)
+    return uncleaned_sequences(rows)
 
 
 @pytest.mark.parametrize("name", ["cnn_dnn", "itemknn"])
