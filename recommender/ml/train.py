@@ -65,6 +65,17 @@ def training_windows(items, kinds, weights, max_len: int):
     return x, k, y, tw, lengths
 
 
+def _step(model, optim, batch, grad_clip) -> torch.Tensor:
+    """One optimiser step on ``batch`` (the loss probe times exactly what training runs)."""
+    loss = model.calculate_loss(batch)
+    optim.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optim.step()
+    return loss
+
+
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
     """Length-bucketed batches (less padding), in random order each epoch."""
     noise = rng.random(len(lengths))
@@ -134,12 +145,7 @@ def _time_loss(model, batches, make_batch, options, gen, device, config) -> floa
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        loss = probe.calculate_loss(batch)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(probe.parameters(), config.grad_clip)
-        optim.step()
+        _step(probe, optim, batch, config.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i:  # the first step warms up
@@ -284,12 +290,7 @@ def fit(
                 lr *= (step + 1) / warmup_steps
             for group in optim.param_groups:
                 group["lr"] = lr
-            loss = model.calculate_loss(batch)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optim.step()
+            loss = _step(model, optim, batch, config.grad_clip)
             step += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
