@@ -1,5 +1,6 @@
-"""Events shoppers produce, and the model versions trained on them."""
+"""Events shoppers produce, the model versions trained on them, and experiments between them."""
 
+import secrets
 import uuid
 
 from django.conf import settings
@@ -342,6 +343,14 @@ class Recommendation(models.Model):
     )
     placement = models.CharField(max_length=64, blank=True, default="")
     source = models.CharField(max_length=16, choices=Source.choices)
+    arm = models.ForeignKey(
+        "Arm",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="recommendations",
+        help_text="The experiment arm the list was served for; empty outside experiments.",
+    )
     items = models.JSONField(default=list, help_text="Item ids in the order shown.")
     owner = models.CharField(
         max_length=32,
@@ -365,3 +374,149 @@ class Recommendation(models.Model):
 
     def __str__(self):
         return f"{self.source} list for {self.placement or 'api'} ({self.pk})"
+
+
+def new_salt():
+    return secrets.token_hex(16)
+
+
+class ExperimentQuerySet(models.QuerySet):
+    def running(self):
+        return self.filter(status=Experiment.Status.RUNNING)
+
+
+class Experiment(models.Model):
+    """An online A/B test: shoppers split between two or more arms in some placements.
+
+    Each shopper is assigned one arm for the whole experiment (a salted hash of who they
+    are, kept across login by ``Assignment``), and every list served to them in the
+    experiment's placements comes from that arm. At most one experiment runs per
+    placement; stopping it returns everyone to the active version.
+    """
+
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        RUNNING = "running"
+        STOPPED = "stopped"
+
+    name = models.CharField(max_length=100, unique=True)
+    placements = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Placements it runs in (names from PLACEMENT_NAMES/PLACEMENTS); empty: all.",
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    salt = models.CharField(
+        max_length=32, default=new_salt, editable=False, help_text="Keys the arm assignment."
+    )
+    primary_metric = models.CharField(
+        max_length=32,
+        default="purchases_per_shopper",
+        help_text="The metric the verdict is about.",
+    )
+    attribution_hours = models.PositiveIntegerField(
+        default=24,
+        help_text="Add-to-cart and purchases of a clicked item count this long after the click.",
+    )
+    confidence = models.FloatField(
+        default=0.95, help_text="Confidence of the intervals and of the verdict (0.5-0.999)."
+    )
+    decision = models.TextField(blank=True, default="", help_text="What was decided, in words.")
+    promoted_arm = models.ForeignKey(
+        "Arm", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ExperimentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("run_experiment", "Can start, stop and promote experiments")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(confidence__gte=0.5, confidence__lte=0.999),
+                name="rec_experiment_confidence",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.status})"
+
+
+class Arm(models.Model):
+    """One side of an experiment: a trained model version, or the popular items."""
+
+    class Ranker(models.TextChoices):
+        VERSION = "version", "a trained model version"
+        POPULARITY = "popularity", "popular items"
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="arms")
+    name = models.CharField(max_length=40)
+    ranker = models.CharField(max_length=16, choices=Ranker.choices, default=Ranker.VERSION)
+    # A version in an experiment cannot be deleted from under it.
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="arms"
+    )
+    share = models.PositiveSmallIntegerField(
+        default=50, help_text="Relative share of shoppers (two arms at 50 and 50: half each)."
+    )
+
+    class Meta:
+        ordering = ["experiment", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["experiment", "name"], name="rec_arm_name"),
+            models.CheckConstraint(
+                condition=Q(ranker="version", version__isnull=False)
+                | Q(ranker="popularity", version__isnull=True),
+                name="rec_arm_version_iff_ranker",
+            ),
+            models.CheckConstraint(condition=Q(share__gte=1), name="rec_arm_share_positive"),
+        ]
+
+    def __str__(self):
+        what = f"v{self.version_id}" if self.version_id else "popular items"
+        return f"{self.name}: {what}"
+
+
+class Assignment(models.Model):
+    """A shopper's arm in an experiment, stored when they are first served from it.
+
+    Shoppers are named as in ``Event`` (a user, or the anonymous key with no user), so
+    forgetting a shopper deletes their assignments, and at login a session's assignment
+    becomes the user's: they keep seeing the same arm.
+    """
+
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="assignments")
+    arm = models.ForeignKey(Arm, on_delete=models.CASCADE, related_name="assignments")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="recommender_assignments",
+    )
+    session_key = models.CharField(max_length=40, blank=True, default="")
+    assigned_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(user__isnull=True, session_key=""), name="rec_assignment_has_shopper"
+            ),
+            models.UniqueConstraint(
+                fields=["experiment", "user"],
+                condition=Q(user__isnull=False),
+                name="rec_assignment_per_user",
+            ),
+            models.UniqueConstraint(
+                fields=["experiment", "session_key"],
+                condition=Q(user__isnull=True),
+                name="rec_assignment_per_session",
+            ),
+        ]
+
+    def __str__(self):
+        who = f"user {self.user_id}" if self.user_id else f"session {self.session_key[:8]}"
+        return f"{who} in {self.arm}"
