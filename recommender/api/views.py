@@ -368,7 +368,11 @@ class SimilarItemsView(ServingView):
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(
-            lambda: serving.similar(item, **self.params(request, "limit", "placement"))
+            lambda: serving.similar(
+                item,
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement"),
+            )
         )
 
 
@@ -380,7 +384,11 @@ class BoughtTogetherView(ServingView):
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(
-            lambda: serving.bought_together(item, **self.params(request, "limit", "placement"))
+            lambda: serving.bought_together(
+                item,
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement"),
+            )
         )
 
 
@@ -397,7 +405,8 @@ class PopularItemsView(ServingView):
     def get(self, request):
         return self.answer(
             lambda: serving.popular(
-                **self.params(request, "limit", "placement", "category", "window")
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement", "category", "window"),
             )
         )
 
