@@ -205,25 +205,39 @@ def hashed_arm(experiment, identity):
     return arms[-1]
 
 
-def arm_for(experiment, user=None, session_key="", *, cached_arm_id=None):
+# ``arm_for``'s cached_arm_id when the caller has not read the cache (None: read, absent).
+NOT_READ = object()
+
+
+def arm_for(experiment, user=None, session_key="", *, cached_arm_id=NOT_READ, expose=True):
     """The shopper's arm in ``experiment``: stored, else chosen by the hash and stored now.
 
     The stored Assignment wins (the user's, else the session's, which then becomes the
     user's), so a change of shares or a login never moves a shopper. ``cached_arm_id`` is
-    the value serving read under ``assignment_key`` with its own lists (one round trip);
-    without it the key is read here. Returns None for a request with no shopper (no user,
+    the value serving read under ``assignment_key`` with its own lists (one round trip;
+    None when absent); without it the key is read here. Returns None for a request with no shopper (no user,
     no anonymous key), which is served outside the experiment and not counted.
+    ``expose=False`` (staff looking at a user's list) stores nothing: the arm the shopper
+    has or would get, without counting them as served.
     """
     shopper = _shopper(user, session_key)
     if shopper is None or not experiment.arms:
         return None
     user, session_key = shopper
     key = cachekeys.assignment(experiment.id, user, session_key)
-    if cached_arm_id is None:
+    if cached_arm_id is NOT_READ:
         cached_arm_id = _cache().get(key)
     arm = experiment.arm(cached_arm_id) if cached_arm_id is not None else None
     if arm is not None:
         return arm
+    if not expose:
+        stored = Assignment.objects.filter(
+            experiment_id=experiment.id,
+            **({"user": user} if user is not None else {"user": None, "session_key": session_key}),
+        ).values_list("arm_id", flat=True)
+        return experiment.arm(stored.first()) or hashed_arm(
+            experiment, _identity(user, session_key)
+        )
     arm = experiment.arm(_stored_or_new_arm_id(experiment, user, session_key))
     if arm is None:  # an arm deleted from a running experiment: its shoppers are hashed again
         arm = hashed_arm(experiment, _identity(user, session_key))

@@ -616,7 +616,16 @@ def _activity_sql(by_user, with_purchases, alias):
     return sql
 
 
-def recommend(*, user=None, session_key="", limit=10, category=None, placement="", exclude=()):
+def recommend(
+    *,
+    user=None,
+    session_key="",
+    limit=10,
+    category=None,
+    placement="",
+    exclude=(),
+    expose=True,
+):
     """Personal recommendations from the shopper's latest events, at request time.
 
     Shoppers with no history, and every shopper while no model is active, get the
@@ -626,7 +635,8 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
 
     Where an experiment runs in ``placement``, the model is the shopper's arm's version;
     a popularity arm is served as if no model were active (popular items, less what the
-    shopper saw or bought, as the placement's rules say).
+    shopper saw or bought, as the placement's rules say). ``expose=False`` (staff looking
+    at a user's list) shows their arm's list without counting them as served in it.
     """
     if user is not None and not user.is_authenticated:
         user = None
@@ -651,7 +661,9 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
     generation, cached = found.get(generation_key), found.get(key)
     arm = None
     if experiment is not None:
-        arm = experiments.arm_for(experiment, user, session_key, cached_arm_id=found.get(arm_key))
+        arm = experiments.arm_for(
+            experiment, user, session_key, cached_arm_id=found.get(arm_key), expose=expose
+        )
     arm_id = arm.id if arm else None
     model = _model_of(arm, active)
     if (

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model, login
-from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.models import AnonymousUser, Permission
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -20,7 +20,7 @@ from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from recommender import cachekeys, experiments, privacy, serving, shoppers
+from recommender import cachekeys, events, experiments, privacy, serving, shoppers
 from recommender.models import Arm, Assignment, Experiment, ModelVersion, Recommendation
 
 from .serving_fixtures import install_version, make_shelf, views
@@ -143,6 +143,27 @@ def test_a_request_without_a_shopper_is_outside_the_experiment(shelf, versions):
     start("anon", [("a", versions[0], 1), ("b", versions[1], 1)])
     recs = serving.recommend(placement="home")
     assert recs.arm_id is None and not Assignment.objects.exists()
+
+
+def test_staff_looking_at_a_users_list_see_their_arm_without_exposing_them(client, shelf, versions):
+    first, second, _ = versions
+    experiment = start("preview", [("a", first, 1), ("b", second, 1)])
+    user = get_user_model().objects.create_user("eve")
+    events.record_many([{"kind": "view", "item": p.pk} for p in shelf[:3]], user=user)
+    staff = get_user_model().objects.create_user("staff", is_staff=True)
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_event", content_type__app_label="recommender")
+    )
+    client.force_login(staff)
+    url = f"/api/recommender/users/{user.pk}/recommendations/?placement=home"
+    hashed = experiments.hashed_arm(running(), f"u{user.pk}")
+    assert client.get(url).json()["arm_id"] == hashed.id
+    assert not Assignment.objects.exists()  # looking is not serving
+    other = next(arm for arm in running().arms if arm.id != hashed.id)
+    Assignment.objects.create(experiment=experiment, arm_id=other.id, user=user)
+    body = client.get(url).json()
+    assert (body["arm_id"], body["model_version"]) == (other.id, other.version_id)
+    assert Assignment.objects.count() == 1
 
 
 # --------------------------------------------------------------------------- login
@@ -386,7 +407,6 @@ def test_a_cache_hit_in_an_experiment_costs_what_one_outside_costs(shelf, versio
     start("hits", [("a", first, 1), ("b", second, 1)])
     key = shopper_in("a")
     views(key, shelf[:3])
-    serving.recommend(session_key=key, placement="home", limit=5)
 
     calls = Counter()
     real = serving._cache()
@@ -398,6 +418,10 @@ def test_a_cache_hit_in_an_experiment_costs_what_one_outside_costs(shelf, versio
 
     monkeypatch.setattr(serving, "_cache", Counting)
     monkeypatch.setattr(experiments, "_cache", Counting)
+    serving.recommend(session_key=key, placement="home", limit=5)
+    # First exposure: the arm's key was read with the list (absent), not once more.
+    assert calls["get_many"] == 1 and calls["get"] == 0
+    calls.clear()
     with CaptureQueriesContext(connection) as in_experiment:
         hit = serving.recommend(session_key=key, placement="home", limit=5)
     assert hit.version_id == first.pk

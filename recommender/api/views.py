@@ -353,9 +353,10 @@ class UserRecommendationsView(ServingView):
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
             raise Http404("No such user.")
+        # Staff looking: the user's arm decides the list, but they were not served it.
         return self.answer(
             lambda: serving.recommend(
-                user=user, **self.params(request, "limit", "placement", "category")
+                user=user, expose=False, **self.params(request, "limit", "placement", "category")
             )
         )
 
