@@ -33,8 +33,15 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
      bought together), for products never shown before (both lists computed), and
      ``page_warm``: the same pages again (both lists cached);
 
-   with every ``miss``/``hit``/``similar``/``page`` verified by the number of
-   recommendation lists written (1, 0, 1, 2 per request) and the list's source;
+   - ``miss_arm`` (at ``--experiment-sizes``, default 54,542 items): the cache miss again,
+     with an experiment running in its placement (``search``: no rules of its own, like
+     no placement) between two version arms at 50/50, the active version and a second one
+     of the same shape, so each worker holds both; the benchmark shoppers were assigned
+     their arms in set-up (a shopper's first exposure stores one row, once per experiment);
+
+   with every ``miss``/``hit``/``similar``/``page``/``miss_arm`` verified by the number of
+   recommendation lists written (1, 0, 1, 2, 1 per request) and the list's source, and the
+   experiment's lists counted per arm;
 5. measures the model's own share: per request inside the workers (a benchmark-only
    middleware times ``LoadedModel.top_candidates`` / ``similar``: ``X-Bench-Model-Ms``; it
    also reports time spent in the garbage collector, ``X-Bench-GC-Ms``),
@@ -44,7 +51,7 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
    model makes from the benchmark shoppers' histories, by nprobe.
 
     .venv/bin/python -m benchmarks.serving [--sizes demo,54542,1000000] [--requests 400]
-        [--clients 1,8] [--rounds 3]
+        [--clients 1,8] [--rounds 3] [--experiment-sizes 54542]
         [--smoke]  (one 2,000-item catalogue served from the index, tiny counts, seconds)
 
 Each size runs in its own Python process (one Django settings/database per process); the
@@ -90,6 +97,7 @@ SMOKE = dict(
     workers=1,
     time_limit=60.0,
     worker_timeout=120,
+    experiment_sizes="2000",
 )
 BEAUTY_ITEMS = 54_542
 MODEL_HEADER, SERVICE_HEADER, GC_HEADER = "X-Bench-Model-Ms", "X-Bench-Service-Ms", "X-Bench-GC-Ms"
@@ -103,8 +111,13 @@ SCENARIOS = {
     "similar": ("similar items (list computed)", 1, "similar"),
     "page": ("product page, 2 carousels (lists computed)", 2, None),
     "page_warm": ("product page, 2 carousels (lists cached)", 0, None),
+    "miss_arm": ("recommendations, cache miss, experiment running (2 version arms)", 1, "model"),
 }
 CONCURRENT_SCENARIOS = ("base", "miss", "hit")
+# The experiment of ``miss_arm`` runs in a placement with no rules of its own, so its
+# requests differ from ``miss`` (no placement) by the experiment alone.
+EXPERIMENT_PLACEMENT = "search"
+EXPERIMENT_NAME = "serving benchmark"
 
 
 def parse_args(argv=None):
@@ -174,6 +187,11 @@ def parse_args(argv=None):
         default=None,
         help="the served store's ANN_MIN_ITEMS (default: the app's setting)",
     )
+    parser.add_argument(
+        "--experiment-sizes",
+        default=str(BEAUTY_ITEMS),
+        help="sizes that also measure miss_arm, with an experiment running (default 54542; '' none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--time-limit",
@@ -198,6 +216,7 @@ def parse_args(argv=None):
     for size in args.size_list:
         if size != "demo" and not size.isdigit():
             parser.error(f"--sizes: {size!r} is neither 'demo' nor a number of items")
+    args.experiment_size_list = [s.strip() for s in args.experiment_sizes.split(",") if s.strip()]
     args.client_list = [int(c) for c in args.clients.split(",") if c.strip()]
     if not args.client_list or min(args.client_list) < 1:
         parser.error("--clients takes positive numbers, comma-separated")
@@ -295,15 +314,85 @@ def prepare_data(args, size, bar):
         version, item_pks, cluster_of_item, args.seed, args.events_per_shopper
     )
     bar.update(1)
+    experiment = None
+    if size in args.experiment_size_list:
+        bar.set_description(f"{size}: a second version and an experiment between the two")
+        t0 = time.monotonic()
+        second = serving_data.install_model(
+            item_pks, cluster_of_item, category_of_cluster, args.seed + 1, activate=False
+        )
+        serving_data.store_index_as_promotion_does(
+            second, item_pks, cluster_of_item, args.seed + 1, args.events_per_shopper
+        )
+        experiment = start_experiment(version, second)
+        timings["experiment_s"] = round(time.monotonic() - t0, 1)
     products = list(Product.objects.filter(is_active=True).values_list("pk", "slug"))
     return SimpleNamespace(
         item_pks=item_pks,
         products=products,
         shoppers=shoppers,
         version=version,
+        experiment=experiment,
         timings=timings,
         events=events_total(),
     )
+
+
+def start_experiment(active, second):
+    """A running experiment in EXPERIMENT_PLACEMENT: the active version against ``second``, 50/50.
+
+    Any other running experiment is stopped (the database is reused between runs).
+    """
+    from django.utils import timezone
+
+    from recommender.models import Arm, Experiment
+
+    Experiment.objects.filter(name=EXPERIMENT_NAME).delete()
+    Experiment.objects.filter(status=Experiment.Status.RUNNING).update(
+        status=Experiment.Status.STOPPED, stopped_at=timezone.now()
+    )
+    experiment = Experiment.objects.create(
+        name=EXPERIMENT_NAME,
+        placements=[EXPERIMENT_PLACEMENT],
+        status=Experiment.Status.RUNNING,
+        started_at=timezone.now(),
+    )
+    for name, version in (("active", active), ("second", second)):
+        Arm.objects.create(experiment=experiment, name=name, version=version, share=50)
+    return experiment
+
+
+def assign_shoppers(data):
+    """Every benchmark shopper's arm, stored and cached as on their first exposure.
+
+    ``miss_arm`` then measures what ``miss`` does: a shopper already known whose list a new
+    event invalidated. Returns shoppers per arm.
+    """
+    from recommender import experiments
+
+    experiment = experiments.read_running().covering(EXPERIMENT_PLACEMENT)
+    counts = {}
+    for key, _ in data.shoppers:
+        arm = experiments.arm_for(experiment, session_key=key)
+        counts[arm.name] = counts.get(arm.name, 0) + 1
+    return counts
+
+
+def experiment_lists():
+    """Recommendation rows served in the experiment, per arm: {arm: {version, lists}}."""
+    from django.db.models import Count
+
+    from recommender.models import Recommendation
+
+    rows = (
+        Recommendation.objects.filter(arm__isnull=False)
+        .values_list("arm__name", "version_id")
+        .annotate(n=Count("id"))
+    )
+    out = {}
+    for arm, version, n in rows:
+        out.setdefault(arm, {})[f"v{version}"] = n
+    return out
 
 
 def events_total():
@@ -386,6 +475,10 @@ class Workload:
         self.rng.shuffle(self.miss_order)
         self.miss_next = 0
         self.last_computed, self.last_pages = [], []
+        self.experiment = data.experiment is not None
+        self.miss_arm_order = list(self.miss_order)
+        self.rng.shuffle(self.miss_arm_order)
+        self.miss_arm_next = 0
         self.reused_items = 0
 
     def any_cookie(self):
@@ -417,6 +510,13 @@ class Workload:
             invalidate = keys
             self.last_computed = keys
             plan = [("/api/recommender/recommendations/", self.cookies[k]) for k in keys]
+        elif key == "miss_arm":
+            order = self.miss_arm_order
+            keys = [order[(self.miss_arm_next + i) % len(order)] for i in range(n)]
+            self.miss_arm_next += n
+            invalidate = keys
+            path = f"/api/recommender/recommendations/?placement={EXPERIMENT_PLACEMENT}"
+            plan = [(path, self.cookies[k]) for k in keys]
         elif key == "hit":
             keys = [self.last_computed[i % len(self.last_computed)] for i in range(n)]
             plan = [("/api/recommender/recommendations/", self.cookies[k]) for k in keys]
@@ -508,6 +608,8 @@ def run_scenario(pool, server, workload, key, n, clients, deadline_s, bar, measu
 def bench_http(args, server, workload, clients, deadline, progress):
     """All scenarios for one client count, interleaved in rounds (order rotates)."""
     keys = list(SCENARIOS) if clients == 1 else list(CONCURRENT_SCENARIOS)
+    if not workload.experiment:
+        keys = [key for key in keys if key != "miss_arm"]
     per_round = max(clients, args.requests // args.rounds)
     pool = harness.ClientPool(clients)
     try:
@@ -794,6 +896,9 @@ def run_size(args, size):
     )
     steps.set_description(f"{size}: flush Redis db, cache sessions")
     reset_serving_state(data)
+    if data.experiment is not None:
+        steps.set_description(f"{size}: assign the shoppers their arms")
+        result["experiment"] = {"shoppers": assign_shoppers(data)}
     steps.update(1)
 
     steps.set_description(f"{size}: gunicorn up, workers load the model")
@@ -836,6 +941,8 @@ def run_size(args, size):
                 lambda **kw: tqdm(unit="req", leave=False, **kw),
             )
         result["reused_items"] = workload.reused_items
+        if data.experiment is not None:
+            result["experiment"]["lists"] = experiment_lists()
         result["server_command"] = server.command[1:]
     finally:
         server.stop()
@@ -966,7 +1073,10 @@ def render(args, results, started, elapsed, load_before):
         "- `miss`: each request is a shopper whose cached list was invalidated (`serving.invalidate_shopper`, what "
         "a new event does) just before the batch, each shopper once per batch; `hit`: the shoppers just computed. "
         "`similar` / `page`: items never asked before (lists computed); `page_warm`: the same pages again. "
-        "'lists/req' counts the recommendation rows written per request (the check: 1, 0, 1, 2, 0)."
+        "'lists/req' counts the recommendation rows written per request (the check: 1, 0, 1, 2, 0, 1). "
+        f"`miss_arm`: the cache miss in `{EXPERIMENT_PLACEMENT}`, where an experiment runs between the "
+        "active version and a second one of the same shape (50/50; every worker holds both), for shoppers "
+        "assigned their arm in set-up."
     )
     add("")
     add("## Latency and throughput")
@@ -1103,9 +1213,28 @@ def render(args, results, started, elapsed, load_before):
                 if w.get("index")
                 else ""
             )
+            + (
+                ", arms " + ", ".join(f"{arm}: v{v}" for arm, v in w["arms"].items())
+                if w.get("arms")
+                else ""
+            )
             for w in result["workers"]
         )
         note = ""
+        if result.get("experiment"):
+            experiment = result["experiment"]
+            note = (
+                f"; experiment in `{EXPERIMENT_PLACEMENT}`: shoppers per arm "
+                + ", ".join(f"{arm} {n}" for arm, n in sorted(experiment["shoppers"].items()))
+                + "; lists served per arm and version "
+                + (
+                    ", ".join(
+                        f"{arm} {versions}"
+                        for arm, versions in sorted(experiment.get("lists", {}).items())
+                    )
+                    or "none"
+                )
+            )
         add(
             f"- {size_label(result)}: database `{harness.redact(result['database'])}`, {result['events']:,} "
             f"events; set-up {result['setup']}; workers ready {result['worker_load_s']} s after start ({workers})"
@@ -1198,6 +1327,17 @@ def target_lines(results):
                 f" (per round: {ratio_rounds(miss8, base8, 'rps')}). CPU per request, all processes "
                 f"(gunicorn + PostgreSQL + Redis + client): {cpu_total(miss8):.1f} vs {cpu_total(base8):.1f} ms, "
                 f"so a CPU-bound machine caps the ratio near {cpu_total(base8) / cpu_total(miss8):.2f}×."
+            )
+    for r in results:
+        plain, arms = r["http"].get("1", {}).get("miss"), r["http"].get("1", {}).get("miss_arm")
+        if plain and arms and plain["p99"] and arms["p99"]:
+            ratio = arms["p99"] / plain["p99"]
+            out.append(
+                f"- {size_label(r)}, 1 client, cache miss with an experiment running (2 version arms) "
+                f"p99 within 10 % of the plain cache miss in the same run: {fmt(arms['p99'])} vs "
+                f"{fmt(plain['p99'])} ms = {ratio:.2f}× {verdict(ratio <= 1.10)}; p50 "
+                f"{fmt(arms['p50'])} vs {fmt(plain['p50'])} ms = {arms['p50'] / plain['p50']:.2f}× "
+                f"(per round: {ratio_rounds(arms, plain, 'p50')})."
             )
     big = next((r for r in results if r["size"] == "1000000"), None)
     if big:

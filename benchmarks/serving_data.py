@@ -259,8 +259,11 @@ def cache_sessions(shoppers):
 # ---------------------------------------------------------------- model
 
 
-def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, max_len=50):
-    """An active ModelVersion whose artifact has the production shape and clustered items.
+def install_model(
+    item_pks, cluster_of_item, category_of_cluster, seed, dim=64, max_len=50, activate=True
+):
+    """A ModelVersion (active unless ``activate`` is false) whose artifact has the production
+    shape and clustered items.
 
     The artifact is written to the artifact storage once per catalogue (its name carries a
     hash of the item ids and geometry) and reused by later runs.
@@ -331,7 +334,8 @@ def install_model(item_pks, cluster_of_item, category_of_cluster, seed, dim=64, 
             metrics={"valid": {"ndcg@10": 0.0}},
             decision="serving benchmark: random weights, clustered item embeddings",
         )
-    version.activate()
+    if activate:
+        version.activate()
     return version
 
 

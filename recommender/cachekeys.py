@@ -13,6 +13,10 @@ cache backend, without listing or scanning the backend's keys.
   shopper never has more than ``SHOPPER_SLOTS`` lists cached.
 - ``item_list``: an item's similar or bought-together candidates; ``list_row``: the
   Recommendation row of a cached list per placement; ``popular``: the store-wide lists.
+- ``assignment``: a shopper's arm in an experiment. While an experiment runs, the lists
+  served from an arm carry it: item lists and rows have the arm in their key, and a
+  shopper's list is fingerprinted with the experiment and stamped with its arm, so two
+  arms never share a list and a stopped experiment's lists are never read again.
 """
 
 import hashlib
@@ -42,17 +46,25 @@ def shopper_list(user=None, session_key="", list_fingerprint=""):
     return f"{PREFIX}:recs:{_shopper(user, session_key)}:{slot}"
 
 
-def shopper_keys(user=None, session_key=""):
-    """Every key that may hold the shopper's data: their generation and all their slots."""
+def shopper_keys(user=None, session_key="", experiment_ids=()):
+    """Every key that may hold the shopper's data: their generation, all their slots, and
+    their arm in each of ``experiment_ids`` (the experiments they have an assignment in)."""
     shopper = _shopper(user, session_key)
-    return [generation(user, session_key)] + [
-        f"{PREFIX}:recs:{shopper}:{slot}" for slot in range(SHOPPER_SLOTS)
-    ]
+    return (
+        [generation(user, session_key)]
+        + [f"{PREFIX}:recs:{shopper}:{slot}" for slot in range(SHOPPER_SLOTS)]
+        + [assignment(pk, user, session_key) for pk in experiment_ids]
+    )
 
 
-def item_list(source, pk):
-    """An item's cached candidates of ``source`` (similar, bought_together)."""
-    return f"{PREFIX}:{source}:{pk}"
+def assignment(experiment_id, user=None, session_key=""):
+    """The shopper's arm in an experiment (a user's, else the anonymous key's)."""
+    return f"{PREFIX}:arm:{experiment_id}:{_shopper(user, session_key)}"
+
+
+def item_list(source, pk, arm_id=None):
+    """An item's cached candidates of ``source`` (similar, bought_together), per arm."""
+    return f"{PREFIX}:{source}:{pk}" + (f":arm{arm_id}" if arm_id is not None else "")
 
 
 def popular(window):
@@ -60,12 +72,19 @@ def popular(window):
     return f"{PREFIX}:popular:{window}"
 
 
-def list_row(list_key, placement):
-    """The Recommendation row made for the cached list ``list_key`` shown in ``placement``."""
-    return f"{list_key}:row:{fingerprint(placement)}"
+def list_row(list_key, placement, arm_id=None):
+    """The Recommendation row made for the cached list ``list_key`` shown in ``placement``
+    (to shoppers of arm ``arm_id``: the row carries the arm)."""
+    return f"{list_key}:row:{fingerprint(placement)}" + (
+        f":arm{arm_id}" if arm_id is not None else ""
+    )
 
 
-def item_keys(source, pk, placements):
-    """Every key of an item's ``source`` list: its candidates and its rows in ``placements``."""
-    key = item_list(source, pk)
-    return [key] + [list_row(key, placement) for placement in placements]
+def item_keys(source, pk, placements, arm_ids=()):
+    """Every key of an item's ``source`` list: its candidates and its rows in ``placements``,
+    outside experiments and in each of ``arm_ids``."""
+    keys = []
+    for arm_id in (None, *arm_ids):
+        key = item_list(source, pk, arm_id)
+        keys += [key] + [list_row(key, placement, arm_id) for placement in placements]
+    return keys

@@ -10,6 +10,11 @@ A shopper's recommendations are computed from their latest events at request tim
 filtered by the store's business rules, cached, and dropped from the cache as soon as
 the shopper records a new event. Popular and trending items are the answer for shoppers
 with no history and while no model is active.
+
+Where an experiment runs (``recommender.experiments``), each shopper's lists in its
+placements come from their arm: the arm's model version (every process holds the running
+arms' versions beside the active one, in ``arm_models``) or the popular items. The arm
+travels with the list: its cache keys, its Recommendation row and ``RecommendationList.arm_id``.
 """
 
 import functools
@@ -27,7 +32,7 @@ from django.db import connections, router
 from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
-from . import artifacts, cachekeys, itemkeys
+from . import artifacts, cachekeys, experiments, itemkeys
 from .artifacts import ArtifactRefused
 from .conf import event_kind_weights, get_item_model, recommender_settings
 from .models import Event, ModelVersion, Recommendation, shopper_q
@@ -55,6 +60,8 @@ class RecommendationList:
     source: str = Recommendation.Source.POPULAR
     placement: str = ""
     scores: list = field(default_factory=list)
+    # The experiment arm the list was served for; None outside experiments.
+    arm_id: int | None = None
 
     def __iter__(self):
         return iter(self.items)
@@ -165,19 +172,13 @@ class _ActiveModel:
             gc.collect()
             gc.freeze()
         except Exception as exc:
-            from .ml.artifact import ArtifactError
-
             serving = self.loaded.version_id if self.loaded else None
-            reason = f"{type(exc).__name__}: {exc}"[:1000].rstrip(". ")
-            logger.error(
-                "Model version v%s refused: %s; %s",
+            _record_refusal(
                 pk,
-                reason,
+                exc,
                 f"v{serving} keeps serving." if serving else "looking for the last good version.",
-                exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)),
             )
             self.refused.add(pk)
-            ModelVersion.objects.filter(pk=pk, error="").update(error=f"{REFUSED}{reason}")
             return False
         logger.info("Serving model version v%s", pk)
         return True
@@ -208,6 +209,21 @@ class _ActiveModel:
                     candidate[0],
                 )
                 return
+
+
+def _record_refusal(pk, exc, consequence):
+    """Log why a version did not load, and record it on the version (the admin shows it)."""
+    from .ml.artifact import ArtifactError
+
+    reason = f"{type(exc).__name__}: {exc}"[:1000].rstrip(". ")
+    logger.error(
+        "Model version v%s refused: %s; %s",
+        pk,
+        reason,
+        consequence,
+        exc_info=not isinstance(exc, (ArtifactRefused, ArtifactError)),
+    )
+    ModelVersion.objects.filter(pk=pk, error="").update(error=f"{REFUSED}{reason}")
 
 
 def load_version(version_id, artifact_name, sha256=""):
@@ -251,6 +267,98 @@ def load_version(version_id, artifact_name, sha256=""):
 
 
 active_model = _ActiveModel()
+
+
+class _ArmModels:
+    """Per process: the versions running experiments' arms serve, besides the active one.
+
+    An arm's version is loaded on its first request in this process (or by ``warm_up``)
+    and dropped once no running experiment has an arm on it; an arm on the active version
+    shares the active model. A version that fails to load is refused once per process,
+    logged and recorded on the version; that arm's shoppers are then served by the active
+    version (their lists still carry the arm, beside the version that made them).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.loaded = {}  # version id -> LoadedModel
+        self.refused = set()
+        self.following = None  # the experiments snapshot the held versions were chosen by
+
+    def follow(self, running):
+        """Hold only the versions the running experiments (``running``) serve."""
+        with self._lock:
+            if running is self.following:
+                return
+            wanted = running.version_ids
+            dropped = sorted(pk for pk in self.loaded if pk not in wanted)
+            for pk in dropped:
+                del self.loaded[pk]
+            self.refused &= wanted
+            self.following = running
+        if dropped:
+            logger.info(
+                "No experiment serves v%s any more: dropped.", ", v".join(map(str, dropped))
+            )
+
+    def model_for(self, arm, active):
+        """The LoadedModel serving ``arm`` (a version arm); the active one if it cannot load."""
+        if active is not None and active.version_id == arm.version_id:
+            self.loaded.pop(arm.version_id, None)  # promoted meanwhile: one copy is enough
+            return active
+        model = self.loaded.get(arm.version_id)
+        if model is not None or arm.version_id in self.refused:
+            return model or active
+        with self._lock:
+            model = self.loaded.get(arm.version_id)
+            if model is None and arm.version_id not in self.refused:
+                model = self._load(arm, active)
+        return model or active
+
+    def _load(self, arm, active):
+        try:
+            model = load_version(arm.version_id, arm.artifact, sha256=arm.artifact_sha256)
+        except Exception as exc:
+            serving = f"v{active.version_id}, the active version," if active else "popular items"
+            _record_refusal(
+                arm.version_id, exc, f"arm {arm.name!r} is served by {serving} in this process."
+            )
+            self.refused.add(arm.version_id)
+            return None
+        if self.following is None or arm.version_id in self.following.version_ids:
+            self.loaded[arm.version_id] = model
+        gc.collect()
+        gc.freeze()
+        logger.info("Serving model version v%s for experiment arm %r", arm.version_id, arm.name)
+        return model
+
+    def reset(self):
+        with self._lock:
+            self.loaded, self.refused, self.following = {}, set(), None
+
+
+arm_models = _ArmModels()
+
+
+def _experiment_in(placement):
+    """The experiment running in ``placement`` (from the per-process snapshot), or None.
+
+    When the snapshot changed (an experiment started or stopped), the arm versions no
+    running experiment serves are dropped first.
+    """
+    running = experiments.running_experiments.get()
+    if running is not arm_models.following:
+        arm_models.follow(running)
+    return running.covering(placement)
+
+
+def _model_of(arm, active):
+    """The model that serves ``arm`` (None: a popularity arm); outside experiments, ``active``."""
+    if arm is None:
+        return active
+    if arm.serves_popular_items:
+        return None
+    return arm_models.model_for(arm, active)
 
 
 # --------------------------------------------------------------------------- caching
@@ -376,19 +484,21 @@ def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()
     return kept, scores
 
 
-def _save_list(source, placement, version_id, pks, owner=""):
-    """Store a list shown; ``owner`` (a shopper pseudonym) marks a personal one."""
+def _save_list(source, placement, version_id, pks, owner="", arm_id=None):
+    """Store a list shown; ``owner`` (a shopper pseudonym) marks a personal one, ``arm_id``
+    the experiment arm it was served for."""
     rec = Recommendation.objects.create(
         source=source,
         placement=placement,
         version_id=version_id,
         items=[itemkeys.to_json(pk) for pk in pks],
         owner=owner,
+        arm_id=arm_id,
     )
     return rec.pk
 
 
-def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
+def _cached_candidates(key, compute, timeout, *, source, placement, version_id, arm_id=None):
     """A list's cached candidates, with the Recommendation row of this placement.
 
     The candidates (the costly part) are cached once under ``key`` for every placement
@@ -396,9 +506,9 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
     the first time the placement is served these candidates. ``compute() -> [(pk, score)]``.
     Candidates another model version made are a miss. An empty list is neither cached nor
     stored: a store's first events (or a new model) must show up on the next page, not
-    after the cache expires.
+    after the cache expires. In an experiment, ``arm_id`` is the arm the row is made for.
     """
-    row_key = cachekeys.list_row(key, placement)
+    row_key = cachekeys.list_row(key, placement, arm_id)
     found = _cache().get_many([key, row_key])
     entry, row = found.get(key), found.get(row_key)
     if entry is None or entry.get("version") != version_id:
@@ -410,12 +520,12 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
             "version": version_id,
         }
         if not entry["pks"]:
-            return {**entry, "rid": None, "source": source, "placement": placement}
+            return {**entry, "rid": None, "source": source, "placement": placement, "arm": arm_id}
         _cache().set(key, entry, timeout)
     if row is None or row["stamp"] != entry["stamp"]:
         row = {
             "stamp": entry["stamp"],
-            "rid": _save_list(source, placement, version_id, entry["pks"]),
+            "rid": _save_list(source, placement, version_id, entry["pks"], arm_id=arm_id),
         }
         _cache().set(row_key, row, timeout)
     return {
@@ -424,6 +534,7 @@ def _cached_candidates(key, compute, timeout, *, source, placement, version_id):
         "version": version_id,
         "source": source,
         "placement": placement,
+        "arm": arm_id,
     }
 
 
@@ -437,7 +548,13 @@ def _from_cached(entry, limit, *, diversity=None, category=None, exclude=()):
         exclude=exclude,
     )
     return RecommendationList(
-        items, entry["rid"], entry["version"], entry["source"], entry["placement"], scores
+        items,
+        entry["rid"],
+        entry["version"],
+        entry["source"],
+        entry["placement"],
+        scores,
+        arm_id=entry.get("arm"),
     )
 
 
@@ -499,36 +616,63 @@ def _activity_sql(by_user, with_purchases, alias):
     return sql
 
 
-def recommend(*, user=None, session_key="", limit=10, category=None, placement="", exclude=()):
+def recommend(
+    *,
+    user=None,
+    session_key="",
+    limit=10,
+    category=None,
+    placement="",
+    exclude=(),
+    expose=True,
+):
     """Personal recommendations from the shopper's latest events, at request time.
 
     Shoppers with no history, and every shopper while no model is active, get the
     popular items under the same rules. The model's candidates are cached for every
     limit (the rules and the cut to ``limit`` apply on the way out), so a short list
     asked for first never shortens a longer one asked for next.
+
+    Where an experiment runs in ``placement``, the model is the shopper's arm's version;
+    a popularity arm is served as if no model were active (popular items, less what the
+    shopper saw or bought, as the placement's rules say). ``expose=False`` (staff looking
+    at a user's list) shows their arm's list without counting them as served in it.
     """
     if user is not None and not user.is_authenticated:
         user = None
     limit, placement = clean_limit(limit), clean_placement(placement)
     rules = placement_rules(placement)
     exclude = tuple(_item_key(pk) for pk in exclude)
-    model = active_model.get()
+    active = active_model.get()
     if user is None and not session_key:
         return popular(limit=limit, category=category, placement=placement, exclude=exclude)
-    # One round trip reads the shopper's generation and the list; a list counts only if it
-    # was stamped with the current generation (a new event deletes the generation key).
+    experiment = _experiment_in(placement)
+    # One round trip reads the shopper's generation, the list and, in an experiment, their
+    # arm; a list counts only if it was stamped with the current generation (a new event
+    # deletes the generation key), the model that serves and the arm.
     generation_key = cachekeys.generation(user, session_key)
-    # The slot follows what the list is for, not the model version: a new version reuses it.
-    fingerprint = cachekeys.fingerprint(placement, category, sorted(map(str, exclude)))
+    # The slot follows what the list is for, not the model version: a new version reuses
+    # it. An experiment's lists are its own: stopping it leaves them unread.
+    wanted = (placement, category, sorted(map(str, exclude)))
+    fingerprint = cachekeys.fingerprint(*wanted, *([experiment.id] if experiment else []))
     key = cachekeys.shopper_list(user, session_key, fingerprint)
-    found = _cache().get_many([generation_key, key])
+    arm_key = experiments.assignment_key(experiment, user, session_key) if experiment else None
+    found = _cache().get_many([generation_key, key, *([arm_key] if arm_key else [])])
     generation, cached = found.get(generation_key), found.get(key)
+    arm = None
+    if experiment is not None:
+        arm = experiments.arm_for(
+            experiment, user, session_key, cached_arm_id=found.get(arm_key), expose=expose
+        )
+    arm_id = arm.id if arm else None
+    model = _model_of(arm, active)
     if (
         generation is not None
         and cached is not None
         and cached.get("generation") == generation
         and cached.get("fingerprint") == fingerprint
         and cached.get("version") == (model.version_id if model else None)
+        and cached.get("arm") == arm_id
     ):
         return _personal_list(cached, limit, rules=rules, category=category)
     if generation is None:
@@ -557,7 +701,9 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
             category=category,
         )
     if not candidates:
-        return popular(limit=limit, category=category, placement=placement, exclude=banned)
+        return _popular(
+            limit=limit, category=category, placement=placement, exclude=banned, arm_id=arm_id
+        )
     pks = [pk for pk, _ in candidates]
     entry = {
         "pks": pks,
@@ -570,12 +716,14 @@ def recommend(*, user=None, session_key="", limit=10, category=None, placement="
             model.version_id,
             pks,
             owner=list_owner(user=user, session_key=session_key),
+            arm_id=arm_id,
         ),
         "version": model.version_id,
         "source": Recommendation.Source.MODEL,
         "placement": placement,
         "generation": generation,
         "fingerprint": fingerprint,
+        "arm": arm_id,
     }
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
     return _personal_list(entry, limit, rules=rules, category=category)
@@ -588,11 +736,12 @@ def _personal_list(entry, limit, *, rules, category):
     """
     listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
     if len(listed) < limit:
-        fallback = popular(
+        fallback = _popular(
             limit=limit,
             category=category,
             placement=entry["placement"],
             exclude=set(entry["banned"]) | {item.pk for item in listed.items},
+            arm_id=entry.get("arm"),
         )
         if not listed:
             return fallback
@@ -604,26 +753,45 @@ def _personal_list(entry, limit, *, rules, category):
 # --------------------------------------------------------------------------- items
 
 
-def _item_list(source, item, compute, *, limit, placement, exclude=()):
-    """Shared path of similar / bought-together: cached candidates, fresh rules."""
+def _item_list(source, item, compute, *, limit, placement, exclude, user, session_key):
+    """Shared path of similar / bought-together: cached candidates, fresh rules.
+
+    In an experiment's placement the shopper's arm decides: a version arm's lists are
+    computed with its version and cached per arm; a popularity arm gets popular items.
+    """
     limit, placement = clean_limit(limit), clean_placement(placement)
-    model = active_model.get()
-    version_id = model.version_id if model else None
+    active = active_model.get()
     pk = _item_key(getattr(item, "pk", item))
+    experiment = _experiment_in(placement)
+    arm = experiments.arm_for(experiment, user, session_key) if experiment else None
+    if arm is not None and arm.serves_popular_items:
+        return _popular(
+            limit=limit, placement=placement, exclude=set(exclude) | {pk}, arm_id=arm.id
+        )
+    model = _model_of(arm, active)
+    arm_id = arm.id if arm else None
     cached = _cached_candidates(
-        cachekeys.item_list(source, pk),
+        cachekeys.item_list(source, pk, arm_id),
         lambda: compute(pk, model),
         recommender_settings.ITEM_LISTS_CACHE_SECONDS,
         source=source,
         placement=placement,
-        version_id=version_id,
+        version_id=model.version_id if model else None,
+        arm_id=arm_id,
     )
     return _from_cached(cached, limit, exclude=set(exclude) | {pk})
 
 
-def similar(item, *, limit=10, placement="", exclude=()):
+def similar(item, *, limit=10, placement="", exclude=(), user=None, session_key=""):
     """Items most like ``item``: embedding cosine, co-occurrence cosine or both, whichever
-    training measured best at finding shoppers' next items (``HybridRanker.similar``)."""
+    training measured best at finding shoppers' next items (``HybridRanker.similar``).
+
+    In an experiment's placement (the shopper is needed to find their arm) a version arm's
+    similar items are its own version's, so an arm is one model throughout the placements
+    it runs in. A popularity arm gets popular items, not the active version's similar
+    items: it stands for the store without a trained model, and a list from the active
+    model in that arm would credit the popularity arm with the model's work.
+    """
 
     def compute(pk, model):
         if model is None:
@@ -637,16 +805,21 @@ def similar(item, *, limit=10, placement="", exclude=()):
         limit=limit,
         placement=placement,
         exclude=exclude,
+        user=user,
+        session_key=session_key,
     )
 
 
-def bought_together(item, *, limit=10, placement="", exclude=()):
+def bought_together(item, *, limit=10, placement="", exclude=(), user=None, session_key=""):
     """Items the signed-in users who bought (or carted) ``item`` also bought: co-occurrence.
 
     Only signed-in users count. A pair shown once BOUGHT_TOGETHER_MIN_SHOPPERS shoppers
     did it would otherwise disclose one shopper's basket to anyone who opens one anonymous
     session and carts the item with every other item: that session would be the second
     "shopper" of each of the victim's pairs.
+
+    No model computes these, so every version arm of an experiment shows the same pairs
+    (the list's row carries the arm); a popularity arm gets popular items, as in ``similar``.
     """
 
     def compute(pk, model):
@@ -670,14 +843,43 @@ def bought_together(item, *, limit=10, placement="", exclude=()):
         limit=limit,
         placement=placement,
         exclude=exclude,
+        user=user,
+        session_key=session_key,
     )
 
 
-def popular(*, limit=10, category=None, placement="", window="popular", exclude=()):
-    """The store's popular (last POPULAR_DAYS) or trending (rising in TRENDING_HOURS) items."""
+def popular(
+    *,
+    limit=10,
+    category=None,
+    placement="",
+    window="popular",
+    exclude=(),
+    user=None,
+    session_key="",
+):
+    """The store's popular (last POPULAR_DAYS) or trending (rising in TRENDING_HOURS) items.
+
+    Every arm of an experiment gets the same popular items; in an experiment's placement
+    the shopper's list row carries their arm, so clicks on it count for that arm.
+    """
     limit, placement = clean_limit(limit), clean_placement(placement)
     if window not in ("popular", "trending"):
         raise BadRequest("window must be 'popular' or 'trending'.")
+    experiment = _experiment_in(placement)
+    arm = experiments.arm_for(experiment, user, session_key) if experiment else None
+    return _popular(
+        limit=limit,
+        category=category,
+        placement=placement,
+        window=window,
+        exclude=exclude,
+        arm_id=arm.id if arm else None,
+    )
+
+
+def _popular(*, limit, placement, category=None, window="popular", exclude=(), arm_id=None):
+    """``popular`` for a known arm (``limit``, ``placement`` and ``window`` already checked)."""
     cached = _cached_candidates(
         cachekeys.popular(window),
         lambda: popularity_ranking(trending=window == "trending"),
@@ -685,6 +887,7 @@ def popular(*, limit=10, category=None, placement="", window="popular", exclude=
         source=Recommendation.Source.POPULAR,
         placement=placement,
         version_id=None,
+        arm_id=arm_id,
     )
     if category is not None and not recommender_settings.ITEM_CATEGORY_FIELD:
         raise BadRequest("This store's items have no category (ITEM_CATEGORY_FIELD is not set).")
@@ -769,8 +972,15 @@ def warm_up():
     Call it from the server's worker-start hook (gunicorn's ``post_worker_init``, as in
     ``shop_demo/gunicorn.conf.py``), never at import: ``manage.py`` commands, migrations and
     the admin stay free of torch. Otherwise the first requests of every new worker wait
-    7-10 s for torch and the model. Returns the version now served (None: no active
-    version, shoppers get popular items).
+    7-10 s for torch and the model. The versions of running experiments' arms are loaded
+    too. Returns the version now served (None: no active version, shoppers get popular
+    items).
     """
     model = active_model.get()
+    running = experiments.running_experiments.get()
+    arm_models.follow(running)
+    for experiment in running.experiments:
+        for arm in experiment.arms:
+            if not arm.serves_popular_items:
+                arm_models.model_for(arm, model)
     return model.version_id if model is not None else None

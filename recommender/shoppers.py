@@ -1,13 +1,15 @@
 """Who a request's shopper is: a user, or an anonymous key kept in the session.
 
 Django rotates the session key at login, so the app keeps its own anonymous key inside
-the session data (which login preserves). At login, that key's events become the user's.
+the session data (which login preserves). At login, that key's events, and its arms in
+experiments, become the user's.
 """
 
 import secrets
 
 from django.db import router, transaction
 
+from .experiments import carry_over_assignments
 from .models import Event
 from .signals import events_recorded
 
@@ -40,6 +42,10 @@ def attach_session_events(sender, request, user, **kwargs):
     Events are moved, not copied, so logging in twice never duplicates them. Event ids
     are unique per shopper: an anonymous event whose id the user already has (the same
     event, sent again around the login) is that duplicate, and is dropped.
+
+    The session's experiment assignments move too, so the shopper keeps seeing the arm
+    they saw before logging in, unless the user already has an arm in that experiment
+    (from another device): theirs wins (``experiments.carry_over_assignments``).
     """
     key = anonymous_key(request, create=False) if request is not None else ""
     if not key:
@@ -49,5 +55,6 @@ def attach_session_events(sender, request, user, **kwargs):
         already = Event.objects.filter(user=user).values("event_id")
         anonymous.filter(event_id__in=already).delete()
         moved = anonymous.update(user=user)
+    carry_over_assignments(user, key)
     if moved:
         events_recorded.send(sender=Event, user=user, session_key="")

@@ -59,12 +59,18 @@ def _clear_cache():
 
 @pytest.fixture(autouse=True)
 def _fresh_serving_state():
-    """Each test starts as a new web process would: no model version loaded yet."""
-    from recommender import serving
+    """Each test starts as a new web process would: no model version loaded yet, and no
+    snapshot of running experiments."""
+    from recommender import experiments, serving
 
-    serving.active_model.reset()
+    def reset():
+        serving.active_model.reset()
+        serving.arm_models.reset()
+        experiments.running_experiments.reset()
+
+    reset()
     yield
-    serving.active_model.reset()
+    reset()
 
 
 @pytest.fixture

@@ -38,7 +38,16 @@ EXPECTED = {
     "train_step": (None, ["| 512 | 1024 sampled negatives |"]),
     "ingest": ("ingest.md", ["record_many / raw:", "| sync | API, batch of 100 |"]),
     # The summary row comes from model_share's IVF branch, where the attribute error was.
-    "serving": ("serving.md", ["| 2,000 items | 1 | miss:", "the model's history summary"]),
+    # miss_arm: the cache miss with an experiment running (--smoke runs one at 2,000 items).
+    "serving": (
+        "serving.md",
+        [
+            "| 2,000 items | 1 | miss:",
+            "the model's history summary",
+            "| 2,000 items | 1 | miss_arm:",
+            "cache miss with an experiment running (2 version arms) p99 within 10 %",
+        ],
+    ),
     "soak": ("soak.md", ["# Soak", "- events: **"]),
 }
 

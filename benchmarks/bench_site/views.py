@@ -76,21 +76,29 @@ class ProductListBaseline(ListAPIView):
 
 
 def serving_warm(request):
-    """Load the active model in this worker and run each model path once (first-call costs).
+    """Load the active model, and the running experiments' arm versions, in this worker and
+    run each model path once (first-call costs).
 
     Answers which process it is and what it loaded, so the benchmark can wait until every
-    gunicorn worker has built its index before measuring.
+    gunicorn worker has built its indexes before measuring.
     """
     import os
 
-    from recommender import serving
+    from recommender import experiments, serving
 
+    serving.warm_up()
     model = serving.active_model.get()
     if model is None:
         return JsonResponse({"pid": os.getpid(), "ready": False})
-    first = model.predictor.item_map.id(1)
-    model.top_candidates([(first, "view")], 30)
-    model.similar(first, 30)
+    arms = {}
+    for experiment in experiments.running_experiments.get().experiments:
+        for arm in experiment.arms:
+            if not arm.serves_popular_items:
+                arms[arm.name] = serving.arm_models.model_for(arm, model)
+    for loaded in (model, *arms.values()):
+        first = loaded.predictor.item_map.id(1)
+        loaded.top_candidates([(first, "view")], 30)
+        loaded.similar(first, 30)
     return JsonResponse(
         {
             "pid": os.getpid(),
@@ -98,5 +106,6 @@ def serving_warm(request):
             "version": model.version_id,
             "items": model.predictor.n_items,
             "index": model.index.build_info if model.index is not None else None,
+            "arms": {name: loaded.version_id for name, loaded in arms.items()},
         }
     )

@@ -72,6 +72,10 @@ class RecommendationListSerializer(serializers.Serializer):
     )
     source = serializers.ChoiceField(choices=["model", "similar", "bought_together", "popular"])
     placement = serializers.CharField()
+    arm_id = serializers.IntegerField(
+        allow_null=True,
+        help_text="The experiment arm the list was served for; null outside experiments.",
+    )
     items = RecommendedItemSerializer(many=True)
 
 
@@ -106,6 +110,7 @@ def recommendation_list_as_json(recs):
         "model_version": recs.version_id,
         "source": recs.source,
         "placement": recs.placement,
+        "arm_id": recs.arm_id,
         "items": [
             {**item_as_json(item), "score": round(float(score), 6)}
             for item, score in zip(recs.items, recs.scores, strict=False)

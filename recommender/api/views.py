@@ -353,9 +353,10 @@ class UserRecommendationsView(ServingView):
         user = get_user_model()._default_manager.filter(pk=user_id).first()
         if user is None:
             raise Http404("No such user.")
+        # Staff looking: the user's arm decides the list, but they were not served it.
         return self.answer(
             lambda: serving.recommend(
-                user=user, **self.params(request, "limit", "placement", "category")
+                user=user, expose=False, **self.params(request, "limit", "placement", "category")
             )
         )
 
@@ -368,7 +369,11 @@ class SimilarItemsView(ServingView):
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(
-            lambda: serving.similar(item, **self.params(request, "limit", "placement"))
+            lambda: serving.similar(
+                item,
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement"),
+            )
         )
 
 
@@ -380,7 +385,11 @@ class BoughtTogetherView(ServingView):
     def get(self, request, item_id):
         item = self.get_item(item_id)
         return self.answer(
-            lambda: serving.bought_together(item, **self.params(request, "limit", "placement"))
+            lambda: serving.bought_together(
+                item,
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement"),
+            )
         )
 
 
@@ -397,7 +406,8 @@ class PopularItemsView(ServingView):
     def get(self, request):
         return self.answer(
             lambda: serving.popular(
-                **self.params(request, "limit", "placement", "category", "window")
+                **shopper_of(request._request, create=False),
+                **self.params(request, "limit", "placement", "category", "window"),
             )
         )
 

@@ -65,31 +65,47 @@ def recommended_products(context, limit=8, placement="", category=None):
     )
 
 
-@register.simple_tag
-def similar_products(item, limit=8, placement=""):
+# The item and popular tags take the context for the shopper: in an experiment's
+# placement, their arm decides what is shown.
+
+
+@register.simple_tag(takes_context=True)
+def similar_products(context, item, limit=8, placement=""):
     """``{% similar_products product as products %}``: closest items by learned embedding."""
     from .. import serving
 
-    return _safely(lambda: serving.similar(item, limit=limit, placement=placement), "similar items")
+    return _safely(
+        lambda: serving.similar(item, limit=limit, placement=placement, **_shopper(context)),
+        "similar items",
+    )
 
 
-@register.simple_tag
-def bought_together(item, limit=8, placement=""):
+@register.simple_tag(takes_context=True)
+def bought_together(context, item, limit=8, placement=""):
     """``{% bought_together product as products %}``: what buyers of this item also bought."""
     from .. import serving
 
     return _safely(
-        lambda: serving.bought_together(item, limit=limit, placement=placement), "bought together"
+        lambda: serving.bought_together(
+            item, limit=limit, placement=placement, **_shopper(context)
+        ),
+        "bought together",
     )
 
 
-@register.simple_tag
-def popular_products(limit=8, placement="", category=None, window="popular"):
+@register.simple_tag(takes_context=True)
+def popular_products(context, limit=8, placement="", category=None, window="popular"):
     """``{% popular_products limit=8 as products %}``: popular or trending items."""
     from .. import serving
 
     return _safely(
-        lambda: serving.popular(limit=limit, placement=placement, category=category, window=window),
+        lambda: serving.popular(
+            limit=limit,
+            placement=placement,
+            category=category,
+            window=window,
+            **_shopper(context),
+        ),
         "popular items",
     )
 
@@ -101,7 +117,8 @@ def product_carousel(
     placement=None,
     item_template="recommender/carousel_item.html",
 ):
-    """An accessible, scrollable row of products carrying the recommendation's id.
+    """An accessible, scrollable row of products carrying the recommendation's id (and, in
+    an experiment, its arm: ``data-rec-arm``).
 
     Override ``recommender/carousel_item.html`` in your templates to render your items.
     """
@@ -112,6 +129,7 @@ def product_carousel(
         "placement": placement if placement is not None else getattr(products, "placement", ""),
         "recommendation_id": getattr(products, "recommendation_id", None) or "",
         "version_id": getattr(products, "version_id", None),
+        "arm_id": getattr(products, "arm_id", None),
         "source": getattr(products, "source", ""),
         "item_template": item_template,
     }
