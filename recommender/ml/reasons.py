@@ -7,6 +7,12 @@ removed, later events keeping their places, as if ``h`` had never been seen), an
 
     contribution(h, j) = score_j(history) - score_j(history without h)
 
+The score is the blend's: the net's and item-kNN's, each standardised over the catalogue
+for the history, weighted and added. A net served alone is standardised the same way (the
+same ranking): a change that moves every item alike, such as the shorter history's
+smaller shopper vector, explains no one item. Item-kNN alone is taken as it is: removing
+an item only takes its own similarities off.
+
 The reason for ``j`` is the ``h`` with the largest positive drop (none when no item's
 removal lowers the score). That is by definition the deletion test's answer, so the reason
 is faithful to whatever the served model is, and the net's and item-kNN's parts add up
@@ -115,17 +121,17 @@ def contributions(model, item_seq, kind_seq, candidates):
     items, kinds = _without_each(row, kind_seq[0], history)
     seqs = torch.cat([item_seq, items])  # [1+U, L]: the history, then each removal
     vectors = model.shopper_vector(seqs, torch.cat([kind_seq, kinds]))  # [1+U, d]
-    net = vectors @ model.item_embeddings()[candidates].T  # [1+U, C]
+    # Standardised over the catalogue per history, as the blend does: what moves every
+    # item alike (a shorter history's smaller vector) changes no ranking and is no reason.
+    net = model._net_standardised(vectors, vectors @ model.item_embeddings()[candidates].T)
     if not model.weight:
-        scores = net
+        scores = net  # [1+U, C]
     else:
         drops, full, totals, squares = _neighbour_drops(
             model.neighbours, model.similarity, history, counts, candidates
         )
         knn = torch.cat([full[None], full[None] - drops])  # [1+U, C]
-        scores = model._net_standardised(vectors, net) + model.weight * _standardise(
-            knn.float(), totals, squares, model.n_items
-        )
+        scores = net + model.weight * _standardise(knn.float(), totals, squares, model.n_items)
     return history, scores[:1] - scores[1:]
 
 

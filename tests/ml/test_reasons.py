@@ -55,12 +55,21 @@ def shoppers_events(split, part, limit=60, window=8):
 
 def rescored_drops(predictor, events, candidates):
     """{history item: [drop per candidate]}: each history item's events removed and the
-    shopper scored again through the served path (``full_sort_predict``), one at a time."""
+    shopper scored again through the served path (``full_sort_predict``), one at a time.
+
+    The net alone's scores are standardised over the catalogue (densely, here), as the
+    blend standardises them: the same ranking, without what moves every item alike.
+    """
+    model = predictor.model
 
     def score(evs):
         item_seq, kind_seq, _ = predictor.encode(evs)
         with torch.no_grad():
-            return predictor.model.full_sort_predict(item_seq, kind_seq)[0]
+            scores = model.full_sort_predict(item_seq, kind_seq)[0]
+        if isinstance(model, hybrid.HybridRanker) and not model.weight:
+            real = scores[1:].double()
+            scores = ((scores.double() - real.mean()) / real.std()).float()
+        return scores
 
     index = [predictor.item_map.index(c) for c in candidates]
     full = score(events)[index]
