@@ -110,7 +110,7 @@ DEFAULTS = {
     "HISTORY_LENGTH": 50,
     # Name, with each personal recommendation, the shopper's own history item that added
     # most to its score (the API's "reason", the carousel's show_reasons). It costs one
-    # batched pass of the net when a list is computed, about 0.3 ms per distinct item in
+    # batched pass of the net when a list is computed, about 0.2 ms per distinct item in
     # the history on one core; False skips it and every reason is null.
     "REASONS": True,
     # Seconds cached: a shopper's recommendations (dropped at once on a new event),

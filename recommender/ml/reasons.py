@@ -31,7 +31,10 @@ per history item.
 
 Cost: one batched forward pass of the net over ``1 + U`` histories (``U`` distinct items in
 the window, at most ``max_len``), plus, for item-kNN, sums over the ``k`` neighbours of each
-history item; the number of candidates hardly matters (one [U+1, d] x [d, C] product). Only
+history item; the number of candidates hardly matters (one [U+1, d] x [d, C] product).
+Measured on the serving benchmark's model (dim 64, window 50, 54,542 items, one core,
+``benchmarks/reasons.py``) for 150 candidates: p50 1.7 ms for 5 distinct items, 3.3 ms for
+20, 11.4 ms for 49; paid when a list is computed, never on a cache hit. Only
 the shopper's own history items are ever candidates for a reason: the kNN lists (built from
 every shopper's behaviour) decide how much each of them contributed, never which items
 may be named.
