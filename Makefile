@@ -52,7 +52,7 @@ fresh-install: install
 # Tiny sizes through each benchmark's real code, to see that they still run. The real runs
 # (docs/benchmarks.md) take minutes each and write benchmarks/results/.
 benchmarks: install
-	for name in quality train_step ingest serving soak; do \
+	for name in quality train_step reasons ingest serving soak; do \
 	  $(BIN)/python -m benchmarks.$$name --smoke || exit 1; \
 	done
 

@@ -268,11 +268,10 @@ def install_model(
     The artifact is written to the artifact storage once per catalogue (its name carries a
     hash of the item ids and geometry) and reused by later runs.
     """
-    import torch
     from django.core.files.storage import storages
 
     from recommender.conf import recommender_settings
-    from recommender.ml import artifact, data, hybrid, nets
+    from recommender.ml import artifact, data
     from recommender.models import ModelVersion
 
     tag = hashlib.sha256(
@@ -281,26 +280,8 @@ def install_model(
     name = f"{recommender_settings.ARTIFACT_PATH}/serving-bench-{len(item_pks)}-{tag}.pt"
     storage = storages[recommender_settings.ARTIFACT_STORAGE]
     if not storage.exists(name):
-        torch.manual_seed(seed)
         kinds = data.kind_vocabulary(data.KNOWN_KINDS)
-        net = nets.build_model("cnn_dnn", len(item_pks), len(kinds), dim=dim, max_len=max_len)
-        with torch.no_grad():
-            net.item_emb.weight[0].zero_()
-            net.item_emb.weight[1:] = clustered_embeddings(
-                cluster_of_item, category_of_cluster, seed, dim
-            )
-        model = hybrid.HybridRanker(
-            len(item_pks),
-            len(kinds),
-            net="cnn_dnn",
-            net_config=net.config,
-            k=KNN_K,
-            weight=1.0,
-            similar="blend",
-        )
-        model.net.load_state_dict(net.state_dict())
-        del net
-        model.neighbours, model.similarity = cluster_neighbours(cluster_of_item, KNN_K, seed)
+        model = served_ranker(cluster_of_item, category_of_cluster, seed, dim, max_len)
         payload = artifact.artifact_bytes(
             model_name=model.name,
             model_config=model.config,
@@ -337,6 +318,35 @@ def install_model(
     if activate:
         version.activate()
     return version
+
+
+def served_ranker(cluster_of_item, category_of_cluster, seed, dim=64, max_len=50):
+    """The benchmark's model in memory: the hybrid ranker over a ``cnn_dnn`` of the
+    production shape with clustered item vectors and in-cluster kNN lists, weight 1."""
+    import torch
+
+    from recommender.ml import data, hybrid, nets
+
+    torch.manual_seed(seed)
+    n_items, n_kinds = len(cluster_of_item), len(data.kind_vocabulary(data.KNOWN_KINDS))
+    net = nets.build_model("cnn_dnn", n_items, n_kinds, dim=dim, max_len=max_len)
+    with torch.no_grad():
+        net.item_emb.weight[0].zero_()
+        net.item_emb.weight[1:] = clustered_embeddings(
+            cluster_of_item, category_of_cluster, seed, dim
+        )
+    model = hybrid.HybridRanker(
+        n_items,
+        n_kinds,
+        net="cnn_dnn",
+        net_config=net.config,
+        k=KNN_K,
+        weight=1.0,
+        similar="blend",
+    )
+    model.net.load_state_dict(net.state_dict())
+    model.neighbours, model.similarity = cluster_neighbours(cluster_of_item, KNN_K, seed)
+    return model.eval()
 
 
 def cluster_neighbours(cluster_of_item, k, seed):

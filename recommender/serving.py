@@ -50,9 +50,22 @@ class BadRequest(ValueError):
     """A parameter the caller got wrong (the API answers 400 with this message)."""
 
 
+@dataclass(frozen=True)
+class Reason:
+    """Why an item is recommended: ``item``, from the shopper's own latest events, added
+    most to its score; ``kind`` is the shopper's weightiest kind of event on it."""
+
+    item: object
+    kind: str
+
+
 @dataclass
 class RecommendationList:
-    """An ordered list of items with the id that attributes clicks on it."""
+    """An ordered list of items with the id that attributes clicks on it.
+
+    ``reasons`` runs parallel to ``items``: a Reason, or None (popular items, lists of a
+    page's item, a reason no longer visible).
+    """
 
     items: list
     recommendation_id: uuid.UUID | None = None
@@ -62,6 +75,11 @@ class RecommendationList:
     scores: list = field(default_factory=list)
     # The experiment arm the list was served for; None outside experiments.
     arm_id: int | None = None
+    reasons: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.reasons:
+            self.reasons = [None] * len(self.items)
 
     def __iter__(self):
         return iter(self.items)
@@ -102,6 +120,10 @@ class LoadedModel:
 
     def similar(self, pk, k):
         return self.predictor.similar(pk, k)
+
+    def reasons(self, history, pks, *, eligible):
+        """{pk: the item of ``history`` (among ``eligible``) that added most to it, or None}."""
+        return self.predictor.reasons(history, pks, eligible=eligible)
 
     def _category_mask(self, category):
         import torch
@@ -443,11 +465,18 @@ def visible_item(pk):
     Shoppers may look at what RECORDABLE_ITEMS allows (a sold-out item's page, say), or,
     where the store has not set it, at what ITEM_FILTER allows to be shown.
     """
-    queryset = get_item_model()._default_manager.filter(pk=pk)
+    return _shopper_visible(get_item_model()._default_manager.filter(pk=pk)).first()
+
+
+def visible_items(pks):
+    """The items among ``pks`` that shoppers may look at (``visible_item``'s rule), by pk."""
+    queryset = get_item_model()._default_manager.filter(pk__in=list(pks))
+    return {item.pk: item for item in _shopper_visible(queryset)}
+
+
+def _shopper_visible(queryset):
     rule = recommender_settings.RECORDABLE_ITEMS or recommender_settings.ITEM_FILTER
-    if rule is not None:
-        queryset = rule(queryset)
-    return queryset.first()
+    return queryset if rule is None else rule(queryset)
 
 
 def _apply_rules(candidates, limit, *, diversity=None, category=None, exclude=()):
@@ -708,6 +737,7 @@ def recommend(
     entry = {
         "pks": pks,
         "scores": [score for _, score in candidates],
+        "reasons": _reasons(model, history, pks),
         # What popular items filling a short list must leave out, as the model did.
         "banned": list(banned),
         "rid": _save_list(
@@ -735,6 +765,7 @@ def _personal_list(entry, limit, *, rules, category):
     The candidates already leave out what the shopper saw, bought or excluded ("banned").
     """
     listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
+    listed.reasons = _shown_reasons(entry, listed.items)
     if len(listed) < limit:
         fallback = _popular(
             limit=limit,
@@ -747,7 +778,41 @@ def _personal_list(entry, limit, *, rules, category):
             return fallback
         listed.items += fallback.items[: limit - len(listed)]
         listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
+        listed.reasons += [None] * (len(listed.items) - len(listed.reasons))
     return listed
+
+
+def _reasons(model, history, pks):
+    """[(pk of the shopper's own item, kind) or None] parallel to ``pks``, cached with them.
+
+    Only items of ``history`` (the shopper's latest events, the model's whole input) that
+    shoppers may still look at can be named: the kNN lists built from everyone's behaviour
+    weigh the shopper's items, they never supply one. The kind is the shopper's event on
+    the item that training weighs most (a purchase before a view).
+    """
+    if not recommender_settings.REASONS or not pks:
+        return [None] * len(pks)
+    visible = visible_items({pk for pk, _ in history})
+    if not visible:
+        return [None] * len(pks)
+    found = model.reasons(history, pks, eligible=visible)
+    weights = event_kind_weights()
+    kind_of = {}
+    for pk, kind in history:  # oldest first: of equal weights, the latest kind is kept
+        if weights.get(kind, 0) > 0 and weights[kind] >= weights.get(kind_of.get(pk), 0):
+            kind_of[pk] = kind
+    return [(found[pk], kind_of[found[pk]]) if found.get(pk) in kind_of else None for pk in pks]
+
+
+def _shown_reasons(entry, items):
+    """The cached reasons of ``items`` whose item shoppers may still look at, in one query."""
+    cached = dict(zip(entry["pks"], entry.get("reasons") or (), strict=False))
+    wanted = [cached.get(item.pk) for item in items]
+    visible = visible_items({reason[0] for reason in wanted if reason}) if any(wanted) else {}
+    return [
+        Reason(visible[reason[0]], reason[1]) if reason and reason[0] in visible else None
+        for reason in wanted
+    ]
 
 
 # --------------------------------------------------------------------------- items

@@ -3,7 +3,7 @@ catches a benchmark that no longer runs (the serving benchmark once died at 54,5
 model attribute the app had dropped, and nothing noticed until the README's table could not
 be reproduced).
 
-The five runs start together (most of their time is process start-up and paced traffic)
+The six runs start together (most of their time is process start-up and paced traffic)
 and each test waits for its own. They use throwaway PostgreSQL databases of this test
 process, a private redis-server, and write their reports under pytest's temporary directory.
 """
@@ -36,6 +36,7 @@ EXPECTED = {
         ],
     ),
     "train_step": (None, ["| 512 | 1024 sampled negatives |"]),
+    "reasons": (None, ["| history events |", "| 50 |"]),
     "ingest": ("ingest.md", ["record_many / raw:", "| sync | API, batch of 100 |"]),
     # The summary row comes from model_share's IVF branch, where the attribute error was.
     # miss_arm: the cache miss with an experiment running (--smoke runs one at 2,000 items).
@@ -81,6 +82,7 @@ def smoke_runs(tmp_path_factory):
     options = {
         "quality": ["--ablation"],
         "train_step": [],
+        "reasons": [],
         "ingest": ["--database-url", _database_url(prefix + "ingest")],
         "serving": [
             "--database-url",
@@ -136,6 +138,7 @@ def smoke_runs(tmp_path_factory):
     [
         "quality",
         "train_step",
+        "reasons",
         *(pytest.param(name, marks=SERVICES) for name in ("ingest", "serving", "soak")),
     ],
 )

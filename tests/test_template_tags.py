@@ -1,5 +1,6 @@
 """Template tags: rendered carousels, escaping, overrides, and no torch at import."""
 
+import re
 import subprocess
 import sys
 from decimal import Decimal
@@ -68,6 +69,46 @@ def test_product_names_are_escaped(shelf):
     )
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<b>t</b>" not in html
+
+
+def test_reasons_show_only_when_asked_and_are_escaped(shelf):
+    evil = shelf[-1]
+    events.record_many([{"kind": "view", "item": evil.pk}], session_key="s1")
+    recs = serving.recommend(session_key="s1", limit=4)
+    assert recs.source == "model" and {r.item.pk for r in recs.reasons if r} == {evil.pk}
+    plain = render("{% recommended_products limit=4 as products %}{% product_carousel products %}")
+    assert "Because you" not in plain and "rec-carousel__reason" not in plain
+    html = render(
+        "{% recommended_products limit=4 as products %}"
+        "{% product_carousel products show_reasons=True %}"
+    )
+    shown = sum(r is not None for r in recs.reasons)
+    assert html.count('<p class="rec-carousel__reason">') == shown > 0
+    assert (
+        html.count(
+            'Because you viewed <span class="rec-carousel__reason-item">'
+            "&lt;script&gt;alert(1)&lt;/script&gt;</span>"
+        )
+        == shown
+    )
+    assert "<script>alert" not in html
+
+
+def test_the_reasons_wording_follows_the_shoppers_event(shelf):
+    kinds = ["view", "click", "add_to_cart", "purchase", "wishlist"]
+    recs = serving.RecommendationList(
+        shelf[:6], reasons=[serving.Reason(shelf[7], kind) for kind in kinds] + [None]
+    )
+    html = render("{% product_carousel products show_reasons=True %}", products=recs)
+    reasons = re.findall(r'<p class="rec-carousel__reason">(.*?)</p>', html)
+    assert [re.sub(r"<[^>]+>", "", reason) for reason in reasons] == [
+        "Because you viewed P7",
+        "Because you viewed P7",
+        "Because you added P7 to your cart",
+        "Because you bought P7",
+        "Because of P7",
+    ]
+    assert html.count('class="rec-carousel__item"') == 6
 
 
 def test_the_store_overrides_the_item_template(shelf):

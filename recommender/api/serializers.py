@@ -56,11 +56,27 @@ class ItemIdField(serializers.Field):
     """The store's primary key as it is: an integer or a string."""
 
 
+class ReasonSerializer(serializers.Serializer):
+    id = ItemIdField(help_text="The shopper's own item (from their latest events).")
+    name = serializers.CharField()
+    url = serializers.CharField(required=False)
+    kind = serializers.CharField(
+        help_text="The shopper's event on it that training weighs most: view, click, "
+        "add_to_cart, purchase, or a kind the store added."
+    )
+
+
 class RecommendedItemSerializer(serializers.Serializer):
     id = ItemIdField()
     name = serializers.CharField()
     url = serializers.CharField(required=False)
     score = serializers.FloatField()
+    reason = ReasonSerializer(
+        allow_null=True,
+        help_text="Personal recommendations: the item of the shopper's own history that "
+        "added most to this one's score. Null for popular items, item lists and with "
+        "REASONS off.",
+    )
 
 
 class RecommendationListSerializer(serializers.Serializer):
@@ -112,7 +128,19 @@ def recommendation_list_as_json(recs):
         "placement": recs.placement,
         "arm_id": recs.arm_id,
         "items": [
-            {**item_as_json(item), "score": round(float(score), 6)}
-            for item, score in zip(recs.items, recs.scores, strict=False)
+            {
+                **item_as_json(item),
+                "score": round(float(score), 6),
+                "reason": reason_as_json(reason),
+            }
+            for item, score, reason in zip(recs.items, recs.scores, recs.reasons, strict=False)
         ],
     }
+
+
+def reason_as_json(reason):
+    """A serving.Reason as the API gives it: the item as ITEM_SERIALIZER (or id / name /
+    url) gives it, and the kind of the shopper's event; None stays None."""
+    if reason is None:
+        return None
+    return {**item_as_json(reason.item), "kind": reason.kind}

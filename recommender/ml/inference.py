@@ -16,6 +16,7 @@ import torch
 from .artifact import Artifact, load_artifact
 from .data import IdMap
 from .hybrid import HybridRanker
+from .reasons import reason_indices
 
 
 class Predictor:
@@ -131,6 +132,31 @@ class Predictor:
             for i, s in zip(chosen.tolist(), top.values.tolist(), strict=True)
             if s != -float("inf")
         ]
+
+    @torch.no_grad()
+    def reasons(self, events: Iterable[tuple], item_ids: Iterable, *, eligible=None) -> dict:
+        """{item_id: the shopper's own history item id that contributed most, or None}.
+
+        ``events``: the shopper's events as ``top`` reads them (the latest ``max_len``);
+        ``item_ids``: the chosen candidates; ``eligible``: store ids that may be named
+        (None: any history item). One batched pass for all candidates
+        (``reasons.reason_indices``: leave-one-out on the served score). Only items of
+        ``events`` can be named; popularity names none.
+        """
+        item_ids = list(item_ids)
+        item_seq, kind_seq, seen = self.encode(events)
+        known = [(i, self.item_map.index(i, 0)) for i in item_ids]
+        known = [(i, idx) for i, idx in known if idx]
+        found = dict.fromkeys(item_ids)
+        if not seen or not known:
+            return found
+        allowed = None if eligible is None else self.indices(eligible)
+        chosen = reason_indices(
+            self.model, item_seq, kind_seq, [idx for _, idx in known], eligible=allowed
+        )
+        for (item_id, _), reason in zip(known, chosen, strict=True):
+            found[item_id] = None if reason is None else self.item_map.id(reason)
+        return found
 
     @torch.no_grad()
     def similar(self, item_id, k: int = 10, *, exclude: Iterable = ()) -> list[tuple]:

@@ -116,15 +116,21 @@ def product_carousel(
     title="Recommended for you",
     placement=None,
     item_template="recommender/carousel_item.html",
+    show_reasons=False,
 ):
     """An accessible, scrollable row of products carrying the recommendation's id (and, in
     an experiment, its arm: ``data-rec-arm``).
 
     Override ``recommender/carousel_item.html`` in your templates to render your items.
+    ``show_reasons=True`` puts "Because you viewed <item>" under each personal
+    recommendation that has a reason (``recommender/carousel_reason.html`` words it).
     """
     items = list(products or [])
+    reasons = list(getattr(products, "reasons", None) or []) if show_reasons else []
+    reasons += [None] * (len(items) - len(reasons))
     return {
         "products": items,
+        "entries": list(zip(items, reasons, strict=False)),
         "title": title,
         "placement": placement if placement is not None else getattr(products, "placement", ""),
         "recommendation_id": getattr(products, "recommendation_id", None) or "",
