@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -61,11 +62,7 @@ class Reason:
 
 @dataclass
 class RecommendationList:
-    """An ordered list of items with the id that attributes clicks on it.
-
-    ``reasons`` runs parallel to ``items``: a Reason, or None (popular items, lists of a
-    page's item, a reason no longer visible).
-    """
+    """An ordered list of items with the id that attributes clicks on it."""
 
     items: list
     recommendation_id: uuid.UUID | None = None
@@ -75,11 +72,16 @@ class RecommendationList:
     scores: list = field(default_factory=list)
     # The experiment arm the list was served for; None outside experiments.
     arm_id: int | None = None
-    reasons: list = field(default_factory=list)
+    # Gives the reasons of the items on first use (``reasons``); None: a list without any.
+    reasons_of: Callable | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self):
-        if not self.reasons:
-            self.reasons = [None] * len(self.items)
+    @functools.cached_property
+    def reasons(self):
+        """Parallel to ``items``: a Reason, or None (popular items, lists of a page's item,
+        a reason no longer visible). Computed the first time they are read, so a list
+        shown without reasons (most carousels, the API unless asked) never pays for them."""
+        found = list(self.reasons_of(self.items)) if self.reasons_of else []
+        return found[: len(self.items)] + [None] * (len(self.items) - len(found))
 
     def __iter__(self):
         return iter(self.items)
@@ -703,7 +705,9 @@ def recommend(
         and cached.get("version") == (model.version_id if model else None)
         and cached.get("arm") == arm_id
     ):
-        return _personal_list(cached, limit, rules=rules, category=category)
+        listed = _personal_list(cached, limit, rules=rules, category=category)
+        listed.reasons_of = _reasons_of(cached, key, model, user, session_key)
+        return listed
     if generation is None:
         # Set before computing: an event recorded meanwhile deletes it, so this list is
         # never served for the newer history.
@@ -737,7 +741,8 @@ def recommend(
     entry = {
         "pks": pks,
         "scores": [score for _, score in candidates],
-        "reasons": _reasons(model, history, pks),
+        # Computed when first shown (``_reasons_of``), then cached with the candidates.
+        "reasons": None,
         # What popular items filling a short list must leave out, as the model did.
         "banned": list(banned),
         "rid": _save_list(
@@ -756,7 +761,9 @@ def recommend(
         "arm": arm_id,
     }
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
-    return _personal_list(entry, limit, rules=rules, category=category)
+    listed = _personal_list(entry, limit, rules=rules, category=category)
+    listed.reasons_of = _reasons_of(entry, key, model, user, session_key, history)
+    return listed
 
 
 def _personal_list(entry, limit, *, rules, category):
@@ -765,7 +772,6 @@ def _personal_list(entry, limit, *, rules, category):
     The candidates already leave out what the shopper saw, bought or excluded ("banned").
     """
     listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
-    listed.reasons = _shown_reasons(entry, listed.items)
     if len(listed) < limit:
         fallback = _popular(
             limit=limit,
@@ -778,8 +784,34 @@ def _personal_list(entry, limit, *, rules, category):
             return fallback
         listed.items += fallback.items[: limit - len(listed)]
         listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
-        listed.reasons += [None] * (len(listed.items) - len(listed.reasons))
     return listed
+
+
+def _reasons_of(entry, key, model, user, session_key, history=None):
+    """What gives a personal list's reasons when they are first read (``RecommendationList``).
+
+    The reasons of all the cached candidates are computed once, from ``history`` (the
+    events the list was computed from) or, on a cache hit, the shopper's latest events read
+    again, and cached with the candidates, so every later hit reuses them. None (no
+    reasons at all) with REASONS off.
+    """
+    if not recommender_settings.REASONS:
+        return None
+
+    def reasons(items):
+        if not set(entry["pks"]).intersection(item.pk for item in items):
+            return []  # popular items only (the candidates were all filtered out)
+        if entry.get("reasons") is None:
+            latest = history
+            if latest is None:
+                latest, _ = shopper_activity(
+                    user, session_key, length=model.history_length, with_purchases=False
+                )
+            entry["reasons"] = _reasons(model, latest, entry["pks"])
+            _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
+        return _shown_reasons(entry, items)
+
+    return reasons
 
 
 def _reasons(model, history, pks):

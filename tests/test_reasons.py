@@ -56,6 +56,7 @@ def test_a_cache_hit_reuses_the_reasons_without_the_model(shelf, monkeypatch):
     install_version(shelf)
     views("s1", shelf[:5])
     first = serving.recommend(session_key="s1", limit=10)
+    assert any(named(first))
 
     def fail(*args, **kwargs):
         raise AssertionError("reasons computed again on a cache hit")
@@ -63,7 +64,30 @@ def test_a_cache_hit_reuses_the_reasons_without_the_model(shelf, monkeypatch):
     monkeypatch.setattr(Predictor, "reasons", fail)
     again = serving.recommend(session_key="s1", limit=10)
     assert again.recommendation_id == first.recommendation_id
-    assert named(again) == named(first) and any(named(first))
+    assert named(again) == named(first)
+
+
+def test_reasons_are_computed_only_when_read_then_cached(shelf, monkeypatch):
+    """A list shown without reasons never pays for them; read on a later cache hit, they are
+    computed once from the shopper's own latest events and kept with the candidates."""
+    install_version(shelf)
+    views("s1", shelf[:5])
+    calls = []
+    computed = Predictor.reasons
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return computed(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "reasons", counted)
+    first = serving.recommend(session_key="s1", limit=10)
+    assert first.source == "model" and calls == []  # not read: not computed
+    hit = serving.recommend(session_key="s1", limit=10)
+    assert hit.recommendation_id == first.recommendation_id
+    assert any(named(hit)) and len(calls) == 1
+    assert set(named(hit)) - {None} <= latest_pks("s1")
+    again = serving.recommend(session_key="s1", limit=6)
+    assert named(again) == named(hit)[:6] and len(calls) == 1
 
 
 def test_popular_fill_ins_have_no_reason(shelf):
@@ -227,7 +251,10 @@ def test_the_api_gives_each_item_its_reason(client, shelf):
         + [{"kind": "add_to_cart", "item": shelf[2].pk}],
         session_key="api-shopper",
     )
-    body = client.get(f"{API}/recommendations/?limit=8").json()
+    plain = client.get(f"{API}/recommendations/?limit=8").json()
+    assert plain["source"] == "model" and all(item["reason"] is None for item in plain["items"])
+    assert client.get(f"{API}/recommendations/?reasons=maybe").status_code == 400
+    body = client.get(f"{API}/recommendations/?limit=8&reasons=true").json()
     assert body["source"] == "model" and len(body["items"]) == 8
     reasons = [item["reason"] for item in body["items"]]
     assert all(reasons)
@@ -238,6 +265,7 @@ def test_the_api_gives_each_item_its_reason(client, shelf):
         assert reason["kind"] == ("add_to_cart" if reason["id"] == shelf[2].pk else "view")
     for path in ("popular/", f"items/{shelf[0].pk}/similar/"):
         listed = client.get(f"{API}/{path}").json()["items"]
+        assert client.get(f"{API}/{path}?reasons=true").status_code == 400  # personal lists only
         assert listed and all(item["reason"] is None for item in listed)
 
 

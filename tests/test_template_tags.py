@@ -96,9 +96,8 @@ def test_reasons_show_only_when_asked_and_are_escaped(shelf):
 
 def test_the_reasons_wording_follows_the_shoppers_event(shelf):
     kinds = ["view", "click", "add_to_cart", "purchase", "wishlist"]
-    recs = serving.RecommendationList(
-        shelf[:6], reasons=[serving.Reason(shelf[7], kind) for kind in kinds] + [None]
-    )
+    given = [serving.Reason(shelf[7], kind) for kind in kinds] + [None]
+    recs = serving.RecommendationList(shelf[:6], reasons_of=lambda items: given)
     html = render("{% product_carousel products show_reasons=True %}", products=recs)
     reasons = re.findall(r'<p class="rec-carousel__reason">(.*?)</p>', html)
     assert [re.sub(r"<[^>]+>", "", reason) for reason in reasons] == [

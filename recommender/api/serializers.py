@@ -74,8 +74,8 @@ class RecommendedItemSerializer(serializers.Serializer):
     reason = ReasonSerializer(
         allow_null=True,
         help_text="Personal recommendations: the item of the shopper's own history that "
-        "added most to this one's score. Null for popular items, item lists and with "
-        "REASONS off.",
+        "added most to this one's score, with ?reasons=true. Null otherwise, for popular "
+        "items, item lists and with REASONS off.",
     )
 
 
@@ -120,7 +120,10 @@ def item_as_json(item):
     return data
 
 
-def recommendation_list_as_json(recs):
+def recommendation_list_as_json(recs, reasons=False):
+    """A RecommendationList as the API gives it; its reasons are read (computed) only if
+    ``reasons``, else every ``reason`` is null."""
+    shown = recs.reasons if reasons else [None] * len(recs.items)
     return {
         "recommendation_id": recs.recommendation_id,
         "model_version": recs.version_id,
@@ -133,7 +136,7 @@ def recommendation_list_as_json(recs):
                 "score": round(float(score), 6),
                 "reason": reason_as_json(reason),
             }
-            for item, score, reason in zip(recs.items, recs.scores, recs.reasons, strict=False)
+            for item, score, reason in zip(recs.items, recs.scores, shown, strict=False)
         ],
     }
 

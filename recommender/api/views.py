@@ -256,6 +256,14 @@ PLACEMENT = OpenApiParameter(
     ),
 )
 CATEGORY = OpenApiParameter("category", str, description="Only items of this category.")
+REASONS = OpenApiParameter(
+    "reasons",
+    bool,
+    description=(
+        "true: each item's `reason` names the shopper's own history item that added most to "
+        "its score (computed once per list, then cached); false (default): `reason` is null."
+    ),
+)
 
 
 class ServingView(APIView):
@@ -280,14 +288,22 @@ class ServingView(APIView):
             values["category"] = query["category"]
         if "window" in names:
             values["window"] = query.get("window", "popular")
-        return {k: v for k, v in values.items() if k in names}
+        return {k: v for k, v in values.items() if k in names and k != "reasons"}
 
-    def answer(self, make_list):
+    @staticmethod
+    def wants_reasons(request):
+        value = request.query_params.get("reasons", "false").lower()
+        if value not in ("true", "false", "1", "0"):
+            raise serving.BadRequest("reasons must be true or false.")
+        return value in ("true", "1")
+
+    def answer(self, make_list, request=None):
         try:
+            reasons = request is not None and self.wants_reasons(request)
             recs = make_list()
         except serving.BadRequest as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(recommendation_list_as_json(recs))
+        return Response(recommendation_list_as_json(recs, reasons=reasons))
 
     @staticmethod
     def get_item(pk):
@@ -306,15 +322,16 @@ class MyRecommendationsView(ServingView):
     """The current shopper's recommendations (logged-in user, or anonymous session)."""
 
     @extend_schema(
-        parameters=[LIMIT, PLACEMENT, CATEGORY],
+        parameters=[LIMIT, PLACEMENT, CATEGORY, REASONS],
         responses={200: RecommendationListSerializer, **READ_ERRORS},
     )
     def get(self, request):
         return self.answer(
             lambda: serving.recommend(
                 **shopper_of(request._request, create=False),
-                **self.params(request, "limit", "placement", "category"),
-            )
+                **self.params(request, "limit", "placement", "category", "reasons"),
+            ),
+            request,
         )
 
 
@@ -341,7 +358,7 @@ class UserRecommendationsView(ServingView):
     permission_classes = [CanViewShopperData]
 
     @extend_schema(
-        parameters=[LIMIT, PLACEMENT, CATEGORY],
+        parameters=[LIMIT, PLACEMENT, CATEGORY, REASONS],
         responses={
             200: RecommendationListSerializer,
             **READ_ERRORS,
@@ -356,8 +373,11 @@ class UserRecommendationsView(ServingView):
         # Staff looking: the user's arm decides the list, but they were not served it.
         return self.answer(
             lambda: serving.recommend(
-                user=user, expose=False, **self.params(request, "limit", "placement", "category")
-            )
+                user=user,
+                expose=False,
+                **self.params(request, "limit", "placement", "category", "reasons"),
+            ),
+            request,
         )
 
 
