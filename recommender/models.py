@@ -4,6 +4,7 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -443,6 +444,153 @@ class Experiment(models.Model):
 
     def __str__(self):
         return f"{self.name} ({self.status})"
+
+    # ----------------------------------------------------------------- lifecycle
+    # Start, stop and promote each decide under row locks and change the row in one
+    # statement, so two admins acting at once cannot both succeed where one must fail.
+
+    @property
+    def arms_editable(self):
+        """Arms (and what the verdict is about) are fixed once the experiment has started."""
+        return self.status == self.Status.DRAFT
+
+    def covers(self, placements):
+        """Whether this experiment and one in ``placements`` share a placement (empty: all)."""
+        return not self.placements or not placements or bool(set(self.placements) & set(placements))
+
+    def start(self):
+        """Start serving the arms; raises ValidationError saying every reason it cannot.
+
+        Every experiment row is locked first, in one order: two admins starting
+        experiments that share a placement queue here, and the second one then sees the
+        first running and is refused.
+        """
+        with transaction.atomic():
+            list(Experiment.objects.select_for_update().order_by("pk").only("pk"))
+            me = Experiment.objects.get(pk=self.pk)
+            problems = me.start_problems()
+            if problems:
+                raise ValidationError(problems)
+            Experiment.objects.filter(pk=me.pk).update(
+                status=self.Status.RUNNING, started_at=timezone.now()
+            )
+        self.refresh_from_db()
+        return self
+
+    def start_problems(self):
+        """Why this experiment cannot start now, in words (an empty list: it can)."""
+        from .experiment_results import METRICS
+        from .serving import accepted_placements
+
+        if self.status != self.Status.DRAFT:
+            return [f"Only a draft experiment can start; {self.name!r} is {self.status}."]
+        problems = []
+        placements = self.placements
+        if not isinstance(placements, list) or not all(isinstance(p, str) for p in placements):
+            problems.append("Placements must be a list of placement names (empty: all).")
+            placements = []
+        unknown = sorted(set(placements) - accepted_placements())
+        if unknown:
+            names = ", ".join(repr(name) for name in sorted(accepted_placements() - {""}))
+            problems.append(
+                f"Unknown placement(s) {', '.join(map(repr, unknown))}: use {names} "
+                '(RECOMMENDER["PLACEMENT_NAMES"] or "PLACEMENTS").'
+            )
+        if self.primary_metric not in METRICS:
+            problems.append(
+                f"Unknown primary metric {self.primary_metric!r}: use one of {', '.join(METRICS)}."
+            )
+        if self.attribution_hours < 1:
+            problems.append("The attribution window must be at least one hour.")
+        arms = list(self.arms.select_related("version"))
+        if len(arms) < 2:
+            problems.append(f"An experiment needs at least two arms; {self.name!r} has {len(arms)}.")
+        seen_versions, popularity = set(), 0
+        for arm in arms:
+            if arm.ranker == Arm.Ranker.POPULARITY:
+                popularity += 1
+                continue
+            version = arm.version
+            if version.status != ModelVersion.Status.READY:
+                problems.append(
+                    f"Arm {arm.name}: v{version.pk} is {version.status}; only a ready "
+                    "(trained and evaluated) version can serve."
+                )
+            elif not version.artifact:
+                problems.append(f"Arm {arm.name}: v{version.pk} has no model artifact to serve.")
+            if version.pk in seen_versions:
+                problems.append(
+                    f"Arm {arm.name}: v{version.pk} is already another arm; arms must differ."
+                )
+            seen_versions.add(version.pk)
+        if popularity > 1:
+            problems.append("Only one arm can serve the popular items; arms must differ.")
+        for other in Experiment.objects.running().exclude(pk=self.pk):
+            if other.covers(placements):
+                shared = (
+                    "every placement"
+                    if not other.placements or not placements
+                    else ", ".join(sorted(set(other.placements) & set(placements)))
+                )
+                problems.append(
+                    f"{other.name!r} is running in {shared}: at most one experiment runs per "
+                    "placement. Stop it first, or choose other placements."
+                )
+        return problems
+
+    def stop(self, decision=""):
+        """Stop the experiment: every shopper is served by the active version again.
+
+        ``decision`` says why, in words (kept on the row). Raises ValidationError unless
+        the experiment is running.
+        """
+        with transaction.atomic():
+            me = Experiment.objects.select_for_update().get(pk=self.pk)
+            if me.status != self.Status.RUNNING:
+                raise ValidationError(f"Only a running experiment can stop; {me.name!r} is {me.status}.")
+            Experiment.objects.filter(pk=me.pk).update(
+                status=self.Status.STOPPED,
+                stopped_at=timezone.now(),
+                decision=decision or "Stopped; everyone is served by the active version again.",
+            )
+        self.refresh_from_db()
+        return self
+
+    def promote(self, arm, decision=""):
+        """Make ``arm`` what serves everyone, and stop the experiment: one action, one transaction.
+
+        A version arm's version becomes the active one (``ModelVersion.activate``). The
+        popular items' arm wins by switching every version off: with no active version,
+        every shopper gets the popular items, until a version is activated again (from its
+        page, or by the next training run, which is promoted when none is active).
+        """
+        with transaction.atomic():
+            me = Experiment.objects.select_for_update().get(pk=self.pk)
+            if arm.experiment_id != me.pk:
+                raise ValidationError(f"Arm {arm.name} is not an arm of {me.name!r}.")
+            if me.status == self.Status.DRAFT:
+                raise ValidationError(f"{me.name!r} has not started: there is nothing to promote.")
+            if me.promoted_arm_id is not None:
+                raise ValidationError(f"{me.name!r} has already promoted arm {me.promoted_arm}.")
+            if arm.ranker == Arm.Ranker.VERSION:
+                try:
+                    arm.version.activate()
+                except ValueError as exc:
+                    raise ValidationError(str(exc)) from None
+                serves = f"v{arm.version_id} is now the active version"
+            else:
+                for version in ModelVersion.objects.select_for_update().filter(is_active=True):
+                    ModelVersion.objects.filter(pk=version.pk).update(is_active=False)
+                serves = "no version is active: every shopper gets the popular items"
+            text = f"Promoted arm {arm.name}: {serves}."
+            Experiment.objects.filter(pk=me.pk).update(
+                status=self.Status.STOPPED,
+                stopped_at=me.stopped_at or timezone.now(),
+                promoted_arm=arm,
+                decision=f"{decision} {text}".strip() if decision else text,
+            )
+        self.refresh_from_db()
+        return self
 
 
 class Arm(models.Model):
