@@ -204,27 +204,47 @@ def line_chart(
     zero_based=False,
     css_class="",
     empty_message="No data yet.",
+    bands=None,
+    reference=None,
 ):
     """Lines over categorical x positions (epochs, days).
 
     ``series`` is a list of ``(name, values)`` with one value per label; ``None`` leaves
     a gap. Each point is a circle with a ``<title>`` naming series, label and value.
+    ``bands`` maps a series name to ``(lows, highs)``, its interval at each label, drawn
+    as a shaded band behind the line (and named in the points' titles); ``reference``
+    draws a dashed horizontal line at that value (zero lift, say).
     """
     labels = [str(label) for label in labels]
     series = [(str(name), list(values)) for name, values in series]
+    bands = {str(name): (list(lows), list(highs)) for name, (lows, highs) in (bands or {}).items()}
+    band_values = [v for lows, highs in bands.values() for v in lows + highs]
+    extra = band_values + ([reference] if reference is not None else [])
     value_range = _values_range([v for _, values in series for v in values], zero_based)
     if not labels or value_range is None:
         return _empty("line", title, width, height, css_class, empty_message)
+    value_range = _values_range([*value_range, *extra], zero_based)
     names = [name for name, _ in series]
     legend_rows = _legend_rows(names, width) if len(series) > 1 else 0
     frame = _Frame(width, height, len(labels), nice_ticks(*value_range), legend_rows)
     parts = [
         f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>'
     ]
+    if reference is not None:
+        y = frame.y(reference)
+        parts.append(
+            f'<line class="reference" x1="{frame.left}" x2="{frame.width - frame.right}" '
+            f'y1="{y:.1f}" y2="{y:.1f}" stroke="currentColor" stroke-opacity="0.7" '
+            f'stroke-dasharray="5 4"/>'
+        )
+    for index, (name, values) in enumerate(series):
+        if name in bands:
+            parts.append(_band(frame, name, *bands[name], PALETTE[index % len(PALETTE)]))
     for index, (name, values) in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
+        lows, highs = bands.get(name, ([], []))
         points = [
-            (frame.x_center(i), frame.y(v), labels[i], v)
+            (frame.x_center(i), frame.y(v), i, v)
             for i, v in enumerate(values[: len(labels)])
             if v is not None and math.isfinite(v)
         ]
@@ -250,8 +270,9 @@ def line_chart(
         radius = 3.5 if len(labels) <= 40 else 2
         dots = "".join(
             f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{color}" data-value="{v!r}">'
-            f"<title>{escape(name)}, {escape(label)}: {escape(y_format(v))}</title></circle>"
-            for x, y, label, v in points
+            f"<title>{escape(name)}, {escape(labels[i])}: {escape(y_format(v))}"
+            f"{escape(_interval_text(lows, highs, i, y_format))}</title></circle>"
+            for x, y, i, v in points
         )
         parts.append(f'<g class="series" data-series="{escape(name)}">{paths}{dots}</g>')
     if legend_rows:
@@ -343,6 +364,49 @@ def bar_chart(
         for i, label in enumerate(labels[:40])
     )
     return _svg("bar", title, description, width, height, "".join(parts), css_class)
+
+
+def _present(value):
+    return value is not None and math.isfinite(value)
+
+
+def _band(frame, name, lows, highs, color):
+    """A series' interval as a shaded band, one polygon per run of days that have both ends.
+
+    A run of one day is drawn as an error bar, since a polygon of one point shows nothing.
+    """
+    runs, run = [], []
+    for i in range(frame.n_slots):
+        low = lows[i] if i < len(lows) else None
+        high = highs[i] if i < len(highs) else None
+        if _present(low) and _present(high):
+            run.append((frame.x_center(i), frame.y(low), frame.y(high)))
+        elif run:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    shapes = []
+    for run in runs:
+        if len(run) == 1:
+            x, y_low, y_high = run[0]
+            shapes.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y_low:.1f}" y2="{y_high:.1f}" '
+                f'stroke="{color}" stroke-width="6" stroke-opacity="0.3"/>'
+            )
+            continue
+        upper = " L".join(f"{x:.1f},{y_high:.1f}" for x, _, y_high in run)
+        lower = " L".join(f"{x:.1f},{y_low:.1f}" for x, y_low, _ in reversed(run))
+        shapes.append(f'<path d="M{upper} L{lower} Z" fill="{color}" fill-opacity="0.16"/>')
+    return f'<g class="band" data-series="{escape(name)}">{"".join(shapes)}</g>'
+
+
+def _interval_text(lows, highs, index, y_format):
+    low = lows[index] if index < len(lows) else None
+    high = highs[index] if index < len(highs) else None
+    if not (_present(low) and _present(high)):
+        return ""
+    return f" [{y_format(low)}, {y_format(high)}]"
 
 
 def _first(values):

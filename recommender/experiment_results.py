@@ -129,9 +129,8 @@ def genuine_clicks(experiment, start, end):
     Annotated with ``exp_arm``, the arm the clicked list was served from.
     """
     arm_lists = Recommendation.objects.filter(arm__experiment=experiment).order_by()
-    assigned = Assignment.objects.filter(
-        experiment=experiment, arm__recommendations=OuterRef("recommendation_id")
-    )
+    # Correlated on the clicked list's arm and the shopper: one index probe per click.
+    assigned = Assignment.objects.filter(experiment=experiment, arm=OuterRef("exp_arm"))
     return (
         Event.objects.filter(
             kind=Event.Kind.CLICK,
@@ -395,9 +394,14 @@ def results(experiment, now=None):
     alpha = 1 - confidence
     each_alpha = sequential.comparison_alpha(alpha, len(arms))
     if experiment.started_at is None or len(arms) < 2:
+        nothing = sequential.Estimate(0.0, 0.0, 0, 0)
+        empty = [
+            ArmResult(arm, estimates=dict.fromkeys(METRICS, nothing), intervals=dict.fromkeys(METRICS))
+            for arm in arms
+        ]
         return Results(
-            experiment, [], [ArmResult(arm) for arm in arms], metric, confidence, each_alpha,
-            [], {}, [], [_not_started(experiment, arms)],
+            experiment, [], empty, metric, confidence, each_alpha, [], {}, [],
+            [_not_started(experiment, arms)],
         )  # fmt: skip
     start, _, end = experiment_period(experiment, now)
     days = reports.days_between(start, max(end, start + timedelta(seconds=1)))

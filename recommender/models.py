@@ -627,6 +627,20 @@ class Arm(models.Model):
         what = f"v{self.version_id}" if self.version_id else "popular items"
         return f"{self.name}: {what}"
 
+    def clean(self):
+        """A version arm names its version, a popularity arm none; arms of a started one are fixed."""
+        if self.ranker == self.Ranker.VERSION and self.version_id is None:
+            raise ValidationError({"version": "Choose the model version this arm serves."})
+        if self.ranker == self.Ranker.POPULARITY and self.version_id is not None:
+            raise ValidationError(
+                {"version": "The popular items' arm serves no model version: leave it empty."}
+            )
+        experiment = getattr(self, "experiment", None) if self.experiment_id else None
+        if experiment is not None and not experiment.arms_editable:
+            raise ValidationError(
+                f"{experiment.name!r} is {experiment.status}: its arms are fixed once it started."
+            )
+
 
 class Assignment(models.Model):
     """A shopper's arm in an experiment, stored when they are first served from it.

@@ -82,3 +82,64 @@ def act(kind, item, *, user=None, session_key="", at=None, rec=None, value=None)
     if value is not None:
         fields["value"] = value
     return events.record(kind, item, user=user, session_key=session_key, **fields)
+
+
+def populate(arm, items, *, shoppers, clickers, buyers, start, days, seed=0, prefix=None):
+    """Many shoppers at once (bulk rows, for results pages): each served one list of ``arm``.
+
+    Shopper ``i`` arrives ``days * i / shoppers`` days after ``start``; ``clickers`` of
+    them, drawn at random, click an item of their list a minute later, and ``buyers`` of
+    those buy it (1-3 units) ten minutes after that. Rows are written directly, as
+    ``events.record`` would have attributed them.
+    """
+    import random
+
+    from recommender.models import Event
+
+    rng = random.Random(seed)
+    prefix = prefix or f"{arm.experiment_id}-{arm.name}"
+    assignments, lists, rows = [], [], []
+    order = list(range(shoppers))
+    rng.shuffle(order)
+    rank = {shopper: position for position, shopper in enumerate(order)}
+    for i in range(shoppers):
+        at = start + timedelta(days=days * i / shoppers)
+        key = f"{prefix}-{i}"
+        shown = rng.sample(items, 3)
+        assignments.append(
+            Assignment(experiment_id=arm.experiment_id, arm=arm, session_key=key, assigned_at=at)
+        )
+        rec = Recommendation(
+            source=Recommendation.Source.MODEL if arm.version_id else Recommendation.Source.POPULAR,
+            version_id=arm.version_id,
+            arm=arm,
+            items=[item.pk for item in shown],
+            owner=list_owner(session_key=key),
+            impressions=rng.randint(1, 3),
+            created_at=at,
+        )
+        lists.append(rec)
+        if rank[i] < clickers:
+            item = shown[0]
+            rows.append(
+                Event(
+                    session_key=key,
+                    item=item,
+                    kind="click",
+                    occurred_at=at + timedelta(minutes=1),
+                    recommendation_id=rec.pk,
+                )
+            )
+            if rank[i] < buyers:
+                rows.append(
+                    Event(
+                        session_key=key,
+                        item=item,
+                        kind="purchase",
+                        value=rng.randint(1, 3),
+                        occurred_at=at + timedelta(minutes=11),
+                    )
+                )
+    Assignment.objects.bulk_create(assignments)
+    Recommendation.objects.bulk_create(lists)
+    Event.objects.bulk_create(rows)
