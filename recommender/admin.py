@@ -17,6 +17,7 @@ The views hold no logic of their own: they call ``training``, ``ModelVersion.act
 ``Experiment.start/stop/promote``, ``reports``, ``experiment_results`` and ``privacy``.
 """
 
+import math
 from datetime import UTC, datetime, timedelta
 
 from django import forms
@@ -767,14 +768,29 @@ class ExperimentAdmin(admin.ModelAdmin):
     def can_run(self, request):
         return request.user.has_perm(f"{self.opts.app_label}.run_experiment")
 
+    started_fields = [
+        "name",
+        "placements_display",
+        "primary_metric_display",
+        "attribution_hours",
+        "confidence",
+    ]
+
+    @admin.display(description="primary metric")
+    def primary_metric_display(self, experiment):
+        metric = experiment_results.METRICS.get(experiment.primary_metric)
+        return metric.label if metric else experiment.primary_metric
+
     def get_readonly_fields(self, request, obj=None):
         if obj is not None and not obj.arms_editable:
-            return [*ExperimentForm.Meta.fields, *self.fixed_fields]
+            return [*self.started_fields, *self.fixed_fields]
         return self.fixed_fields
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ExperimentForm.Meta.fields
+        if not obj.arms_editable:
+            return [*self.started_fields, *self.fixed_fields]
         return [*ExperimentForm.Meta.fields, *self.fixed_fields]
 
     def has_delete_permission(self, request, obj=None):
@@ -803,7 +819,11 @@ class ExperimentAdmin(admin.ModelAdmin):
         if experiment is not None:
             extra = self._experiment_context(request, experiment)
             if not experiment.arms_editable:
-                extra.update(show_save=False, show_save_and_continue=False)
+                extra.update(
+                    show_save=False,
+                    show_save_and_continue=False,
+                    show_save_and_add_another=False,
+                )
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
     def _experiment_context(self, request, experiment):
@@ -1019,11 +1039,13 @@ def _experiment_charts(result):
                 [i[0] if i else None for i in intervals],
                 [i[1] if i else None for i in intervals],
             )
+        settled = _first_settled_day(result, key)
         found.append(
             charts.line_chart(
                 labels,
                 series,
                 bands=bands,
+                y_range=_chart_range(series, bands, settled),
                 title=metric.label[:1].upper() + metric.label[1:],
                 x_title="day (cumulative since the start)",
                 y_format=_percent if metric.percent else charts.format_number,
@@ -1047,6 +1069,10 @@ def _experiment_charts(result):
             lift_series,
             bands=lift_bands,
             reference=0.0,
+            y_range=_chart_range(
+                lift_series, lift_bands, _first_settled_day(result, result.metric.key)
+            ),
+            colors=[charts.PALETTE[i % len(charts.PALETTE)] for i in range(1, len(result.arms))],
             title=f"Lift on {result.metric.label} over {result.control.arm.name}",
             x_title="day (cumulative since the start)",
             y_format=_signed_percent,
@@ -1055,6 +1081,34 @@ def _experiment_charts(result):
         ),
     )
     return found
+
+
+def _first_settled_day(result, key):
+    """The first day on which every arm had the minimum sample on ``key``, or None."""
+    for index in range(len(result.days)):
+        if sequential.has_minimum_sample([a.daily[key][index] for a in result.arms]):
+            return index
+    return None
+
+
+def _chart_range(series, bands, settled):
+    """The y axis of an experiment chart: what it shows once the minimum sample is reached.
+
+    Before that the intervals are wide and early values wild; they would flatten the days
+    that matter, so they are cut at this range (the charts say where). Without a settled
+    day yet: the values, and only the latest day's interval.
+    """
+    first = settled if settled is not None else None
+    found = []
+    for name, values in series:
+        lows, highs = bands.get(name, ([], []))
+        for index, value in enumerate(values):
+            if first is None or index >= first:
+                found.append(value)
+            if (first is not None and index >= first) or (first is None and index == len(values) - 1):
+                found += [lows[index], highs[index]]
+    found = [v for v in found if v is not None and math.isfinite(v)]
+    return (min(found), max(found)) if found else None
 
 
 def _min_sample(result):

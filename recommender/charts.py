@@ -88,7 +88,7 @@ class _Frame:
         return self.top + self.plot_height * (1 - (value - self.y_low) / span)
 
 
-def _legend(names, width, y):
+def _legend(names, width, y, colors=None):
     """Legend entries laid out left to right, wrapping onto more rows as needed."""
     parts, x, row = [], 58, 0
     for index, name in enumerate(names):
@@ -96,7 +96,7 @@ def _legend(names, width, y):
         if x + label_width > width - 10 and x > 58:
             x, row = 58, row + 1
         top = y + row * 18
-        color = PALETTE[index % len(PALETTE)]
+        color = colors[index] if colors else PALETTE[index % len(PALETTE)]
         parts.append(
             f'<g class="legend-entry"><rect x="{x}" y="{top - 9}" width="12" height="12" rx="2" fill="{color}"/>'
             f'<text x="{x + 17}" y="{top + 1}" font-size="12">{escape(name)}</text></g>'
@@ -134,9 +134,12 @@ def _axes(frame, labels, x_title, y_title, y_format):
     )
     # Label at most ~12 slots so long date ranges stay legible; always the last one.
     every = max(1, math.ceil(len(labels) / 12))
+    last = len(labels) - 1
     for index, label in enumerate(labels):
-        if index % every and index != len(labels) - 1:
+        if index % every and index != last:
             continue
+        if index != last and 0 < last - index < every / 2 + 0.5 and last % every:
+            continue  # too close to the last label, which is always shown
         x = frame.x_center(index)
         parts.append(
             f'<text class="x-tick" x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" font-size="11">'
@@ -206,6 +209,8 @@ def line_chart(
     empty_message="No data yet.",
     bands=None,
     reference=None,
+    y_range=None,
+    colors=None,
 ):
     """Lines over categorical x positions (epochs, days).
 
@@ -213,7 +218,11 @@ def line_chart(
     a gap. Each point is a circle with a ``<title>`` naming series, label and value.
     ``bands`` maps a series name to ``(lows, highs)``, its interval at each label, drawn
     as a shaded band behind the line (and named in the points' titles); ``reference``
-    draws a dashed horizontal line at that value (zero lift, say).
+    draws a dashed horizontal line at that value (zero lift, say). ``y_range`` fixes the
+    axis to ``(low, high)`` (rounded out to ticks): points beyond it are left out and
+    bands are cut at its edges, so that a few wild early values do not flatten the rest.
+    ``colors`` gives each series its colour (default: the palette in order), so a series
+    keeps its colour from chart to chart.
     """
     labels = [str(label) for label in labels]
     series = [(str(name), list(values)) for name, values in series]
@@ -224,6 +233,14 @@ def line_chart(
     if not labels or value_range is None:
         return _empty("line", title, width, height, css_class, empty_message)
     value_range = _values_range([*value_range, *extra], zero_based)
+    if y_range is not None:
+        value_range = _values_range(
+            [*y_range, *([reference] if reference is not None else [])], zero_based
+        )
+        series = [
+            (name, [v if _present(v) and y_range[0] <= v <= y_range[1] else None for v in values])
+            for name, values in series
+        ]
     names = [name for name, _ in series]
     legend_rows = _legend_rows(names, width) if len(series) > 1 else 0
     frame = _Frame(width, height, len(labels), nice_ticks(*value_range), legend_rows)
@@ -237,11 +254,13 @@ def line_chart(
             f'y1="{y:.1f}" y2="{y:.1f}" stroke="currentColor" stroke-opacity="0.7" '
             f'stroke-dasharray="5 4"/>'
         )
+    given = list(colors or [])
+    colors = [given[i] if i < len(given) else PALETTE[i % len(PALETTE)] for i in range(len(series))]
     for index, (name, values) in enumerate(series):
         if name in bands:
-            parts.append(_band(frame, name, *bands[name], PALETTE[index % len(PALETTE)]))
+            parts.append(_band(frame, name, *bands[name], colors[index]))
     for index, (name, values) in enumerate(series):
-        color = PALETTE[index % len(PALETTE)]
+        color = colors[index]
         lows, highs = bands.get(name, ([], []))
         points = [
             (frame.x_center(i), frame.y(v), i, v)
@@ -276,7 +295,9 @@ def line_chart(
         )
         parts.append(f'<g class="series" data-series="{escape(name)}">{paths}{dots}</g>')
     if legend_rows:
-        parts.append(f'<g class="legend" fill="currentColor">{_legend(names, width, 38)}</g>')
+        parts.append(
+            f'<g class="legend" fill="currentColor">{_legend(names, width, 38, colors)}</g>'
+        )
     description = f"{title}: " + "; ".join(
         f"{name} from {y_format(_first(values))} to {y_format(_last(values))}"
         for name, values in series
@@ -379,7 +400,8 @@ def _band(frame, name, lows, highs, color):
     for i in range(frame.n_slots):
         low = lows[i] if i < len(lows) else None
         high = highs[i] if i < len(highs) else None
-        if _present(low) and _present(high):
+        if _present(low) and _present(high) and low <= frame.y_high and high >= frame.y_low:
+            low, high = max(low, frame.y_low), min(high, frame.y_high)  # cut at the axis
             run.append((frame.x_center(i), frame.y(low), frame.y(high)))
         elif run:
             runs.append(run)

@@ -21,12 +21,14 @@ def ready_version(**fields):
     """A trained, servable version (its artifact is never read by these tests)."""
     n = next(_names)
     return ModelVersion.objects.create(
-        status=ModelVersion.Status.READY,
-        model_name="hybrid",
-        artifact=f"recommender/models/test-{n}.pt",
-        artifact_sha256="0" * 64,
-        metrics={"valid": {"ndcg@10": 0.03}},
-        **fields,
+        **{
+            "status": ModelVersion.Status.READY,
+            "model_name": "hybrid",
+            "artifact": f"recommender/models/test-{n}.pt",
+            "artifact_sha256": "0" * 64,
+            "metrics": {"valid": {"ndcg@10": 0.03}},
+            **fields,
+        }
     )
 
 
@@ -88,8 +90,9 @@ def populate(arm, items, *, shoppers, clickers, buyers, start, days, seed=0, pre
     """Many shoppers at once (bulk rows, for results pages): each served one list of ``arm``.
 
     Shopper ``i`` arrives ``days * i / shoppers`` days after ``start``; ``clickers`` of
-    them, drawn at random, click an item of their list a minute later, and ``buyers`` of
-    those buy it (1-3 units) ten minutes after that. Rows are written directly, as
+    them, drawn at random, click an item of their list a minute later; ``buyers`` of those
+    and a quarter of the others add it to the cart, and the ``buyers`` buy it (1-3 units)
+    ten minutes after the click. Rows are written directly, as
     ``events.record`` would have attributed them.
     """
     import random
@@ -130,6 +133,16 @@ def populate(arm, items, *, shoppers, clickers, buyers, start, days, seed=0, pre
                     recommendation_id=rec.pk,
                 )
             )
+            if rank[i] < buyers + (clickers - buyers) // 4:
+                rows.append(
+                    Event(
+                        session_key=key,
+                        item=item,
+                        kind="add_to_cart",
+                        value=1,
+                        occurred_at=at + timedelta(minutes=5),
+                    )
+                )
             if rank[i] < buyers:
                 rows.append(
                     Event(
