@@ -903,12 +903,15 @@ class ExperimentAdmin(admin.ModelAdmin):
         experiment = self._experiment_or_404(request, pk)
         if not self.can_run(request):
             raise PermissionDenied
-        arm = get_object_or_404(Arm.objects.select_related("version"), pk=arm_pk, experiment=experiment)
+        arm = get_object_or_404(
+            Arm.objects.select_related("version"), pk=arm_pk, experiment=experiment
+        )
         change_url = _experiment_url(experiment)
         if request.method == "POST":
             try:
                 experiment.promote(
-                    arm, f"Promoted by {request.user.get_username()} on {timezone.localtime():%Y-%m-%d %H:%M}."
+                    arm,
+                    f"Promoted by {request.user.get_username()} on {timezone.localtime():%Y-%m-%d %H:%M}.",
                 )
             except ValidationError as exc:
                 self.message_user(request, " ".join(exc.messages), messages.ERROR)
@@ -1000,7 +1003,9 @@ def _metric_rows(result):
             }
             if key in per_impression and a.impressions:
                 count = getattr(a, per_impression[key])
-                cell["per_impression"] = f"{count * 1000 / a.impressions:,.2f} per 1,000 impressions"
+                cell["per_impression"] = (
+                    f"{count * 1000 / a.impressions:,.2f} per 1,000 impressions"
+                )
             comparison = lifts.get(key, {}).get(a.arm.pk) if index else None
             if comparison is not None:
                 cell["lift"] = (
@@ -1105,7 +1110,9 @@ def _chart_range(series, bands, settled):
         for index, value in enumerate(values):
             if first is None or index >= first:
                 found.append(value)
-            if (first is not None and index >= first) or (first is None and index == len(values) - 1):
+            if (first is not None and index >= first) or (
+                first is None and index == len(values) - 1
+            ):
                 found += [lows[index], highs[index]]
     found = [v for v in found if v is not None and math.isfinite(v)]
     return (min(found), max(found)) if found else None

@@ -256,7 +256,7 @@ def line_chart(
         )
     given = list(colors or [])
     colors = [given[i] if i < len(given) else PALETTE[i % len(PALETTE)] for i in range(len(series))]
-    for index, (name, values) in enumerate(series):
+    for index, (name, _) in enumerate(series):
         if name in bands:
             parts.append(_band(frame, name, *bands[name], colors[index]))
     for index, (name, values) in enumerate(series):

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from django.db import connections, router
+from django.db import connections
 from django.db.models import (
     BooleanField,
     Case,
@@ -279,7 +279,9 @@ def collect(experiment, now=None):
             exp_arm=F("arm"),
             day=_local_day("created_at"),
             shown=Cast("impressions", FloatField()),
-            clicked=Cast(Coalesce(Subquery(per_list, output_field=IntegerField()), 0), FloatField()),
+            clicked=Cast(
+                Coalesce(Subquery(per_list, output_field=IntegerField()), 0), FloatField()
+            ),
         )
         .values("exp_arm", "day", "shown", "clicked")
     )
@@ -396,7 +398,9 @@ def results(experiment, now=None):
     if experiment.started_at is None or len(arms) < 2:
         nothing = sequential.Estimate(0.0, 0.0, 0, 0)
         empty = [
-            ArmResult(arm, estimates=dict.fromkeys(METRICS, nothing), intervals=dict.fromkeys(METRICS))
+            ArmResult(
+                arm, estimates=dict.fromkeys(METRICS, nothing), intervals=dict.fromkeys(METRICS)
+            )
             for arm in arms
         ]
         return Results(
@@ -450,7 +454,10 @@ def _arm_result(arm, days, data, alpha):
     for day in days:
         running["shoppers"] += data["exposed"].get((arm.pk, day), 0)
         running["lists"] = [
-            a + b for a, b in zip(running["lists"], data["lists"].get((arm.pk, day), [0] * 6))
+            a + b
+            for a, b in zip(
+                running["lists"], data["lists"].get((arm.pk, day), [0] * 6), strict=True
+            )
         ]
         for family in ("clicks", "carts", "purchases"):
             for column, sums in data[family].get((arm.pk, day), {}).items():

@@ -504,7 +504,9 @@ class Experiment(models.Model):
             problems.append("The attribution window must be at least one hour.")
         arms = list(self.arms.select_related("version"))
         if len(arms) < 2:
-            problems.append(f"An experiment needs at least two arms; {self.name!r} has {len(arms)}.")
+            problems.append(
+                f"An experiment needs at least two arms; {self.name!r} has {len(arms)}."
+            )
         seen_versions, popularity = set(), 0
         for arm in arms:
             if arm.ranker == Arm.Ranker.POPULARITY:
@@ -547,7 +549,9 @@ class Experiment(models.Model):
         with transaction.atomic():
             me = Experiment.objects.select_for_update().get(pk=self.pk)
             if me.status != self.Status.RUNNING:
-                raise ValidationError(f"Only a running experiment can stop; {me.name!r} is {me.status}.")
+                raise ValidationError(
+                    f"Only a running experiment can stop; {me.name!r} is {me.status}."
+                )
             Experiment.objects.filter(pk=me.pk).update(
                 status=self.Status.STOPPED,
                 stopped_at=timezone.now(),

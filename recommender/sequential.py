@@ -107,7 +107,10 @@ def _half_width(variance, alpha, tau):
     """Half the width of the always-valid interval of a normal estimate with ``variance``."""
     tau2 = tau * tau
     return math.sqrt(
-        2 * variance * (variance + tau2) / tau2
+        2
+        * variance
+        * (variance + tau2)
+        / tau2
         * (math.log(1 / alpha) + 0.5 * math.log((variance + tau2) / variance))
     )
 

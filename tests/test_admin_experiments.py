@@ -52,7 +52,9 @@ def decided(catalog):
         started_at=start,
     )
     items = catalog[:6]
-    populate(arm(experiment, "A"), items, shoppers=1000, clickers=300, buyers=40, start=start, days=13)
+    populate(
+        arm(experiment, "A"), items, shoppers=1000, clickers=300, buyers=40, start=start, days=13
+    )
     populate(arm(experiment, "B"), items, shoppers=1000, clickers=380, buyers=95, start=start, days=13, seed=1)  # fmt: skip
     return experiment
 
@@ -88,7 +90,13 @@ def test_a_new_experiment_is_created_as_a_draft_with_its_arms(runner):
     unready = ModelVersion.objects.create(status=ModelVersion.Status.FAILED)
     form = runner.get("/admin/recommender/experiment/add/")
     assert form.status_code == 200
-    choices = [str(v) for v in form.context["inline_admin_formsets"][0].formset.forms[0].fields["version"].queryset]
+    choices = [
+        str(v)
+        for v in form.context["inline_admin_formsets"][0]
+        .formset.forms[0]
+        .fields["version"]
+        .queryset
+    ]
     assert str(version) in choices and str(unready) not in choices
     response = runner.post(
         "/admin/recommender/experiment/add/",
@@ -173,7 +181,9 @@ def test_a_refused_start_says_why(runner):
     page = runner.get(url(experiment)).content.decode()
     assert "Before it can start" in page and "Already running" in page
     response = runner.post(url(experiment, "start"), follow=True)
-    assert "Not started: &#x27;Already running&#x27; is running in home" in response.content.decode()
+    assert (
+        "Not started: &#x27;Already running&#x27; is running in home" in response.content.decode()
+    )
     experiment.refresh_from_db()
     assert experiment.status == "draft"
 

@@ -136,7 +136,9 @@ def test_daily_values_are_cumulative_and_squares_are_of_shopper_totals(experimen
     act("purchase", catalog[1], user=ann, at=start + timedelta(days=1, minutes=20), value=2)
     rec3 = serve(a, catalog[:3], session_key="bob", at=start + timedelta(days=1, minutes=5))
     act("click", catalog[2], session_key="bob", rec=rec3, at=start + timedelta(days=1, minutes=9))
-    act("purchase", catalog[2], session_key="bob", at=start + timedelta(days=1, minutes=30), value=4)
+    act(
+        "purchase", catalog[2], session_key="bob", at=start + timedelta(days=1, minutes=30), value=4
+    )
 
     result = experiment_results.results(experiment, now)
     got = arm_result(result, "A")
@@ -174,3 +176,89 @@ def test_a_draft_has_no_results_but_says_so(db):
     experiment = make_experiment(running=False)
     result = experiment_results.results(experiment)
     assert result.days == [] and result.verdict == ["Not started: no verdict before it runs."]
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def decided_experiment(catalog, now, rates, shoppers=1000, **fields):
+    """A running experiment with one arm per ``rates`` entry ``(name, clickers, buyers)``."""
+    from .experiment_data import populate, ready_version
+
+    start = now - timedelta(days=10)
+    experiment = make_experiment(
+        arms=[(name, ready_version(), 50) for name, _, _ in rates], started_at=start, **fields
+    )
+    for seed, (name, clickers, buyers) in enumerate(rates):
+        populate(
+            arm(experiment, name), catalog[:6], shoppers=shoppers, clickers=clickers,
+            buyers=buyers, start=start, days=9, seed=seed,
+        )  # fmt: skip
+    return experiment
+
+
+def test_the_verdict_waits_for_the_minimum_sample_and_says_how_far_it_is(catalog, now):
+    experiment = decided_experiment(catalog, now, [("A", 40, 8), ("B", 40, 20)], shoppers=200)
+    result = experiment_results.results(experiment, now)
+    # 30 purchasing shoppers per arm at the pooled 28 in 400: 429 shoppers per arm.
+    assert result.verdict == [
+        "No winner yet: 200 of the 429 shoppers per arm needed before the test declares "
+        "anything (A against B on purchases per shopper)."
+    ]
+    assert result.winner is None
+
+
+def test_no_conversions_yet_says_what_is_missing(catalog, now):
+    experiment = decided_experiment(catalog, now, [("A", 10, 0), ("B", 10, 0)], shoppers=50)
+    [sentence] = experiment_results.results(experiment, now).verdict
+    assert sentence.startswith("No winner yet: no shoppers who purchased in A or B yet;")
+
+
+def test_equal_arms_give_no_winner_and_the_range_they_are_within(catalog, now):
+    experiment = decided_experiment(catalog, now, [("A", 300, 60), ("B", 300, 62)])
+    result = experiment_results.results(experiment, now)
+    [sentence] = result.verdict
+    comparison = result.decisions[0][1].comparison
+    low, high = (
+        experiment_results.format_lift(comparison.low),
+        experiment_results.format_lift(comparison.high),
+    )
+    assert sentence == (
+        f"No winner yet: B is within {low} and {high} of A on purchases per shopper (95 %), "
+        "1,000 shoppers per arm."
+    )
+    assert comparison.low < 0 < comparison.high
+
+
+def test_the_control_can_win_and_the_lift_is_then_its_own(catalog, now):
+    experiment = decided_experiment(
+        catalog, now, [("A", 400, 120), ("B", 400, 45)], primary_metric="purchases_per_shopper"
+    )
+    result = experiment_results.results(experiment, now)
+    [sentence] = result.verdict
+    assert sentence.startswith("A beats B on purchases per shopper, +")
+    assert result.winner.arm.name == "A"
+    comparison = result.decisions[0][1].comparison
+    assert comparison.lift < 0 and comparison.high < 0
+
+
+def test_three_arms_are_each_compared_with_the_control_at_a_bonferroni_alpha(catalog, now):
+    experiment = decided_experiment(
+        catalog,
+        now,
+        [("A", 300, 40), ("B", 300, 110), ("C", 300, 42)],
+        primary_metric="revenue_per_shopper",
+    )
+    result = experiment_results.results(experiment, now)
+    assert result.comparison_alpha == pytest.approx(0.025)
+    assert [d.comparison.alpha for _, d in result.decisions] == pytest.approx([0.025, 0.025])
+    first, second = result.verdict
+    assert first.startswith("B beats A on purchase value per shopper, +")
+    assert second.startswith("No winner yet: C is within")
+    assert result.winner is None  # B beats A, but C against A is open
+
+
+def test_lifts_are_printed_with_a_real_minus_and_sensible_digits():
+    assert experiment_results.format_lift(0.123) == "+12 %"
+    assert experiment_results.format_lift(-0.035) == "\u22123.5 %"
+    assert experiment_results.format_lift(0.0) == "+0.0 %"

@@ -52,7 +52,9 @@ def test_a_ratio_over_clusters_has_the_delta_method_variance():
     )
     ratio = clicked.sum() / shown.sum()
     assert estimate.value == pytest.approx(ratio)
-    assert estimate.variance == pytest.approx(((clicked - ratio * shown) ** 2).sum() / shown.sum() ** 2)
+    assert estimate.variance == pytest.approx(
+        ((clicked - ratio * shown) ** 2).sum() / shown.sum() ** 2
+    )
 
 
 def test_swapping_the_arms_inverts_the_lift_and_keeps_the_p_value():
@@ -133,7 +135,9 @@ def simulate(
         for rep in np.flatnonzero(~declared):
             estimates = [
                 sequential.mean_estimate(
-                    int(sums[0, rep, arm]), sums[1, rep, arm], sums[2, rep, arm],
+                    int(sums[0, rep, arm]),
+                    sums[1, rep, arm],
+                    sums[2, rep, arm],
                     int(successes[rep, arm]),
                 )  # fmt: skip
                 for arm in range(arms)
@@ -190,8 +194,7 @@ def test_click_through_rate_over_lists_declares_no_winner_in_an_a_a_experiment()
                     (shown**2).sum(), lists_per_day,
                 ]  # fmt: skip
             a, b = (
-                sequential.ratio_estimate(s[0], s[1], s[0], (s[2], s[3], s[4]), s[1])
-                for s in sums
+                sequential.ratio_estimate(s[0], s[1], s[0], (s[2], s[3], s[4]), s[1]) for s in sums
             )
             ever |= sequential.decide(a, b, ALPHA).state == "winner"
         declared += ever

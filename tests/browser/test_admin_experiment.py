@@ -45,7 +45,10 @@ def test_read_an_experiment_and_promote_its_winner(page, catalog):
 
     verdict = page.locator("#experiment-verdict .rec-verdict").inner_text()
     assert verdict.startswith("B beats A on purchases per shopper, +") and verdict.endswith("95 %.")
-    assert page.locator("#experiment-arms th[data-arm='B'] .rec-badge-active").text_content() == "winner"
+    assert (
+        page.locator("#experiment-arms th[data-arm='B'] .rec-badge-active").text_content()
+        == "winner"
+    )
     assert page.locator("#experiment-charts svg.rec-chart").count() == 6
     # Every arm on every metric, and the lift: each with its band.
     assert page.locator("#experiment-charts g.band path").count() == 11
@@ -58,6 +61,8 @@ def test_read_an_experiment_and_promote_its_winner(page, catalog):
     assert "becomes the active version" in page.locator("#experiment-promote-effect").inner_text()
     with page.expect_navigation():
         page.click("#experiment-promote-confirm")
-    assert f"v{challenger.pk} is now the active version" in page.locator(".messagelist").inner_text()
+    assert (
+        f"v{challenger.pk} is now the active version" in page.locator(".messagelist").inner_text()
+    )
     assert ModelVersion.objects.get(is_active=True).pk == challenger.pk
     assert page.locator("#experiment-verdict .rec-badge").first.text_content() == "stopped"
