@@ -870,10 +870,15 @@ class ExperimentAdmin(admin.ModelAdmin):
             for message in exc.messages:
                 self.message_user(request, f"Not started: {message}", messages.ERROR)
         else:
+            where = (
+                f"placements {self.placements_display(experiment)}"
+                if experiment.placements
+                else "every placement"
+            )
             self.message_user(
                 request,
-                f"Started {experiment.name!r}: shoppers in {self.placements_display(experiment)} "
-                "placement(s) are now split between its arms.",
+                f"Started {experiment.name!r}: the shoppers of {where} are now split between "
+                "its arms.",
                 messages.SUCCESS,
             )
         return HttpResponseRedirect(_experiment_url(experiment))
