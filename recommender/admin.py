@@ -905,9 +905,9 @@ class ExperimentAdmin(admin.ModelAdmin):
 
     def promote_view(self, request, pk, arm_pk):
         """Confirm, then make one arm what everyone is served, and stop the experiment."""
-        experiment = self._experiment_or_404(request, pk)
         if not self.can_run(request):
             raise PermissionDenied
+        experiment = self._experiment_or_404(request, pk)
         arm = get_object_or_404(
             Arm.objects.select_related("version"), pk=arm_pk, experiment=experiment
         )

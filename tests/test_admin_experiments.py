@@ -254,3 +254,19 @@ def test_arms_of_a_started_experiment_cannot_be_edited(runner, decided):
     a.refresh_from_db()
     assert (a.version_id, a.share) != (other.pk, 90)
     assert runner.get(f"/admin/recommender/experiment/{decided.pk}/delete/").status_code == 403
+
+
+def test_names_are_escaped_everywhere_they_are_shown(runner, catalog):
+    version = ready_version()
+    experiment = make_experiment(
+        name="<script>alert(1)</script>",
+        arms=[("<b>A</b>", version, 50), ("<i>B</i>", None, 50)],
+        started_at=timezone.now() - timedelta(days=3),
+    )
+    populate(arm(experiment, "<b>A</b>"), catalog[:6], shoppers=50, clickers=10, buyers=3,
+             start=experiment.started_at, days=2)  # fmt: skip
+    for page in (url(experiment), "/admin/recommender/experiment/",
+                 url(experiment, f"promote/{arm(experiment, '<i>B</i>').pk}")):  # fmt: skip
+        html = runner.get(page).content.decode()
+        assert "<script>alert" not in html and "<b>A</b>" not in html and "<i>B</i>" not in html
+        assert "&lt;b&gt;A&lt;/b&gt;" in html
