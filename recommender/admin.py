@@ -14,7 +14,7 @@ back). Every custom page is a ``ModelAdmin.get_urls`` view wrapped in
   without it sees the experiment's page and results, with no buttons; a POST is a 403)
 
 The views hold no logic of their own: they call ``training``, ``ModelVersion.activate``,
-``Experiment.start/stop/promote``, ``reports``, ``experiment_results`` and ``privacy``.
+``experiment_lifecycle``, ``reports``, ``experiment_results`` and ``privacy``.
 """
 
 import math
@@ -32,7 +32,16 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from . import charts, experiment_results, privacy, reports, sequential, tasks, training
+from . import (
+    charts,
+    experiment_lifecycle,
+    experiment_results,
+    privacy,
+    reports,
+    sequential,
+    tasks,
+    training,
+)
 from .conf import recommender_settings
 from .models import Arm, Event, Experiment, ModelVersion
 
@@ -835,7 +844,9 @@ class ExperimentAdmin(admin.ModelAdmin):
             "result": result,
             "can_run": can_run,
             "winner": winner,
-            "start_problems": experiment.start_problems() if experiment.arms_editable else [],
+            "start_problems": (
+                experiment_lifecycle.start_problems(experiment) if experiment.arms_editable else []
+            ),
             "promotable": can_run
             and experiment.status != Experiment.Status.DRAFT
             and experiment.promoted_arm_id is None,
@@ -865,7 +876,7 @@ class ExperimentAdmin(admin.ModelAdmin):
         if refused:
             return refused
         try:
-            experiment.start()
+            experiment_lifecycle.start(experiment)
         except ValidationError as exc:
             for message in exc.messages:
                 self.message_user(request, f"Not started: {message}", messages.ERROR)
@@ -888,10 +899,11 @@ class ExperimentAdmin(admin.ModelAdmin):
         if refused:
             return refused
         try:
-            experiment.stop(
+            experiment_lifecycle.stop(
+                experiment,
                 f"Stopped by {request.user.get_username()} on "
                 f"{timezone.localtime():%Y-%m-%d %H:%M}; everyone is served by the active "
-                "version again."
+                "version again.",
             )
         except ValidationError as exc:
             self.message_user(request, " ".join(exc.messages), messages.ERROR)
@@ -914,7 +926,8 @@ class ExperimentAdmin(admin.ModelAdmin):
         change_url = _experiment_url(experiment)
         if request.method == "POST":
             try:
-                experiment.promote(
+                experiment_lifecycle.promote(
+                    experiment,
                     arm,
                     f"Promoted by {request.user.get_username()} on {timezone.localtime():%Y-%m-%d %H:%M}.",
                 )

@@ -7,6 +7,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
 
+from recommender import experiment_lifecycle as lifecycle
 from recommender.models import Arm, Experiment, ModelVersion
 
 from .experiment_data import arm, make_experiment, ready_version
@@ -20,7 +21,7 @@ def draft(**fields):
 
 def start_problems(experiment):
     with pytest.raises(ValidationError) as refused:
-        experiment.start()
+        lifecycle.start(experiment)
     experiment.refresh_from_db()
     assert experiment.status == Experiment.Status.DRAFT
     return " ".join(refused.value.messages)
@@ -28,7 +29,7 @@ def start_problems(experiment):
 
 def test_a_valid_draft_starts():
     experiment = draft(placements=["home", "cart"])
-    experiment.start()
+    lifecycle.start(experiment)
     assert experiment.status == Experiment.Status.RUNNING and experiment.started_at is not None
 
 
@@ -71,25 +72,25 @@ def test_a_placement_runs_at_most_one_experiment():
     # Every placement overlaps every other experiment.
     assert "running in every placement" in start_problems(draft(placements=[]))
     other = draft(placements=["cart"])
-    other.start()
+    lifecycle.start(other)
     assert other.status == Experiment.Status.RUNNING
 
 
 def test_only_a_draft_starts_and_only_a_running_one_stops():
     experiment = make_experiment()
     assert "Only a draft experiment can start" in start_problems_of_running(experiment)
-    experiment.stop("Enough seen.")
+    lifecycle.stop(experiment, "Enough seen.")
     assert experiment.status == Experiment.Status.STOPPED and experiment.decision == "Enough seen."
     assert experiment.stopped_at is not None
     with pytest.raises(ValidationError, match="Only a running experiment can stop"):
-        experiment.stop()
+        lifecycle.stop(experiment)
     # A stopped experiment does not block its placements.
-    draft().start()
+    lifecycle.start(draft())
 
 
 def start_problems_of_running(experiment):
     with pytest.raises(ValidationError) as refused:
-        experiment.start()
+        lifecycle.start(experiment)
     return " ".join(refused.value.messages)
 
 
@@ -98,22 +99,22 @@ def test_promoting_a_version_arm_activates_it_and_stops_the_experiment():
     serving.activate()
     challenger = ready_version()
     experiment = make_experiment(arms=[("A", serving, 50), ("B", challenger, 50)])
-    experiment.promote(arm(experiment, "B"))
+    lifecycle.promote(experiment, arm(experiment, "B"))
     challenger.refresh_from_db()
     assert challenger.is_active and ModelVersion.objects.filter(is_active=True).count() == 1
     assert experiment.status == Experiment.Status.STOPPED
     assert experiment.promoted_arm.name == "B"
     assert f"v{challenger.pk} is now the active version" in experiment.decision
     with pytest.raises(ValidationError, match="already promoted"):
-        experiment.promote(arm(experiment, "A"))
+        lifecycle.promote(experiment, arm(experiment, "A"))
 
 
 def test_promoting_the_popular_items_switches_every_version_off():
     serving = ready_version()
     serving.activate()
     experiment = make_experiment(arms=[("A", serving, 50), ("Popular", None, 50)])
-    experiment.stop()
-    experiment.promote(arm(experiment, "Popular"))
+    lifecycle.stop(experiment)
+    lifecycle.promote(experiment, arm(experiment, "Popular"))
     assert not ModelVersion.objects.filter(is_active=True).exists()
     assert "every shopper gets the popular items" in experiment.decision
 
@@ -121,17 +122,17 @@ def test_promoting_the_popular_items_switches_every_version_off():
 def test_promotion_needs_a_started_experiment_and_its_own_arm():
     experiment = draft()
     with pytest.raises(ValidationError, match="has not started"):
-        experiment.promote(arm(experiment, "A"))
+        lifecycle.promote(experiment, arm(experiment, "A"))
     running = make_experiment()
     with pytest.raises(ValidationError, match="is not an arm of"):
-        running.promote(arm(experiment, "A"))
+        lifecycle.promote(running, arm(experiment, "A"))
     assert not ModelVersion.objects.filter(is_active=True).exists()
 
 
 def test_arms_are_fixed_once_started():
     experiment = draft()
     assert experiment.arms_editable
-    experiment.start()
+    lifecycle.start(experiment)
     assert not experiment.arms_editable
 
 
@@ -142,21 +143,21 @@ def test_two_admins_starting_overlapping_experiments_at_once_start_one(monkeypat
 
     The check is slowed down so that, without the lock, both would pass it.
     """
-    original = Experiment.start_problems
+    original = lifecycle.start_problems
 
-    def slow(self):
-        problems = original(self)
+    def slow(experiment):
+        problems = original(experiment)
         time.sleep(0.5)
         return problems
 
-    monkeypatch.setattr(Experiment, "start_problems", slow)
+    monkeypatch.setattr(lifecycle, "start_problems", slow)
     first, second = draft(placements=["home"]), draft(placements=["home", "cart"])
     barrier, outcomes = threading.Barrier(2), {}
 
     def start(experiment):
         try:
             barrier.wait()
-            experiment.start()
+            lifecycle.start(experiment)
             outcomes[experiment.name] = "started"
         except ValidationError as exc:
             outcomes[experiment.name] = " ".join(exc.messages)

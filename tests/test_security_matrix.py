@@ -37,7 +37,7 @@ from django.urls import URLResolver, get_resolver
 from django.utils import timezone
 from django.utils.html import escape
 
-from recommender import events, serving
+from recommender import events, experiment_lifecycle, serving
 from recommender.models import Arm, Event, Experiment, ModelVersion, Recommendation
 from shop_demo.catalog.models import Category, Product
 
@@ -544,7 +544,7 @@ def world(catalog):
         Arm.objects.create(experiment=experiment, name="A", version=active)
         Arm.objects.create(experiment=experiment, name="Popular", ranker="popularity")
         if status == "running":
-            experiment.start()
+            experiment_lifecycle.start(experiment)
         experiments[status] = experiment
     clients = {}
     for role, user in users.items():
