@@ -10,17 +10,20 @@ back). Every custom page is a ``ModelAdmin.get_urls`` view wrapped in
 * progress JSON:      ``recommender.view_modelversion``
 * events dashboard:   ``recommender.view_event``
 * forget a shopper:   ``recommender.delete_event``
+* start, stop, promote an experiment: ``recommender.run_experiment`` (a staff user
+  without it sees the experiment's page and results, with no buttons; a POST is a 403)
 
 The views hold no logic of their own: they call ``training``, ``ModelVersion.activate``,
-``reports`` and ``privacy``.
+``experiment_lifecycle``, ``reports``, ``experiment_results`` and ``privacy``.
 """
 
+import math
 from datetime import UTC, datetime, timedelta
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, ValidationError
 from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -29,9 +32,18 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from . import charts, privacy, reports, tasks, training
+from . import (
+    charts,
+    experiment_lifecycle,
+    experiment_results,
+    privacy,
+    reports,
+    sequential,
+    tasks,
+    training,
+)
 from .conf import recommender_settings
-from .models import Event, ModelVersion
+from .models import Arm, Event, Experiment, ModelVersion
 
 # --------------------------------------------------------------------------- events
 
@@ -649,6 +661,505 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse("admin:recommender_modelversion_activate", args=[versions[0].pk])
         )
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def placement_choices():
+    """The placements an experiment may run in: the store's names, and none ("")."""
+    from .serving import accepted_placements
+
+    names = sorted(accepted_placements() - {""})
+    return [(name, name) for name in names] + [("", "no placement (API calls without one)")]
+
+
+class ExperimentForm(forms.ModelForm):
+    placements = forms.MultipleChoiceField(
+        choices=placement_choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Where it runs; none ticked: every placement. At most one experiment runs per placement.",
+    )
+    primary_metric = forms.ChoiceField(
+        choices=experiment_results.PRIMARY_METRIC_CHOICES,
+        help_text="What the verdict is about; the other metrics are shown beside it.",
+    )
+
+    class Meta:
+        model = Experiment
+        fields = ["name", "placements", "primary_metric", "attribution_hours", "confidence"]
+
+    def clean_confidence(self):
+        confidence = self.cleaned_data["confidence"]
+        if not 0.5 <= confidence <= 0.999:
+            raise forms.ValidationError("Between 0.5 and 0.999, e.g. 0.95.")
+        return confidence
+
+    def clean_attribution_hours(self):
+        hours = self.cleaned_data["attribution_hours"]
+        if hours < 1:
+            raise forms.ValidationError("At least one hour.")
+        return hours
+
+
+class ArmInline(admin.TabularInline):
+    model = Arm
+    fields = ["name", "ranker", "version", "share"]
+    extra = 0
+    min_num = 2
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "version":
+            kwargs["queryset"] = ModelVersion.objects.filter(
+                status=ModelVersion.Status.READY
+            ).exclude(artifact="")
+            kwargs["help_text"] = "Ready versions with a model file; empty for the popular items."
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def get_extra(self, request, obj=None, **kwargs):
+        return 2 if obj is None else 0
+
+    def has_add_permission(self, request, obj=None):
+        return (obj is None or obj.arms_editable) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return (obj is None or obj.arms_editable) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return (obj is None or obj.arms_editable) and super().has_delete_permission(request, obj)
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    form = ExperimentForm
+    inlines = [ArmInline]
+    list_display = [
+        "name",
+        "status_badge",
+        "placements_display",
+        "arms_display",
+        "started_at",
+        "verdict_display",
+    ]
+    list_filter = ["status"]
+    list_per_page = 20
+    search_fields = ["name"]
+    fixed_fields = ["status", "started_at", "stopped_at", "promoted_arm", "decision"]
+
+    # ----------------------------------------------------------------- columns
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, experiment):
+        return format_html(
+            '<span class="rec-badge rec-experiment-{}">{}</span>',
+            experiment.status,
+            experiment.status,
+        )
+
+    @admin.display(description="placements")
+    def placements_display(self, experiment):
+        return ", ".join(p or "none" for p in experiment.placements) or "all"
+
+    @admin.display(description="arms")
+    def arms_display(self, experiment):
+        return " · ".join(_arm_label(arm) for arm in experiment.arms.all())
+
+    @admin.display(description="verdict")
+    def verdict_display(self, experiment):
+        return experiment_results.short_verdict(experiment)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("arms__version")
+
+    # ----------------------------------------------------------------- permissions
+
+    def can_run(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.run_experiment")
+
+    started_fields = [
+        "name",
+        "placements_display",
+        "primary_metric_display",
+        "attribution_hours",
+        "confidence",
+    ]
+
+    @admin.display(description="primary metric")
+    def primary_metric_display(self, experiment):
+        metric = experiment_results.METRICS.get(experiment.primary_metric)
+        return metric.label if metric else experiment.primary_metric
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None and not obj.arms_editable:
+            return [*self.started_fields, *self.fixed_fields]
+        return self.fixed_fields
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ExperimentForm.Meta.fields
+        if not obj.arms_editable:
+            return [*self.started_fields, *self.fixed_fields]
+        return [*ExperimentForm.Meta.fields, *self.fixed_fields]
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.status == Experiment.Status.RUNNING:
+            return False  # stop it first: its shoppers are being served from its arms
+        return super().has_delete_permission(request, obj)
+
+    # ----------------------------------------------------------------- urls and views
+
+    def get_urls(self):
+        wrap = self.admin_site.admin_view
+        return [
+            path("<int:pk>/start/", wrap(self.start_view), name="recommender_experiment_start"),
+            path("<int:pk>/stop/", wrap(self.stop_view), name="recommender_experiment_stop"),
+            path(
+                "<int:pk>/promote/<int:arm_pk>/",
+                wrap(self.promote_view),
+                name="recommender_experiment_promote",
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        experiment = self.get_object(request, object_id)
+        extra = {}
+        if experiment is not None:
+            extra = self._experiment_context(request, experiment)
+            if not experiment.arms_editable:
+                extra.update(
+                    show_save=False,
+                    show_save_and_continue=False,
+                    show_save_and_add_another=False,
+                )
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+    def _experiment_context(self, request, experiment):
+        result = experiment_results.results(experiment)
+        can_run = self.can_run(request)
+        winner = result.winner
+        return {
+            "experiment": experiment,
+            "result": result,
+            "can_run": can_run,
+            "winner": winner,
+            "start_problems": (
+                experiment_lifecycle.start_problems(experiment) if experiment.arms_editable else []
+            ),
+            "promotable": can_run
+            and experiment.status != Experiment.Status.DRAFT
+            and experiment.promoted_arm_id is None,
+            "arm_columns": _arm_columns(result),
+            "metric_rows": _metric_rows(result),
+            "charts": _experiment_charts(result) if result.days else [],
+            "min_sample": _min_sample(result),
+            "many_arms": len(result.arms) > 2,
+        }
+
+    def _experiment_or_404(self, request, pk):
+        experiment = self.get_object(request, str(pk))
+        if experiment is None:
+            raise Http404(f"No experiment {pk}.")
+        return experiment
+
+    def _lifecycle_request(self, request, pk):
+        """The experiment of a start/stop POST, after the method and permission checks."""
+        if request.method != "POST":
+            return None, HttpResponseNotAllowed(["POST"])
+        if not self.can_run(request):
+            raise PermissionDenied
+        return self._experiment_or_404(request, pk), None
+
+    def start_view(self, request, pk):
+        experiment, refused = self._lifecycle_request(request, pk)
+        if refused:
+            return refused
+        try:
+            experiment_lifecycle.start(experiment)
+        except ValidationError as exc:
+            for message in exc.messages:
+                self.message_user(request, f"Not started: {message}", messages.ERROR)
+        else:
+            where = (
+                f"placements {self.placements_display(experiment)}"
+                if experiment.placements
+                else "every placement"
+            )
+            self.message_user(
+                request,
+                f"Started {experiment.name!r}: the shoppers of {where} are now split between "
+                "its arms.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(_experiment_url(experiment))
+
+    def stop_view(self, request, pk):
+        experiment, refused = self._lifecycle_request(request, pk)
+        if refused:
+            return refused
+        try:
+            experiment_lifecycle.stop(
+                experiment,
+                f"Stopped by {request.user.get_username()} on "
+                f"{timezone.localtime():%Y-%m-%d %H:%M}; everyone is served by the active "
+                "version again.",
+            )
+        except ValidationError as exc:
+            self.message_user(request, " ".join(exc.messages), messages.ERROR)
+        else:
+            self.message_user(
+                request,
+                f"Stopped {experiment.name!r}: every shopper is served by the active version again.",
+                messages.SUCCESS,
+            )
+        return HttpResponseRedirect(_experiment_url(experiment))
+
+    def promote_view(self, request, pk, arm_pk):
+        """Confirm, then make one arm what everyone is served, and stop the experiment."""
+        if not self.can_run(request):
+            raise PermissionDenied
+        experiment = self._experiment_or_404(request, pk)
+        arm = get_object_or_404(
+            Arm.objects.select_related("version"), pk=arm_pk, experiment=experiment
+        )
+        change_url = _experiment_url(experiment)
+        if request.method == "POST":
+            try:
+                experiment_lifecycle.promote(
+                    experiment,
+                    arm,
+                    f"Promoted by {request.user.get_username()} on {timezone.localtime():%Y-%m-%d %H:%M}.",
+                )
+            except ValidationError as exc:
+                self.message_user(request, " ".join(exc.messages), messages.ERROR)
+            else:
+                self.message_user(request, experiment.decision, messages.SUCCESS)
+            return HttpResponseRedirect(change_url)
+        result = experiment_results.results(experiment)
+        winner = result.winner
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": f"Promote arm {arm.name}?",
+            "experiment": experiment,
+            "arm": arm,
+            "active_version": ModelVersion.objects.active(),
+            "result": result,
+            "is_winner": winner is not None and winner.arm.pk == arm.pk,
+            "problem": _promotion_problem(experiment),
+            "change_url": change_url,
+        }
+        return TemplateResponse(
+            request, "admin/recommender/experiment/promote_confirmation.html", context
+        )
+
+
+def _experiment_url(experiment):
+    return reverse("admin:recommender_experiment_change", args=[experiment.pk])
+
+
+def _arm_label(arm):
+    if arm.ranker == Arm.Ranker.POPULARITY:
+        return f"{arm.name}: popular items"
+    return f"{arm.name}: v{arm.version_id} {arm.version.model_name}".rstrip()
+
+
+def _promotion_problem(experiment):
+    if experiment.status == Experiment.Status.DRAFT:
+        return "It has not started: there is nothing to promote."
+    if experiment.promoted_arm_id is not None:
+        return f"It has already promoted arm {experiment.promoted_arm.name}."
+    return ""
+
+
+def _arm_columns(result):
+    total_share = sum(a.arm.share for a in result.arms) or 1
+    return [
+        {
+            "arm": a.arm,
+            "label": _arm_label(a.arm),
+            "control": index == 0,
+            "share": f"{a.arm.share * 100 / total_share:.0f} %",
+            "promote_url": reverse(
+                "admin:recommender_experiment_promote", args=[result.experiment.pk, a.arm.pk]
+            ),
+        }
+        for index, a in enumerate(result.arms)
+    ]
+
+
+def _metric_rows(result):
+    """The side-by-side table's rows: counts, then each metric with its interval and lift."""
+    arms = result.arms
+    rows = [
+        {"label": "Exposed shoppers", "cells": [{"value": f"{a.shoppers:,}"} for a in arms]},
+        {"label": "Impressions", "cells": [{"value": f"{a.impressions:,}"} for a in arms]},
+        {"label": "Clicks", "cells": [{"value": f"{a.clicks:,}"} for a in arms]},
+        {"label": "Add-to-carts", "cells": [{"value": f"{a.carts:,}"} for a in arms]},
+        {"label": "Purchases", "cells": [{"value": f"{a.purchases:,}"} for a in arms]},
+        {"label": "Purchase value", "cells": [{"value": f"{a.value:,.2f}"} for a in arms]},
+    ]
+    per_impression = {"cart_rate": "carts", "purchases_per_shopper": "purchases",
+                      "revenue_per_shopper": "value"}  # fmt: skip
+    lifts = {
+        key: {t.arm.pk: comparison for t, comparison in pairs}
+        for key, pairs in result.comparisons.items()
+    }
+    for key, metric in experiment_results.METRICS.items():
+        cells = []
+        for index, a in enumerate(arms):
+            interval = a.intervals.get(key)
+            cell = {
+                "value": experiment_results.format_value(key, a.estimates[key].value),
+                "interval": (
+                    f"[{experiment_results.format_value(key, interval[0])}, "
+                    f"{experiment_results.format_value(key, interval[1])}]"
+                    if interval
+                    else ""
+                ),
+            }
+            if key in per_impression and a.impressions:
+                count = getattr(a, per_impression[key])
+                cell["per_impression"] = (
+                    f"{count * 1000 / a.impressions:,.2f} per 1,000 impressions"
+                )
+            comparison = lifts.get(key, {}).get(a.arm.pk) if index else None
+            if comparison is not None:
+                cell["lift"] = (
+                    f"{experiment_results.format_lift(comparison.lift)} "
+                    f"[{experiment_results.format_lift(comparison.low)}, "
+                    f"{experiment_results.format_lift(comparison.high)}]"
+                )
+                cell["lift_sign"] = (
+                    "up" if comparison.low > 0 else "down" if comparison.high < 0 else "even"
+                )
+            cells.append(cell)
+        rows.append(
+            {
+                "key": key,
+                "label": metric.label[:1].upper() + metric.label[1:],
+                "meaning": metric.meaning,
+                "primary": key == result.metric.key,
+                "cells": cells,
+            }
+        )
+    return rows
+
+
+def _experiment_charts(result):
+    """Each metric per day (cumulative since the start) per arm, with its always-valid band;
+    then the primary metric's lift of each arm over the control, with its band and zero."""
+    labels = [day.strftime("%b %d") for day in result.days]
+    found = []
+    for key, metric in experiment_results.METRICS.items():
+        series, bands = [], {}
+        for a in result.arms:
+            values = [e.value if e.units else None for e in a.daily[key]]
+            intervals = a.daily_intervals[key]
+            series.append((a.arm.name, values))
+            bands[a.arm.name] = (
+                [i[0] if i else None for i in intervals],
+                [i[1] if i else None for i in intervals],
+            )
+        settled = _first_settled_day(result, key)
+        found.append(
+            charts.line_chart(
+                labels,
+                series,
+                bands=bands,
+                y_range=_chart_range(series, bands, settled),
+                title=metric.label[:1].upper() + metric.label[1:],
+                x_title="day (cumulative since the start)",
+                y_format=_percent if metric.percent else charts.format_number,
+                zero_based=True,
+                css_class=f"rec-experiment-chart rec-experiment-{key}",
+                empty_message="No data yet.",
+            )
+        )
+    lift_series, lift_bands = [], {}
+    for treatment, comparisons in result.daily_lift:
+        name = f"{treatment.arm.name} vs {result.control.arm.name}"
+        lift_series.append((name, [c.lift if c else None for c in comparisons]))
+        lift_bands[name] = (
+            [c.low if c else None for c in comparisons],
+            [c.high if c else None for c in comparisons],
+        )
+    found.insert(
+        0,
+        charts.line_chart(
+            labels,
+            lift_series,
+            bands=lift_bands,
+            reference=0.0,
+            y_range=_chart_range(
+                lift_series, lift_bands, _first_settled_day(result, result.metric.key)
+            ),
+            colors=[charts.PALETTE[i % len(charts.PALETTE)] for i in range(1, len(result.arms))],
+            title=f"Lift on {result.metric.label} over {result.control.arm.name}",
+            x_title="day (cumulative since the start)",
+            y_format=_signed_percent,
+            css_class="rec-experiment-chart rec-experiment-lift",
+            empty_message="No lift to show yet: an arm has no conversions.",
+        ),
+    )
+    return found
+
+
+def _first_settled_day(result, key):
+    """The first day on which every arm had the minimum sample on ``key``, or None."""
+    for index in range(len(result.days)):
+        if sequential.has_minimum_sample([a.daily[key][index] for a in result.arms]):
+            return index
+    return None
+
+
+def _chart_range(series, bands, settled):
+    """The y axis of an experiment chart: what it shows once the minimum sample is reached.
+
+    Before that the intervals are wide and early values wild; they would flatten the days
+    that matter, so they are cut at this range (the charts say where). Without a settled
+    day yet: the values, and only the latest day's interval.
+    """
+    first = settled if settled is not None else None
+    found = []
+    for name, values in series:
+        lows, highs = bands.get(name, ([], []))
+        for index, value in enumerate(values):
+            if first is None or index >= first:
+                found.append(value)
+            if (first is not None and index >= first) or (
+                first is None and index == len(values) - 1
+            ):
+                found += [lows[index], highs[index]]
+    found = [v for v in found if v is not None and math.isfinite(v)]
+    return (min(found), max(found)) if found else None
+
+
+def _min_sample(result):
+    """The minimum sample in words: what every arm needs before any verdict, and what it has."""
+    metric = result.metric
+    estimates = [a.estimates[metric.key] for a in result.arms]
+    needed = sequential.needed_units(estimates)
+    have = min((e.units for e in estimates), default=0)
+    successes = min((e.successes for e in estimates), default=0)
+    return {
+        "needed": f"{needed:,}" if needed else "",
+        "have": f"{have:,}",
+        "successes": f"{successes:,}",
+        "unit": metric.unit,
+        "success": metric.success,
+        "min_units": sequential.MIN_UNITS,
+        "min_successes": sequential.MIN_SUCCESSES,
+        "reached": sequential.has_minimum_sample(estimates) if estimates else False,
+        "detectable": f"{result.detectable:,}" if result.detectable else "",
+        "confidence": f"{result.confidence * 100:.4g} %",
+        "comparison_confidence": f"{(1 - result.comparison_alpha) * 100:.4g} %",
+    }
+
+
+def _signed_percent(value):
+    return "—" if value is None else experiment_results.format_lift(value)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -88,7 +88,7 @@ class _Frame:
         return self.top + self.plot_height * (1 - (value - self.y_low) / span)
 
 
-def _legend(names, width, y):
+def _legend(names, width, y, colors=None):
     """Legend entries laid out left to right, wrapping onto more rows as needed."""
     parts, x, row = [], 58, 0
     for index, name in enumerate(names):
@@ -96,7 +96,7 @@ def _legend(names, width, y):
         if x + label_width > width - 10 and x > 58:
             x, row = 58, row + 1
         top = y + row * 18
-        color = PALETTE[index % len(PALETTE)]
+        color = colors[index] if colors else PALETTE[index % len(PALETTE)]
         parts.append(
             f'<g class="legend-entry"><rect x="{x}" y="{top - 9}" width="12" height="12" rx="2" fill="{color}"/>'
             f'<text x="{x + 17}" y="{top + 1}" font-size="12">{escape(name)}</text></g>'
@@ -134,9 +134,12 @@ def _axes(frame, labels, x_title, y_title, y_format):
     )
     # Label at most ~12 slots so long date ranges stay legible; always the last one.
     every = max(1, math.ceil(len(labels) / 12))
+    last = len(labels) - 1
     for index, label in enumerate(labels):
-        if index % every and index != len(labels) - 1:
+        if index % every and index != last:
             continue
+        if index != last and 0 < last - index < every / 2 + 0.5 and last % every:
+            continue  # too close to the last label, which is always shown
         x = frame.x_center(index)
         parts.append(
             f'<text class="x-tick" x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" font-size="11">'
@@ -204,27 +207,63 @@ def line_chart(
     zero_based=False,
     css_class="",
     empty_message="No data yet.",
+    bands=None,
+    reference=None,
+    y_range=None,
+    colors=None,
 ):
     """Lines over categorical x positions (epochs, days).
 
     ``series`` is a list of ``(name, values)`` with one value per label; ``None`` leaves
     a gap. Each point is a circle with a ``<title>`` naming series, label and value.
+    ``bands`` maps a series name to ``(lows, highs)``, its interval at each label, drawn
+    as a shaded band behind the line (and named in the points' titles); ``reference``
+    draws a dashed horizontal line at that value (zero lift, say). ``y_range`` fixes the
+    axis to ``(low, high)`` (rounded out to ticks): points beyond it are left out and
+    bands are cut at its edges, so that a few wild early values do not flatten the rest.
+    ``colors`` gives each series its colour (default: the palette in order), so a series
+    keeps its colour from chart to chart.
     """
     labels = [str(label) for label in labels]
     series = [(str(name), list(values)) for name, values in series]
+    bands = {str(name): (list(lows), list(highs)) for name, (lows, highs) in (bands or {}).items()}
+    band_values = [v for lows, highs in bands.values() for v in lows + highs]
+    extra = band_values + ([reference] if reference is not None else [])
     value_range = _values_range([v for _, values in series for v in values], zero_based)
     if not labels or value_range is None:
         return _empty("line", title, width, height, css_class, empty_message)
+    value_range = _values_range([*value_range, *extra], zero_based)
+    if y_range is not None:
+        value_range = _values_range(
+            [*y_range, *([reference] if reference is not None else [])], zero_based
+        )
+        series = [
+            (name, [v if _present(v) and y_range[0] <= v <= y_range[1] else None for v in values])
+            for name, values in series
+        ]
     names = [name for name, _ in series]
     legend_rows = _legend_rows(names, width) if len(series) > 1 else 0
     frame = _Frame(width, height, len(labels), nice_ticks(*value_range), legend_rows)
     parts = [
         f'<g class="axes" fill="currentColor">{_axes(frame, labels, x_title, y_title, y_format)}</g>'
     ]
+    if reference is not None:
+        y = frame.y(reference)
+        parts.append(
+            f'<line class="reference" x1="{frame.left}" x2="{frame.width - frame.right}" '
+            f'y1="{y:.1f}" y2="{y:.1f}" stroke="currentColor" stroke-opacity="0.7" '
+            f'stroke-dasharray="5 4"/>'
+        )
+    given = list(colors or [])
+    colors = [given[i] if i < len(given) else PALETTE[i % len(PALETTE)] for i in range(len(series))]
+    for index, (name, _) in enumerate(series):
+        if name in bands:
+            parts.append(_band(frame, name, *bands[name], colors[index]))
     for index, (name, values) in enumerate(series):
-        color = PALETTE[index % len(PALETTE)]
+        color = colors[index]
+        lows, highs = bands.get(name, ([], []))
         points = [
-            (frame.x_center(i), frame.y(v), labels[i], v)
+            (frame.x_center(i), frame.y(v), i, v)
             for i, v in enumerate(values[: len(labels)])
             if v is not None and math.isfinite(v)
         ]
@@ -250,12 +289,15 @@ def line_chart(
         radius = 3.5 if len(labels) <= 40 else 2
         dots = "".join(
             f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="{radius}" fill="{color}" data-value="{v!r}">'
-            f"<title>{escape(name)}, {escape(label)}: {escape(y_format(v))}</title></circle>"
-            for x, y, label, v in points
+            f"<title>{escape(name)}, {escape(labels[i])}: {escape(y_format(v))}"
+            f"{escape(_interval_text(lows, highs, i, y_format))}</title></circle>"
+            for x, y, i, v in points
         )
         parts.append(f'<g class="series" data-series="{escape(name)}">{paths}{dots}</g>')
     if legend_rows:
-        parts.append(f'<g class="legend" fill="currentColor">{_legend(names, width, 38)}</g>')
+        parts.append(
+            f'<g class="legend" fill="currentColor">{_legend(names, width, 38, colors)}</g>'
+        )
     description = f"{title}: " + "; ".join(
         f"{name} from {y_format(_first(values))} to {y_format(_last(values))}"
         for name, values in series
@@ -343,6 +385,50 @@ def bar_chart(
         for i, label in enumerate(labels[:40])
     )
     return _svg("bar", title, description, width, height, "".join(parts), css_class)
+
+
+def _present(value):
+    return value is not None and math.isfinite(value)
+
+
+def _band(frame, name, lows, highs, color):
+    """A series' interval as a shaded band, one polygon per run of days that have both ends.
+
+    A run of one day is drawn as an error bar, since a polygon of one point shows nothing.
+    """
+    runs, run = [], []
+    for i in range(frame.n_slots):
+        low = lows[i] if i < len(lows) else None
+        high = highs[i] if i < len(highs) else None
+        if _present(low) and _present(high) and low <= frame.y_high and high >= frame.y_low:
+            low, high = max(low, frame.y_low), min(high, frame.y_high)  # cut at the axis
+            run.append((frame.x_center(i), frame.y(low), frame.y(high)))
+        elif run:
+            runs.append(run)
+            run = []
+    if run:
+        runs.append(run)
+    shapes = []
+    for run in runs:
+        if len(run) == 1:
+            x, y_low, y_high = run[0]
+            shapes.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{y_low:.1f}" y2="{y_high:.1f}" '
+                f'stroke="{color}" stroke-width="6" stroke-opacity="0.3"/>'
+            )
+            continue
+        upper = " L".join(f"{x:.1f},{y_high:.1f}" for x, _, y_high in run)
+        lower = " L".join(f"{x:.1f},{y_low:.1f}" for x, y_low, _ in reversed(run))
+        shapes.append(f'<path d="M{upper} L{lower} Z" fill="{color}" fill-opacity="0.16"/>')
+    return f'<g class="band" data-series="{escape(name)}">{"".join(shapes)}</g>'
+
+
+def _interval_text(lows, highs, index, y_format):
+    low = lows[index] if index < len(lows) else None
+    high = highs[index] if index < len(highs) else None
+    if not (_present(low) and _present(high)):
+        return ""
+    return f" [{y_format(low)}, {y_format(high)}]"
 
 
 def _first(values):

@@ -4,6 +4,7 @@ import secrets
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -444,6 +445,15 @@ class Experiment(models.Model):
     def __str__(self):
         return f"{self.name} ({self.status})"
 
+    @property
+    def arms_editable(self):
+        """Arms (and what the verdict is about) are fixed once the experiment has started."""
+        return self.status == self.Status.DRAFT
+
+    def covers(self, placements):
+        """Whether this experiment and one in ``placements`` share a placement (empty: all)."""
+        return not self.placements or not placements or bool(set(self.placements) & set(placements))
+
 
 class Arm(models.Model):
     """One side of an experiment: a trained model version, or the popular items."""
@@ -478,6 +488,20 @@ class Arm(models.Model):
     def __str__(self):
         what = f"v{self.version_id}" if self.version_id else "popular items"
         return f"{self.name}: {what}"
+
+    def clean(self):
+        """A version arm names its version, a popularity arm none; arms of a started one are fixed."""
+        if self.ranker == self.Ranker.VERSION and self.version_id is None:
+            raise ValidationError({"version": "Choose the model version this arm serves."})
+        if self.ranker == self.Ranker.POPULARITY and self.version_id is not None:
+            raise ValidationError(
+                {"version": "The popular items' arm serves no model version: leave it empty."}
+            )
+        experiment = getattr(self, "experiment", None) if self.experiment_id else None
+        if experiment is not None and not experiment.arms_editable:
+            raise ValidationError(
+                f"{experiment.name!r} is {experiment.status}: its arms are fixed once it started."
+            )
 
 
 class Assignment(models.Model):

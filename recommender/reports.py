@@ -121,6 +121,16 @@ def event_counts(since, until=None):
 # --------------------------------------------------------------------------- carousels
 
 
+def shopper_key():
+    """One text per shopper of an Event (or Assignment) row: "u<user id>", else "s<session key>"."""
+    text = CharField()
+    return Case(
+        When(user__isnull=False, then=Concat(Value("u"), Cast("user_id", text), output_field=text)),
+        default=Concat(Value("s"), "session_key", output_field=text),
+        output_field=text,
+    )
+
+
 def distinct_clicks():
     """Count each (shopper, list, item) click once: repeated clicks are not more interest.
 
@@ -128,11 +138,7 @@ def distinct_clicks():
     keeps the reports right for rows written otherwise (older rows, concurrent batches).
     """
     text = CharField()
-    shopper = Case(
-        When(user__isnull=False, then=Concat(Value("u"), Cast("user_id", text), output_field=text)),
-        default=Concat(Value("s"), "session_key", output_field=text),
-        output_field=text,
-    )
+    shopper = shopper_key()
     return Count(
         Concat(
             Cast("recommendation_id", text),

@@ -129,3 +129,24 @@ def test_format_number():
     assert charts.format_number(1500) == "1,500"
     assert charts.format_number(25_000) == "25k"
     assert charts.format_number(None) == "—"
+
+
+def test_intervals_are_drawn_as_bands_and_named_in_the_points_titles():
+    svg = charts.line_chart(
+        ["d1", "d2", "d3", "d4"],
+        [("A", [0.1, 0.2, None, 0.4]), ("B", [0.3, 0.3, 0.3, 0.3])],
+        bands={"A": ([0.05, 0.1, None, 0.2], [0.2, 0.3, None, 0.9]), "B": ([0.2] * 4, [0.4] * 4)},
+        reference=0.0,
+        title="With intervals",
+    )
+    root = parse(svg)
+    bands = {g.get("data-series"): g for g in root.iter(f"{SVG}g") if g.get("class") == "band"}
+    # A: a polygon over d1-d2 and a bar at d4 (its gap splits the band); B: one polygon.
+    assert len(list(bands["A"].iter(f"{SVG}path"))) == 1
+    assert len(list(bands["A"].iter(f"{SVG}line"))) == 1
+    assert len(list(bands["B"].iter(f"{SVG}path"))) == 1
+    assert "A, d4: 0.4 [0.2, 0.9]" in point_titles(root, "circle")
+    # The axis covers the bands' ends and the reference line, not only the values.
+    ticks = [float(t.text) for t in root.iter(f"{SVG}text") if t.get("class") == "y-tick"]
+    assert min(ticks) <= 0.0 and max(ticks) >= 0.9
+    assert any(line.get("class") == "reference" for line in root.iter(f"{SVG}line"))

@@ -10,10 +10,11 @@ Roles:
   shopper_a   a customer (plain user); the shopper whose data the pages are about
   shopper_b   another customer
   clerk       is_staff, no recommender permission (say, a catalogue editor)
-  viewer      is_staff + recommender.view_event, recommender.view_modelversion (an analyst)
+  viewer      is_staff + recommender.view_event, view_modelversion, view_experiment (an analyst)
   operator    viewer + add_modelversion (retrain), change_modelversion (activate / roll back),
-              delete_event (forget a shopper, delete events)
-  superuser
+              delete_event (forget a shopper, delete events), add_/change_experiment and
+              the arms' permissions (drafts experiments, but has no run_experiment)
+  superuser   (the only role here that may start, stop and promote experiments)
 
 Also here: CSRF on session-authenticated writes, throttling (429 + Retry-After, no escape
 by dropping cookies or forging X-Forwarded-For), request size limits, and escaping of
@@ -36,8 +37,8 @@ from django.urls import URLResolver, get_resolver
 from django.utils import timezone
 from django.utils.html import escape
 
-from recommender import events, serving
-from recommender.models import Event, ModelVersion, Recommendation
+from recommender import events, experiment_lifecycle, serving
+from recommender.models import Arm, Event, Experiment, ModelVersion, Recommendation
 from shop_demo.catalog.models import Category, Product
 
 from .own_cache import own_cache
@@ -48,13 +49,20 @@ pytestmark = pytest.mark.django_db
 ROLES = ("anonymous", "shopper_a", "shopper_b", "clerk", "viewer", "operator", "superuser")
 PERMISSIONS = {
     "clerk": [],
-    "viewer": ["view_event", "view_modelversion"],
+    "viewer": ["view_event", "view_modelversion", "view_experiment", "view_arm"],
     "operator": [
         "view_event",
         "delete_event",
         "view_modelversion",
         "add_modelversion",
         "change_modelversion",
+        "view_experiment",
+        "add_experiment",
+        "change_experiment",
+        "view_arm",
+        "add_arm",
+        "change_arm",
+        "delete_arm",
     ],
 }
 STAFF = ("clerk", "viewer", "operator", "superuser")
@@ -353,7 +361,132 @@ MATRIX = {
             ),
         },
     ),
+    # ------------------------------------------------------------------ admin: experiments
+    "admin/recommender/experiment/": Row(
+        "/admin/recommender/experiment/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=200, operator=200, superuser=302),
+                data=lambda ctx: {
+                    "action": "delete_selected",
+                    "_selected_action": [ctx["draft"].pk],
+                    "post": "yes",
+                },
+                done=lambda ctx: not Experiment.objects.filter(pk=ctx["draft"].pk).exists(),
+                allowed=("superuser",),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/add/": Row(
+        "/admin/recommender/experiment/add/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data=lambda ctx: experiment_form(ctx, "New test"),
+                done=lambda ctx: Experiment.objects.filter(name="New test").exists(),
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/<path:object_id>/history/": Row(
+        "/admin/recommender/experiment/{draft}/history/",
+        {"get": Check(admin(clerk=403, viewer=200, operator=200))},
+    ),
+    "admin/recommender/experiment/<path:object_id>/delete/": Row(
+        "/admin/recommender/experiment/{draft}/delete/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=302),
+                data={"post": "yes"},
+                done=lambda ctx: not Experiment.objects.filter(pk=ctx["draft"].pk).exists(),
+                allowed=("superuser",),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/<path:object_id>/change/": Row(
+        "/admin/recommender/experiment/{draft}/change/",
+        {
+            "get": Check(admin(clerk=403, viewer=200, operator=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=302),
+                data=lambda ctx: experiment_form(ctx, "Renamed", draft=ctx["draft"]),
+                done=lambda ctx: Experiment.objects.get(pk=ctx["draft"].pk).name == "Renamed",
+                allowed=("operator", "superuser"),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/<path:object_id>/": Row(
+        "/admin/recommender/experiment/{draft}/",
+        {"get": Check(admin(clerk=302, viewer=302, operator=302))},
+    ),
+    "admin/recommender/experiment/<int:pk>/start/": Row(
+        "/admin/recommender/experiment/{draft}/start/",
+        {
+            "get": Check(admin(clerk=405, viewer=405, operator=405)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=302),
+                data={},
+                done=lambda ctx: Experiment.objects.get(pk=ctx["draft"].pk).status == "running",
+                allowed=("superuser",),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/<int:pk>/stop/": Row(
+        "/admin/recommender/experiment/{running}/stop/",
+        {
+            "get": Check(admin(clerk=405, viewer=405, operator=405)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=302),
+                data={},
+                done=lambda ctx: Experiment.objects.get(pk=ctx["running"].pk).status == "stopped",
+                allowed=("superuser",),
+            ),
+        },
+    ),
+    "admin/recommender/experiment/<int:pk>/promote/<int:arm_pk>/": Row(
+        "/admin/recommender/experiment/{running}/promote/{popular_arm}/",
+        {
+            "get": Check(admin(clerk=403, viewer=403, operator=403, superuser=200)),
+            "post": Check(
+                admin(clerk=403, viewer=403, operator=403, superuser=302),
+                data={},
+                done=lambda ctx: not ModelVersion.objects.filter(is_active=True).exists(),
+                allowed=("superuser",),
+            ),
+        },
+    ),
 }
+
+
+def experiment_form(ctx, name, draft=None):
+    """The admin form of a draft experiment: two arms, new ones or ``draft``'s own."""
+    arms = list(draft.arms.all()) if draft else []
+    data = {
+        "name": name,
+        "placements": ["home"],
+        "primary_metric": "purchases_per_shopper",
+        "attribution_hours": "24",
+        "confidence": "0.95",
+        "arms-TOTAL_FORMS": "2",
+        "arms-INITIAL_FORMS": str(len(arms)),
+        "arms-MIN_NUM_FORMS": "2",
+        "arms-MAX_NUM_FORMS": "1000",
+    }
+    for index, (arm_name, ranker, version) in enumerate(
+        [("A", "version", ctx["active"].pk), ("Popular", "popularity", "")]
+    ):
+        data |= {
+            f"arms-{index}-name": arm_name,
+            f"arms-{index}-ranker": ranker,
+            f"arms-{index}-version": version,
+            f"arms-{index}-share": "50",
+        }
+        if arms:
+            data |= {f"arms-{index}-id": arms[index].pk, f"arms-{index}-experiment": draft.pk}
+    return data
 
 
 def recommender_routes():
@@ -401,10 +534,18 @@ def world(catalog):
     events.record_many(
         [{"kind": "view", "item": p.pk} for p in catalog[3:5]], user=users["shopper_b"]
     )
-    install_version(catalog)  # the active version
+    active = install_version(catalog)  # the active version
     ready = ModelVersion.objects.create(
         status="ready", model_name="cnn_dnn", metrics={"valid": {"ndcg@10": 0.2}}
     )
+    experiments = {}
+    for status, placements in (("draft", ["home"]), ("running", ["cart"])):
+        experiment = Experiment.objects.create(name=f"{status} test", placements=placements)
+        Arm.objects.create(experiment=experiment, name="A", version=active)
+        Arm.objects.create(experiment=experiment, name="Popular", ranker="popularity")
+        if status == "running":
+            experiment_lifecycle.start(experiment)
+        experiments[status] = experiment
     clients = {}
     for role, user in users.items():
         clients[role] = Client()
@@ -416,7 +557,11 @@ def world(catalog):
         "product": catalog[0],
         "event": Event.objects.filter(user=users["shopper_a"]).first(),
         "ready": ready,
+        "active": active,
         "list": Recommendation.objects.create(source="popular", items=[catalog[0].pk]),
+        "draft": experiments["draft"],
+        "running": experiments["running"],
+        "popular_arm": experiments["running"].arms.get(name="Popular"),
     }
 
 
@@ -426,6 +571,9 @@ def fill(path, ctx):
         product=ctx["product"].pk,
         event=ctx["event"].pk,
         ready=ctx["ready"].pk,
+        draft=ctx["draft"].pk,
+        running=ctx["running"].pk,
+        popular_arm=ctx["popular_arm"].pk,
     )
 
 

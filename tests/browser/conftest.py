@@ -24,6 +24,9 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = Path(settings.BASE_DIR) / "test-artifacts" / "screenshots"
+# Where the documentation's screenshots are written when asked for
+# (``RECOMMENDER_SCREENSHOTS=docs/screenshots``); unset, the docs' own PNGs are left alone.
+DOCS_SCREENSHOTS = os.environ.get("RECOMMENDER_SCREENSHOTS", "")
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "mobile": {"width": 390, "height": 844}}
 TIMEOUT_MS = 30_000
 
@@ -125,3 +128,24 @@ def check_and_capture(page, name):
         assert overflow["scrollWidth"] <= overflow["innerWidth"], (
             f"{name} ({viewport}) scrolls sideways: {overflow}"
         )
+
+
+def save_docs_screenshot(page, name, until=None):
+    """Write ``<name>.png`` for the documentation into RECOMMENDER_SCREENSHOTS, if it is set.
+
+    The page from its top, down to the bottom of the ``until`` element (else all of it).
+    """
+    if not DOCS_SCREENSHOTS:
+        return None
+    folder = Path(DOCS_SCREENSHOTS)
+    if not folder.is_absolute():
+        folder = Path(settings.BASE_DIR) / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    clip = None
+    if until is not None:
+        box = page.locator(until).bounding_box()
+        width = page.evaluate("document.documentElement.clientWidth")
+        clip = {"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 16}
+    page.screenshot(path=str(path), full_page=True, clip=clip)
+    return path
