@@ -322,31 +322,17 @@ class ShopBrowser:
         return self.plan.get(slug)
 
     def as_seen(self):
-        page, parsed = self.page, self.page.parsed
+        page = self.page
         product = None
         if match := PRODUCT_PATH.search(page.path):
             product = self.plan.get(match.group(1))
-        path = page.path
-        kind = (
-            "product"
-            if product is not None
-            else "cart"
-            if path.endswith("/cart/")
-            else "order"
-            if ORDER_PATH.search(path)
-            else "page"
-        )
         return simulation.Page(
-            kind=kind,
             carousels=[
                 [self._product_of(card.item, card.href) for card in carousel.cards]
-                for carousel in parsed.carousels
+                for carousel in page.parsed.carousels
             ],
             product=product,
             buyable=product is not None and page.form(css_class="add-to-cart") is not None,
-            cart=[self._product_of(card.item, card.href) for card in parsed.cards]
-            if kind == "cart"
-            else [],
         )
 
     # -- the browser simulation.visit drives ------------------------------------------
@@ -409,8 +395,7 @@ class ShopBrowser:
             self.page.form(to_itself=True), "place the order"
         )  # not the header's "Log out"
         if not ORDER_PATH.search(self.page.path):
-            self.stats["checkouts_refused"] += 1  # sold out meanwhile: back at the cart
-            return []
+            return []  # something sold out meanwhile: the shop sends them back to the cart
         bought = [self._product_of(card.item, card.href) for card in self.page.parsed.cards]
         self.stats["orders"] += 1
         self.stats["purchases"] += len(bought)
@@ -441,6 +426,7 @@ class LiveSummary:
     throttled: int = 0  # tracker posts refused with 429 (lost, as the tracker loses them)
     errors: int = 0  # visits that ended on an error
     seconds: float = 0.0
+    interrupted: bool = False  # Ctrl-C: no more shoppers were sent
     error_messages: list = field(default_factory=list)
 
     COUNTS = (
@@ -482,6 +468,7 @@ class LiveSummary:
             "seconds": round(self.seconds, 2),
             "rate": round(self.rate, 3),
             "click_through": self.click_through,
+            "interrupted": self.interrupted,
             "error_messages": list(self.error_messages),
         }
 
@@ -516,8 +503,16 @@ def prepare_logins(usernames):
 
 
 def catalogue_plan(demo_seed):
-    """The plan the demo's catalogue was seeded from, checked against the database's."""
-    slugs = set(Product.objects.values_list("slug", flat=True))
+    """The plan the demo's catalogue was seeded from, checked against the database's.
+
+    Which products are active and in stock is taken from the database: the admin may have
+    changed them since, and shoppers only go looking for what the shop lists.
+    """
+    now = {
+        slug: (active, stock)
+        for slug, active, stock in Product.objects.values_list("slug", "is_active", "stock")
+    }
+    slugs = set(now)
     if not slugs:
         raise SetupError("The catalogue is empty: seed the demo first (manage.py seed_demo).")
     catalogue = simulation.build_catalogue(products=len(slugs), seed=demo_seed)
@@ -526,6 +521,8 @@ def catalogue_plan(demo_seed):
             f"The catalogue in the database is not the one seed_demo --seed {demo_seed} "
             f"--products {len(slugs)} makes: pass the --demo-seed it was seeded with."
         )
+    for product in catalogue.products:
+        product.is_active, product.stock = now[product.slug]
     return catalogue
 
 
@@ -571,13 +568,15 @@ def run(
     anonymous=False,
     max_pages=simulation.MAX_VISIT_PAGES,
     timeout=30.0,
+    on_start=None,
     progress=None,
 ):
     """Send ``shoppers`` responsive shoppers to the shop at ``base_url``; a LiveSummary.
 
     Shopper k of the run is seeded shopper k (its tastes; a registered one logs in as its
     account unless ``anonymous``). They arrive ``rate`` per second, at most
-    ``concurrency`` at a time. ``progress(summary)`` is called after each visit.
+    ``concurrency`` at a time. ``on_start()`` is called once the shop has answered and the
+    accounts are ready, ``progress(summary)`` after each visit.
     """
     catalogue = catalogue_plan(demo_seed)
     plan = {product.slug: product for product in catalogue.products}
@@ -601,6 +600,8 @@ def run(
             shopper.owned |= owned.get(shopper.username, set())
 
     summary, lock = LiveSummary(), threading.Lock()
+    if on_start is not None:
+        on_start()
 
     def one_visit(shopper):
         browser = ShopBrowser(
@@ -627,12 +628,15 @@ def run(
     started = time.monotonic()
     slots = threading.BoundedSemaphore(concurrency)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="shopper") as pool:
-        for number, shopper in enumerate(people):
-            delay = started + number / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            slots.acquire()  # never more waiting visits than workers: late, not piled up
-            future = pool.submit(one_visit, shopper)
-            future.add_done_callback(lambda _future: slots.release())
+        try:
+            for number, shopper in enumerate(people):
+                delay = started + number / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                slots.acquire()  # never more waiting visits than workers: late, not piled up
+                future = pool.submit(one_visit, shopper)
+                future.add_done_callback(lambda _future: slots.release())
+        except KeyboardInterrupt:
+            summary.interrupted = True  # the shoppers in the shop finish their visits
     summary.seconds = time.monotonic() - started
     return summary

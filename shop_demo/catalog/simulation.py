@@ -613,14 +613,12 @@ class Page:
 
     ``carousels`` holds each recommendation carousel's products in page order (None for a
     product the catalogue plan does not know); ``product`` is a product page's product and
-    ``buyable`` whether that page offers "add to cart"; ``cart`` the products of a cart page.
+    ``buyable`` whether that page offers "add to cart".
     """
 
-    kind: str
     carousels: list = field(default_factory=list)
     product: ProductSpec | None = None
     buyable: bool = False
-    cart: list = field(default_factory=list)
 
 
 @dataclass

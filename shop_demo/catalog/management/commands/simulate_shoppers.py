@@ -96,17 +96,22 @@ class Command(BaseCommand):
             )
         if shoppers < 1 or concurrency < 1 or max_pages < 1:
             raise CommandError("--shoppers, --concurrency and --max-pages must be at least 1.")
-        bar = tqdm(
-            total=shoppers,
-            desc="Shoppers",
-            unit="shopper",
-            disable=as_json or verbosity < 1,
-            dynamic_ncols=True,
-        )
+        bars = []  # drawn once the shop has answered (a refusal prints no empty bar)
+
+        def start():
+            bars.append(
+                tqdm(
+                    total=shoppers,
+                    desc="Shoppers",
+                    unit="shopper",
+                    disable=as_json or verbosity < 1,
+                    dynamic_ncols=True,
+                )
+            )
 
         def progress(summary):
-            bar.update(1)
-            bar.set_postfix(
+            bars[0].update(1)
+            bars[0].set_postfix(
                 clicks=summary.clicks,
                 carts=summary.carts,
                 bought=summary.purchases,
@@ -125,16 +130,20 @@ class Command(BaseCommand):
                 anonymous=anonymous,
                 max_pages=max_pages,
                 timeout=timeout,
+                on_start=start,
                 progress=progress,
             )
         except live_shoppers.SetupError as exc:
             raise CommandError(str(exc)) from exc
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         if as_json:
             self.stdout.write(json.dumps(summary.as_dict()))
         else:
             self.print_table(summary)
+        if summary.interrupted:
+            raise CommandError(f"Interrupted: {summary.shoppers} of {shoppers} shoppers were sent.")
         if summary.errors:
             raise CommandError(
                 f"{summary.errors} of {summary.shoppers} visits ended on an error; first: "
