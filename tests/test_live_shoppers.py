@@ -5,10 +5,13 @@ shop and the tracker record it: impressions on the lists shown, clicks attribute
 those lists, carts and purchases of the clicked products, orders of the logged-in ones.
 """
 
+import http.server
 import io
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from django.conf import settings
@@ -20,6 +23,7 @@ from django.utils import timezone
 from recommender.models import Event, Recommendation
 from shop_demo.catalog import live_shoppers
 from shop_demo.catalog.models import Order, Product
+from shop_demo.catalog.simulation import build_catalogue
 
 from .faults.processes import Gunicorn, _test_env
 from .serving_fixtures import install_version
@@ -162,6 +166,75 @@ def test_the_browser_reads_carousels_views_and_forms_as_the_tracker_and_a_shoppe
     assert page.parsed.forms[0].action == "/accounts/logout/"
     assert page.form(to_itself=True) is not page.parsed.forms[0]
     assert page.form(to_itself=True).fields.keys() == {"csrfmiddlewaretoken"}
+
+
+class TrackerStandIn(http.server.BaseHTTPRequestHandler):
+    """A page with one carousel and the tracker's tag; records posts, throttles impressions."""
+
+    PAGE = (
+        '<html><body><section data-rec-placement="home" data-rec-recommendation="{rid}">'
+        '<link rel="stylesheet" href="/c.css"><ol><li><a href="/p/{slug}/" data-rec-item="7">'
+        "<img src='/i.svg'></a></li></ol></section>"
+        '<script src="/t.js" data-endpoint="/events/" data-impressions-endpoint="/seen/" '
+        'data-csrf-token="masked-token"></script></body></html>'
+    )
+    posts = []
+
+    def do_GET(self):
+        body = self.PAGE.format(rid=RID, slug=self.server.slug).encode()
+        self.send_response(200)
+        self.send_header("Set-Cookie", "csrftoken=cookie-token; Path=/")
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.posts.append((self.path, dict(self.headers), body))
+        self.send_response(429 if self.path == "/seen/" else 201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+RID = "5f0c2a9e-1b7d-4c3e-9a51-0d6f2b8e4c17"
+
+
+def test_the_tracker_posts_as_tracker_js_and_a_throttled_impression_is_counted_not_fatal():
+    product = build_catalogue(products=40, seed=1).products[0]
+    TrackerStandIn.posts = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TrackerStandIn)
+    server.slug = product.slug
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        browser = live_shoppers.ShopBrowser(url, {product.slug: product})
+        seen = browser.home()
+        assert seen.carousels == [[product]] and seen.product is None
+        assert browser.stats["throttled"] == 1 and browser.stats["impressions"] == 0
+        browser.click(0, 0)
+        browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (impressions, _, shown), (events, headers, sent) = [
+        (path, headers, body) for path, headers, body in TrackerStandIn.posts
+    ][:2]
+    assert (impressions, shown) == (
+        "/seen/",
+        {"csrf_token": "masked-token", "recommendations": [RID]},
+    )
+    assert events == "/events/" and sent["csrf_token"] == "masked-token"
+    (click,) = sent["events"]
+    assert click["kind"] == "click" and click["item"] == "7" and click["page"] == "/"
+    assert click["placement"] == "home" and click["recommendation_id"] == RID
+    assert abs(click["occurred_at"] / 1000 - time.time()) < 60 and len(click["event_id"]) == 36
+    assert headers["Cookie"] == "csrftoken=cookie-token" and headers["Origin"] == url
+    assert headers["Content-Type"] == "application/json"
 
 
 # -- refusals ------------------------------------------------------------------------------

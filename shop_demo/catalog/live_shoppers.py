@@ -53,6 +53,10 @@ class SetupError(Exception):
 class ShopError(Exception):
     """A request of a visit failed (HTTP error status, connection error, unexpected page)."""
 
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status  # the HTTP status, when the shop answered one
+
 
 # --------------------------------------------------------------------------- pages
 
@@ -226,7 +230,7 @@ class ShopBrowser:
         except urllib.error.HTTPError as exc:
             exc.close()
             raise ShopError(
-                f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}"
+                f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}", exc.code
             ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
@@ -272,7 +276,7 @@ class ShopBrowser:
                 {"Content-Type": "application/json"},
             )
         except ShopError as exc:
-            if str(exc).endswith("HTTP 429"):  # throttled: the tracker loses it too
+            if exc.status == 429:  # throttled: the tracker loses it too
                 self.stats["throttled"] += 1
                 return False
             raise
