@@ -1,13 +1,16 @@
 """Demo data: a made-up catalogue and shoppers whose behaviour a model can learn.
 
-Two halves, so each can be tested on its own:
+Three parts, so each can be tested on its own:
 
 * planning (``build_catalogue``, ``simulate_shopper``) is pure Python driven by seeded
   ``random.Random`` instances: the same seed gives the same products, the same shoppers
   and the same events, in the same order, with the same event ids;
 * writing (``write_catalogue``, ``write_shopper``, ``seed_demo``) stores a plan. Events go
   through ``recommender.events.record_many`` like any real event, one shopper and at
-  most 100 events per call.
+  most 100 events per call;
+* live visits (``ResponsiveShopper``, ``visit``): the same shoppers, with the same hidden
+  tastes, react to the recommendations a running shop shows them (the browsing itself is
+  ``live_shoppers``' HTTP client, or a test's stand-in).
 
 Event times are offsets before a reference ``now`` (by default the moment the command
 runs, because the write path rejects events too far in the past or in the future), so
@@ -399,15 +402,27 @@ class ShopperSimulator:
 
     # -- choosing products -------------------------------------------------------
 
+    def price_affinity(self, product):
+        """1 at the shopper's price level for the product's kind, falling off either side."""
+        ratio = float(product.price) / (product.typical_price * self.price_level)
+        return math.exp(-1.5 * abs(math.log(max(ratio, 1e-6))))
+
+    def pick_category(self):
+        """Mostly a favourite category, sometimes any, as popular categories are more often."""
+        if self.rng.random() < 0.85:
+            return self.rng.choice(self.favourites)
+        return self.rng.choices(self.catalogue.categories, self.category_weights)[0].index
+
     def browse_table(self, category):
         """Cumulative weights of a category's products for this shopper's taste."""
         if category not in self._browse_tables:
             candidates = [p for p in self.catalogue.by_category[category] if p.recordable]
-            weights = []
-            for product in candidates:
-                ratio = float(product.price) / (product.typical_price * self.price_level)
-                affinity = math.exp(-1.5 * abs(math.log(max(ratio, 1e-6))))
-                weights.append(product.popularity * ROLE_BROWSE_WEIGHTS[product.role] * affinity)
+            weights = [
+                product.popularity
+                * ROLE_BROWSE_WEIGHTS[product.role]
+                * self.price_affinity(product)
+                for product in candidates
+            ]
             self._browse_tables[category] = (candidates, list(itertools.accumulate(weights)))
         return self._browse_tables[category]
 
@@ -464,10 +479,7 @@ class ShopperSimulator:
 
     def browsing_session(self, at, agenda):
         rng = self.rng
-        if rng.random() < 0.85:
-            category = rng.choice(self.favourites)
-        else:
-            category = rng.choices(self.catalogue.categories, self.category_weights)[0].index
+        category = self.pick_category()
         cart = {}
         views = 1 + min(int(rng.expovariate(1 / 2.5)), 12)
         for _ in range(views):
@@ -558,6 +570,205 @@ def simulate_shopper(
     simulator = ShopperSimulator(catalogue, index, seed=seed, days=days, registered=bool(username))
     events, orders = simulator.run()
     return ShopperHistory(index, username, session_key, events, orders)
+
+
+# -- shoppers who respond to recommendations -------------------------------------
+#
+# The seeded history is what a model learns from. A ``ResponsiveShopper`` is one of those
+# same shoppers (the same favourite categories and price level) visiting the live shop:
+# how well a product fits them is hidden from the shop, and it decides whether they click
+# a carousel's card, put the product in the cart and, at checkout, buy it. A ranker that
+# learned their tastes from the history therefore earns more clicks than popular items.
+
+# How much a shopper likes a category: their favourites (most liked first), then any other.
+FAVOURITE_FIT = (1.0, 0.8, 0.65)
+OTHER_CATEGORY_FIT = 0.1
+# An accessory or a refill means little to someone without what it goes with.
+ROLE_FIT = {"main": 1.0, "consumable": 0.9, "accessory": 0.4, "refill": 0.35}
+# A favourite product at a price far from the shopper's level still fits this much.
+PRICE_FIT_FLOOR = 0.3
+# Position bias: a card at position p (1 = first) is looked at with 1 / (1 + decay * (p - 1)).
+POSITION_DECAY = 0.3
+# Chances rising with fit: a looked-at card is clicked with base + gain * fit**2, an opened
+# product goes into the cart with base + gain * fit**2, a cart line is bought with base + gain * fit.
+CLICK_BASE, CLICK_GAIN = 0.02, 0.4
+CART_BASE, CART_GAIN = 0.05, 0.5
+KEEP_BASE, KEEP_GAIN = 0.3, 0.6
+# A visit: after each page without a click, the shopper goes on browsing with this chance
+# (to the home page at HOME_SHARE, else to a product of a category they pick), at most
+# MAX_VISIT_PAGES pages.
+KEEP_BROWSING = 0.8
+HOME_SHARE = 0.25
+MAX_VISIT_PAGES = 15
+
+
+def examine_probability(position):
+    """How likely a shopper looks at the card at ``position`` (1 = first) of a carousel."""
+    return 1.0 / (1.0 + POSITION_DECAY * (position - 1))
+
+
+@dataclass
+class Page:
+    """A shop page as a responsive shopper sees it; the browser that loaded it fills it in.
+
+    ``carousels`` holds each recommendation carousel's products in page order (None for a
+    product the catalogue plan does not know); ``product`` is a product page's product and
+    ``buyable`` whether that page offers "add to cart".
+    """
+
+    carousels: list = field(default_factory=list)
+    product: ProductSpec | None = None
+    buyable: bool = False
+
+
+@dataclass
+class VisitLog:
+    """What a shopper did in one visit, in order (the browser counts what it sent)."""
+
+    pages: int = 0
+    clicked: list = field(default_factory=list)  # [(carousel index, position, ProductSpec)]
+    carted: list = field(default_factory=list)
+    removed: list = field(default_factory=list)
+    bought: list = field(default_factory=list)
+
+
+class ResponsiveShopper(ShopperSimulator):
+    """Seeded shopper ``index`` (same tastes as in the seeded history) on a live visit.
+
+    ``owned`` are indexes of products they bought before (accessories and refills of those
+    fit them). Their choices come from a random stream of ``visit_seed``, so a visit is the
+    same for the same seeds and the same pages.
+    """
+
+    def __init__(
+        self, catalogue, index, *, seed=DEFAULT_SEED, visit_seed=0, registered=None, owned=()
+    ):
+        username, _ = shopper_identity(index, seed=seed)
+        if registered is None:
+            registered = bool(username)
+        super().__init__(catalogue, index, seed=seed, days=DEFAULT_DAYS, registered=registered)
+        self.username = username or f"{SHOPPER_USERNAME_PREFIX}{index + 1:04d}"
+        self.rng = random.Random(f"{seed}:visit:{visit_seed}:{index}")
+        self.owned = set(owned)
+        self.in_cart = {}  # product index -> quantity, during the visit
+
+    def fit(self, product):
+        """How well ``product`` suits this shopper, in [0, 1]; 0 for an unknown product.
+
+        Category taste times kind (an accessory or refill of something they own or have
+        in the cart fits like a main product) times price closeness.
+        """
+        if product is None:
+            return 0.0
+        if product.category in self.favourites:
+            taste = FAVOURITE_FIT[self.favourites.index(product.category)]
+        else:
+            taste = OTHER_CATEGORY_FIT
+        companion = product.companion
+        goes_with_theirs = companion is not None and (
+            companion in self.owned or companion in self.in_cart
+        )
+        kind = 1.0 if goes_with_theirs else ROLE_FIT[product.role]
+        price = PRICE_FIT_FLOOR + (1 - PRICE_FIT_FLOOR) * self.price_affinity(product)
+        return taste * kind * price
+
+    def click_probability(self, product, position):
+        """Chance of clicking the card at ``position`` if the shopper gets that far."""
+        if product is None:
+            return 0.0
+        return examine_probability(position) * (CLICK_BASE + CLICK_GAIN * self.fit(product) ** 2)
+
+    def expected_click_probability(self, products):
+        """Chance that a carousel of ``products`` (in order) gets a click from this shopper."""
+        miss = 1.0
+        for position, product in enumerate(products, start=1):
+            miss *= 1.0 - self.click_probability(product, position)
+        return 1.0 - miss
+
+    def choose_click(self, carousels):
+        """``(carousel, position index)`` of the card clicked, or None.
+
+        Cards are considered carousel by carousel, left to right; the first click ends the
+        look (the shopper follows its link).
+        """
+        for which, products in enumerate(carousels):
+            for position, product in enumerate(products, start=1):
+                if product is not None and self.rng.random() < self.click_probability(
+                    product, position
+                ):
+                    return which, position - 1
+        return None
+
+    def wants_in_cart(self, product):
+        return self.rng.random() < CART_BASE + CART_GAIN * self.fit(product) ** 2
+
+    def keeps(self, product):
+        """At checkout: buy this cart line (else it is removed first)."""
+        return self.rng.random() < KEEP_BASE + KEEP_GAIN * self.fit(product)
+
+    def keeps_browsing(self):
+        return self.rng.random() < KEEP_BROWSING
+
+
+def visit(shopper, browser, *, max_pages=MAX_VISIT_PAGES):
+    """One visit of ``shopper`` to the shop ``browser`` loads; returns its ``VisitLog``.
+
+    On a buyable product page the shopper may put it in the cart (the shop then shows the
+    cart); otherwise they look through the page's carousels and may click a card, and
+    otherwise browse on their own or leave. A registered shopper logs in first and, at the
+    end, checks out what they keep of the cart; an anonymous cart is left behind.
+
+    ``browser`` loads pages and returns ``Page``s: ``start(login)``, ``home()``,
+    ``browse(category index, product)`` (the category's page, then the product's),
+    ``click(carousel, position index)``, ``add_to_cart(quantity)`` (on the product page it
+    is on), ``remove_from_cart(product)``, and ``checkout()``, which returns the products
+    bought.
+    """
+    log = VisitLog()
+    page = browser.start(login=shopper.registered)
+    log.pages = 1
+    while log.pages < max_pages:
+        product = page.product
+        if (
+            product is not None
+            and page.buyable
+            and product.index not in shopper.in_cart
+            and shopper.wants_in_cart(product)
+        ):
+            quantity = shopper.quantity(product)
+            page = browser.add_to_cart(quantity)
+            shopper.in_cart[product.index] = quantity
+            log.carted.append(product)
+        elif (clicked := shopper.choose_click(page.carousels)) is not None:
+            which, position = clicked
+            log.clicked.append((which, position, page.carousels[which][position]))
+            page = browser.click(which, position)
+        elif not shopper.keeps_browsing():
+            break
+        elif shopper.rng.random() < HOME_SHARE:
+            page = browser.home()
+        else:
+            category = shopper.pick_category()
+            target = shopper.pick(category)
+            if target is None:
+                break
+            page = browser.browse(category, target)
+            log.pages += 1  # the category's page on the way
+        log.pages += 1
+    if shopper.in_cart and shopper.registered:
+        lines = [shopper.products[index] for index in shopper.in_cart]
+        unwanted = [product for product in lines if not shopper.keeps(product)]
+        for product in unwanted:
+            browser.remove_from_cart(product)
+            del shopper.in_cart[product.index]
+            log.removed.append(product)
+            log.pages += 1
+        if shopper.in_cart:
+            log.bought = list(browser.checkout())
+            log.pages += 2  # the checkout page and the order's
+            shopper.owned.update(product.index for product in log.bought)
+            shopper.in_cart.clear()
+    return log
 
 
 # -- writing ---------------------------------------------------------------------
