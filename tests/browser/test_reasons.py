@@ -1,11 +1,10 @@
 """The home carousel says why: "Because you viewed <one of my products>", in a real browser.
 
-With ``RECOMMENDER_SCREENSHOTS=docs/img`` set, the carousel's picture is also written there
-(``docs/img/carousel-reasons.png``, shown in docs/template-tags.md); otherwise only under
+With ``RECOMMENDER_SCREENSHOTS=docs/screenshots`` set, the carousel's picture is also written there
+(``docs/screenshots/carousel-reasons.png``, shown in docs/template-tags.md); otherwise only under
 ``test-artifacts/screenshots/``.
 """
 
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from recommender import serving
 from recommender.models import Event
 from shop_demo.catalog.models import Product
 
-from .conftest import SCREENSHOTS, wait_until
+from .conftest import DOCS_SCREENSHOTS, SCREENSHOTS, wait_until
 from .shop_data import build_shop, department_history, train_first_version
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -70,8 +69,9 @@ def test_the_home_carousel_names_the_shoppers_own_products(page):
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     section.screenshot(path=str(SCREENSHOTS / "carousel-reasons.png"))
-    wanted = os.environ.get("RECOMMENDER_SCREENSHOTS")
-    if wanted:
-        folder = Path(settings.BASE_DIR) / wanted
+    if DOCS_SCREENSHOTS:
+        folder = Path(DOCS_SCREENSHOTS)
+        if not folder.is_absolute():
+            folder = Path(settings.BASE_DIR) / folder
         folder.mkdir(parents=True, exist_ok=True)
         section.screenshot(path=str(folder / "carousel-reasons.png"))
