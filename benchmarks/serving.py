@@ -36,7 +36,8 @@ For each catalogue size (the demo store's ~3,000 products, 54,542 items like Ama
    - ``miss_arm`` (at ``--experiment-sizes``, default 54,542 items): the cache miss again,
      with an experiment running in its placement (``search``: no rules of its own, like
      no placement) between two version arms at 50/50, the active version and a second one
-     of the same shape, so each worker holds both; the benchmark shoppers were assigned
+     with the same weights and index in an artifact of its own, so each worker holds
+     both and the row measures the experiment's own cost; the benchmark shoppers were assigned
      their arms in set-up (a shopper's first exposure stores one row, once per experiment);
 
    with every ``miss``/``hit``/``similar``/``page``/``miss_arm`` verified by the number of
@@ -318,11 +319,14 @@ def prepare_data(args, size, bar):
     if size in args.experiment_size_list:
         bar.set_description(f"{size}: a second version and an experiment between the two")
         t0 = time.monotonic()
+        # The same seed: the same weights and the same tuned index in a version of its own
+        # (its own artifact, loaded beside the active one), so the row measures what running
+        # an experiment costs, not a second model that happens to search more lists.
         second = serving_data.install_model(
-            item_pks, cluster_of_item, category_of_cluster, args.seed + 1, activate=False
+            item_pks, cluster_of_item, category_of_cluster, args.seed, activate=False, copy="-arm"
         )
         serving_data.store_index_as_promotion_does(
-            second, item_pks, cluster_of_item, args.seed + 1, args.events_per_shopper
+            second, item_pks, cluster_of_item, args.seed, args.events_per_shopper
         )
         experiment = start_experiment(version, second)
         timings["experiment_s"] = round(time.monotonic() - t0, 1)

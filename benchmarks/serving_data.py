@@ -260,13 +260,21 @@ def cache_sessions(shoppers):
 
 
 def install_model(
-    item_pks, cluster_of_item, category_of_cluster, seed, dim=64, max_len=50, activate=True
+    item_pks,
+    cluster_of_item,
+    category_of_cluster,
+    seed,
+    dim=64,
+    max_len=50,
+    activate=True,
+    copy="",
 ):
     """A ModelVersion (active unless ``activate`` is false) whose artifact has the production
     shape and clustered items.
 
     The artifact is written to the artifact storage once per catalogue (its name carries a
-    hash of the item ids and geometry) and reused by later runs.
+    hash of the item ids and geometry) and reused by later runs. ``copy`` names a second
+    artifact of the same weights: a version of its own that a process loads separately.
     """
     from django.core.files.storage import storages
 
@@ -277,7 +285,7 @@ def install_model(
     tag = hashlib.sha256(
         f"{GEOMETRY_VERSION}:{seed}:{dim}:{max_len}:{len(item_pks)}:{item_pks[:100]}:{item_pks[-100:]}".encode()
     ).hexdigest()[:12]
-    name = f"{recommender_settings.ARTIFACT_PATH}/serving-bench-{len(item_pks)}-{tag}.pt"
+    name = f"{recommender_settings.ARTIFACT_PATH}/serving-bench-{len(item_pks)}-{tag}{copy}.pt"
     storage = storages[recommender_settings.ARTIFACT_STORAGE]
     if not storage.exists(name):
         kinds = data.kind_vocabulary(data.KNOWN_KINDS)
