@@ -40,6 +40,7 @@ def start_experiment(version):
         name="Item-kNN against the popular items",
         placements=PLACEMENTS,
         primary_metric="clicks_per_shopper",
+        salt=f"live-experiment-{SEED}",  # the signed-in shoppers' arms, the same every run
     )
     Arm.objects.create(experiment=experiment, name="A", ranker=Arm.Ranker.POPULARITY, share=50)
     Arm.objects.create(
@@ -145,8 +146,15 @@ def test_item_knn_beats_the_popular_items_on_simulated_live_traffic(transactiona
     ((_, decision),) = result.decisions
     assert decision.state == "winner" and decision.comparison.low > 0
     assert result.verdict[0].startswith("B beats A on clicks per shopper, +"), result.verdict
-    # What B's clicks led to: add-to-carts and purchases of the clicked items, in both arms.
+    # What the clicks led to: add-to-carts and purchases of the clicked items, in both arms.
     assert min(control.carts, treatment.carts, control.purchases, treatment.purchases) > 0
+    # Where a metric waits for its minimum sample (purchases per shopper: popular items sell
+    # to fewer than 30 shoppers here), the shoppers it says it needs are more than it has.
+    for key in experiment_results.METRICS:
+        estimates = [arm.estimates[key] for arm in result.arms]
+        if not sequential.has_minimum_sample(estimates):
+            needed = sequential.needed_units(estimates)
+            assert needed is None or needed > min(e.units for e in estimates), (key, estimates)
 
     # The admin's experiment page says the same.
     client.force_login(get_user_model().objects.create_superuser("boss", "b@example.com", "pw"))
