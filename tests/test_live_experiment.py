@@ -9,9 +9,11 @@ The results are read with ``experiment_results``, the admin page's own code.
 Primary metric: clicks per shopper. The shopper is the unit that is randomised, so each
 shopper's clicks are one independent value, and it needs only clicks (the most frequent
 response): the minimum sample, 100 shoppers and 30 clicking shoppers per arm, is what
-holds the verdict back here, not the evidence. The click-through rate would be no faster
-(the same minimum in impressions) and rests on lists, which the popular arm shares among
-all its shoppers (a handful of rows in a run this short).
+holds the verdict back here, not the evidence. The click-through rate would declare
+sooner (its minimum, 100 impressions, is a dozen shoppers' worth), but its variance takes
+each list as one independent cluster, and the popular arm's lists are shared: four rows
+(one per placement) for all its shoppers in a run this short, too few to estimate a
+variance from.
 """
 
 import math
