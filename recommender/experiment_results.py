@@ -547,8 +547,13 @@ def verdict(result):
         have = min(control.estimates[metric.key].units, treatment.estimates[metric.key].units)
         if decision.state == "waiting":
             if decision.needed is None:
+                without = " or ".join(
+                    arm.arm.name
+                    for arm in (control, treatment)
+                    if arm.estimates[metric.key].successes <= 0
+                )
                 sentences.append(
-                    f"No winner{yet}: no {metric.success} in {a} or {b}{yet}; the test needs "
+                    f"No winner{yet}: no {metric.success} in {without}{yet}; the test needs "
                     f"{sequential.MIN_SUCCESSES} per arm, and at least {sequential.MIN_UNITS} "
                     f"{metric.unit} per arm, before it declares anything."
                 )

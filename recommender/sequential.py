@@ -176,17 +176,18 @@ def compare(control, treatment, alpha, tau=MIXTURE_SD):
 
 
 def needed_units(estimates, min_units=MIN_UNITS, min_successes=MIN_SUCCESSES):
-    """Units per arm the minimum sample asks for, or None while nothing converts yet.
+    """Units per arm the minimum sample asks for, or None while an arm has no success yet.
 
     Every arm needs ``min_units`` units and ``min_successes`` of them with a non-zero
-    value; the second is turned into units at the success rate pooled over the arms
-    (pooled, so that the number does not favour the arm that happens to lead).
+    value; the second is turned into units at each arm's own success rate so far, and the
+    arm that needs most sets the number. (A rate pooled over the arms would understate it
+    whenever the arms differ: the weaker arm, short of successes, would already have the
+    units the pooled rate asks for, and the page would read "400 of the 240 needed".)
+    With no success in an arm its rate is unknown, and so is the number.
     """
-    units = sum(e.units for e in estimates)
-    successes = sum(e.successes for e in estimates)
-    if successes == 0:
+    if not estimates or any(e.successes <= 0 for e in estimates):
         return None
-    return max(min_units, math.ceil(min_successes * units / successes))
+    return max(min_units, *(math.ceil(min_successes * e.units / e.successes) for e in estimates))
 
 
 def has_minimum_sample(estimates, min_units=MIN_UNITS, min_successes=MIN_SUCCESSES):

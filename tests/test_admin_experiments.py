@@ -263,8 +263,9 @@ def test_names_are_escaped_everywhere_they_are_shown(runner, catalog):
         arms=[("<b>A</b>", version, 50), ("<i>B</i>", None, 50)],
         started_at=timezone.now() - timedelta(days=3),
     )
-    populate(arm(experiment, "<b>A</b>"), catalog[:6], shoppers=50, clickers=10, buyers=3,
-             start=experiment.started_at, days=2)  # fmt: skip
+    for name, buyers in (("<b>A</b>", 3), ("<i>B</i>", 2)):  # the verdict names both arms
+        populate(arm(experiment, name), catalog[:6], shoppers=50, clickers=10, buyers=buyers,
+                 start=experiment.started_at, days=2)  # fmt: skip
     for page in (url(experiment), "/admin/recommender/experiment/",
                  url(experiment, f"promote/{arm(experiment, '<i>B</i>').pk}")):  # fmt: skip
         html = runner.get(page).content.decode()

@@ -200,9 +200,9 @@ def decided_experiment(catalog, now, rates, shoppers=1000, **fields):
 def test_the_verdict_waits_for_the_minimum_sample_and_says_how_far_it_is(catalog, now):
     experiment = decided_experiment(catalog, now, [("A", 40, 8), ("B", 40, 20)], shoppers=200)
     result = experiment_results.results(experiment, now)
-    # 30 purchasing shoppers per arm at the pooled 28 in 400: 429 shoppers per arm.
+    # 30 purchasing shoppers in A at its 8 in 200: 750 shoppers per arm.
     assert result.verdict == [
-        "No winner yet: 200 of the 429 shoppers per arm needed before the test declares "
+        "No winner yet: 200 of the 750 shoppers per arm needed before the test declares "
         "anything (A against B on purchases per shopper)."
     ]
     assert result.winner is None
@@ -212,6 +212,12 @@ def test_no_conversions_yet_says_what_is_missing(catalog, now):
     experiment = decided_experiment(catalog, now, [("A", 10, 0), ("B", 10, 0)], shoppers=50)
     [sentence] = experiment_results.results(experiment, now).verdict
     assert sentence.startswith("No winner yet: no shoppers who purchased in A or B yet;")
+
+
+def test_an_arm_without_conversions_is_named(catalog, now):
+    experiment = decided_experiment(catalog, now, [("A", 10, 0), ("B", 10, 4)], shoppers=50)
+    [sentence] = experiment_results.results(experiment, now).verdict
+    assert sentence.startswith("No winner yet: no shoppers who purchased in A yet;")
 
 
 def test_equal_arms_give_no_winner_and_the_range_they_are_within(catalog, now):

@@ -25,29 +25,18 @@ from shop_demo.catalog import live_shoppers
 from shop_demo.catalog.models import Order, Product
 from shop_demo.catalog.simulation import build_catalogue
 
-from .faults.processes import Gunicorn, _test_env
+from .faults.processes import _test_env
+from .live_demo import seed_small_demo, served
 from .serving_fixtures import install_version
-
-DEMO = {"products": 240, "shoppers": 150, "days": 30, "seed": 42}
-
-
-def seed_small_demo():
-    call_command("seed_demo", stdout=io.StringIO(), verbosity=0, **DEMO)
 
 
 @pytest.fixture
 def served_demo(transactional_db):
-    """A small seeded demo with an active model version, served by gunicorn.
-
-    One process with threads: the test server's cache is per process (sessions are
-    cached there), as a store's shared Redis would not be.
-    """
+    """A small seeded demo with an active model version, served by gunicorn."""
     seed_small_demo()
     install_version(list(Product.objects.order_by("pk")), seed=5)
-    server = Gunicorn(workers=1, args=["--worker-class", "gthread", "--threads", "4"])
-    server.wait_ready()
-    yield server
-    server.stop()
+    with served() as server:
+        yield server
 
 
 @pytest.mark.postgres

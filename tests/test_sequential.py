@@ -73,15 +73,33 @@ def test_nothing_is_declared_before_the_minimum_sample():
     b = sequential.mean_estimate(400, 80, 80, 80)
     decision = sequential.decide(a, b, ALPHA)
     assert decision.state == "waiting" and decision.comparison.significant
-    # 30 successes per arm at the pooled rate of 100 in 800: 240 shoppers per arm.
-    assert decision.needed == 240
+    # 30 successes in the control at its rate of 20 in 400: 600 shoppers per arm.
+    assert decision.needed == 600
     assert sequential.decide(a, b, ALPHA, min_successes=20).state == "winner"
 
 
-def test_the_minimum_sample_is_unknown_while_nothing_converts():
+def test_the_minimum_sample_is_unknown_while_an_arm_has_no_success():
     nothing = sequential.mean_estimate(500, 0, 0, 0)
+    some = sequential.mean_estimate(500, 200, 200, 200)
     assert sequential.needed_units([nothing, nothing]) is None
+    assert sequential.needed_units([some, nothing]) is None
     assert sequential.decide(nothing, nothing, ALPHA).state == "waiting"
+
+
+def test_the_minimum_sample_is_never_less_than_an_arm_short_of_successes_has():
+    """Arms converting at very different rates: the weaker arm sets the number.
+
+    Seen on the demo's live traffic: popular items got 19 buying shoppers of 166, the model
+    95 of 201. At the rate pooled over both arms the test would have "needed" 100 shoppers
+    per arm while waiting with 166.
+    """
+    weak = sequential.mean_estimate(166, 21, 25, 19)
+    strong = sequential.mean_estimate(201, 156, 200, 95)
+    decision = sequential.decide(weak, strong, ALPHA)
+    assert decision.state == "waiting"
+    assert decision.needed == math.ceil(30 * 166 / 19) == 263
+    assert decision.needed > min(weak.units, strong.units)
+    assert sequential.needed_units([strong, strong]) == 100  # MIN_UNITS binds
 
 
 def test_units_to_detect_is_where_the_interval_shrinks_to_the_lift():
