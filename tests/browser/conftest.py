@@ -149,3 +149,15 @@ def save_docs_screenshot(page, name, until=None):
         clip = {"x": 0, "y": 0, "width": width, "height": box["y"] + box["height"] + 16}
     page.screenshot(path=str(path), full_page=True, clip=clip)
     return path
+
+
+def sign_in_to_admin(page, username="operator", password="correct horse battery staple"):
+    """A superuser named ``username`` signed in to the admin in ``page`` (made here)."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser(username, f"{username}@example.com", password)
+    page.goto("/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    with page.expect_navigation():
+        page.click("input[type=submit]")

@@ -7,17 +7,14 @@ screenshot of the page (``admin-experiment.png``).
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from recommender.models import ModelVersion
 
 from ..experiment_data import arm, make_experiment, populate, ready_version
-from .conftest import check_and_capture, save_docs_screenshot
+from .conftest import check_and_capture, save_docs_screenshot, sign_in_to_admin
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-PASSWORD = "correct horse battery staple"
 
 
 def test_read_an_experiment_and_promote_its_winner(page, catalog):
@@ -34,13 +31,7 @@ def test_read_an_experiment_and_promote_its_winner(page, catalog):
     items = catalog[:6]
     populate(arm(experiment, "A"), items, shoppers=1400, clickers=420, buyers=56, start=start, days=13.8)  # fmt: skip
     populate(arm(experiment, "B"), items, shoppers=1400, clickers=500, buyers=120, start=start, days=13.8, seed=1)  # fmt: skip
-    get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
-
-    page.goto("/admin/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    with page.expect_navigation():
-        page.click("input[type=submit]")
+    sign_in_to_admin(page)
     page.goto(f"/admin/recommender/experiment/{experiment.pk}/change/")
 
     verdict = page.locator("#experiment-verdict .rec-verdict").inner_text()

@@ -10,14 +10,13 @@ import time
 import pytest
 import redis
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection
 from django.test import override_settings
 
 from benchmarks.harness import celery_worker_command
 from recommender.models import ModelVersion
 
-from .conftest import check_and_capture
+from .conftest import check_and_capture, sign_in_to_admin
 from .shop_data import BROWSER_TRAINING, build_shop, department_history, train_first_version
 
 pytestmark = [
@@ -29,7 +28,6 @@ pytestmark = [
 ]
 
 CHANGELIST = "/admin/recommender/modelversion/"
-PASSWORD = "correct horse battery staple"
 
 # Records what the progress panel shows each time it changes, from the page's first paint.
 WATCH_PROGRESS = """
@@ -94,13 +92,7 @@ def test_staff_retrain_watch_the_progress_and_read_the_new_version(page, trainin
     build_shop()
     department_history()
     first = train_first_version()
-    get_user_model().objects.create_superuser("operator", "operator@example.com", PASSWORD)
-
-    page.goto("/admin/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    with page.expect_navigation():
-        page.click("input[type=submit]")
+    sign_in_to_admin(page)
     page.click(f"a[href='{CHANGELIST}']")
     assert (
         page.locator("#recommender-active-version")
