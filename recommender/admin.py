@@ -714,7 +714,10 @@ class ArmInline(admin.TabularInline):
             kwargs["queryset"] = ModelVersion.objects.filter(
                 status=ModelVersion.Status.READY
             ).exclude(artifact="")
-            kwargs["help_text"] = "Ready versions with a model file; empty for the popular items."
+            kwargs["help_text"] = (
+                "Ready versions with a model file; empty for the popular items. An item-kNN "
+                "arm serves this version's item-kNN lists alone (start checks it has them)."
+            )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_extra(self, request, obj=None, **kwargs):
@@ -947,7 +950,8 @@ class ExperimentAdmin(admin.ModelAdmin):
             "active_version": ModelVersion.objects.active(),
             "result": result,
             "is_winner": winner is not None and winner.arm.pk == arm.pk,
-            "problem": _promotion_problem(experiment),
+            "problem": _promotion_problem(experiment)
+            or experiment_lifecycle.arm_promotion_problem(arm),
             "change_url": change_url,
         }
         return TemplateResponse(
@@ -962,6 +966,8 @@ def _experiment_url(experiment):
 def _arm_label(arm):
     if arm.ranker == Arm.Ranker.POPULARITY:
         return f"{arm.name}: popular items"
+    if arm.ranker == Arm.Ranker.ITEMKNN:
+        return f"{arm.name}: item-kNN of v{arm.version_id}"
     return f"{arm.name}: v{arm.version_id} {arm.version.model_name}".rstrip()
 
 

@@ -79,6 +79,15 @@ def read_predictor(name, sha256="", **options):
     return Predictor.from_artifact(io.BytesIO(read_verified(name, sha256)), **options)
 
 
+def read_header(name):
+    """What the stored artifact ``name`` holds: model name, configuration, tensor shapes
+    (``ml.artifact.read_header``: no tensor data is loaded; imports torch)."""
+    from .ml import artifact
+
+    with artifact_storage().open(name, "rb") as stored:
+        return artifact.read_header(stored)
+
+
 def save_index(name, index):
     """Store the approximate index built at training time beside the artifact ``name``."""
     buffer = io.BytesIO()

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from . import artifacts
 from .experiment_results import METRICS
 from .models import Arm, Experiment, ModelVersion
 from .serving import accepted_placements
@@ -81,7 +82,7 @@ def _arm_problems(experiment):
         problems.append(
             f"An experiment needs at least two arms; {experiment.name!r} has {len(arms)}."
         )
-    seen_versions, popularity = set(), 0
+    seen, popularity = set(), 0
     for arm in arms:
         if arm.ranker == Arm.Ranker.POPULARITY:
             popularity += 1
@@ -94,14 +95,51 @@ def _arm_problems(experiment):
             )
         elif not version.artifact:
             problems.append(f"Arm {arm.name}: v{version.pk} has no model artifact to serve.")
-        if version.pk in seen_versions:
+        elif arm.ranker == Arm.Ranker.ITEMKNN:
+            problems += _item_knn_problems(arm)
+        # A version arm and an item-kNN arm on one version differ: the model against its kNN.
+        if (version.pk, arm.ranker) in seen:
+            what = "item-kNN of " if arm.ranker == Arm.Ranker.ITEMKNN else ""
             problems.append(
-                f"Arm {arm.name}: v{version.pk} is already another arm; arms must differ."
+                f"Arm {arm.name}: {what}v{version.pk} is already another arm; arms must differ."
             )
-        seen_versions.add(version.pk)
+        seen.add((version.pk, arm.ranker))
     if popularity > 1:
         problems.append("Only one arm can serve the popular items; arms must differ.")
     return problems
+
+
+def _item_knn_problems(arm):
+    """Why ``arm`` cannot serve its version's item-kNN lists: none in its artifact, or no
+    artifact to read. The artifact's own header says (its tensors' shapes, no data
+    loaded): what training recorded elsewhere may predate the lists or omit them."""
+    from .ml.artifact import ArtifactError
+    from .ml.hybrid import knn_list_length
+
+    version = arm.version
+    try:
+        header = artifacts.read_header(version.artifact)
+    except (ArtifactError, OSError) as exc:
+        return [f"Arm {arm.name}: v{version.pk}'s model artifact cannot be read ({exc})."]
+    if knn_list_length(header["shapes"]):
+        return []
+    return [
+        f"Arm {arm.name}: v{version.pk} ({header['model_name']}) has no item-kNN lists to "
+        "serve: validation gave item-kNN no part in its ranking or similar items. Choose "
+        "a version whose page shows item-kNN in its blend, or one that serves item-kNN."
+    ]
+
+
+def arm_promotion_problem(arm):
+    """Why ``arm`` itself cannot serve everyone ("" if it can): an item-kNN arm on a hybrid
+    serves lists that are no version of their own, so there is nothing to activate."""
+    if arm.ranker == Arm.Ranker.ITEMKNN and arm.version.model_name != "itemknn":
+        return (
+            f"it serves the item-kNN lists inside v{arm.version_id}, which no version serves "
+            'alone. Train one with MODEL "itemknn" (recommender_train --model itemknn) and '
+            "activate it from its page."
+        )
+    return ""
 
 
 def stop(experiment, decision=""):
@@ -128,7 +166,9 @@ def stop(experiment, decision=""):
 def promote(experiment, arm, decision=""):
     """Make ``arm`` what serves everyone, and stop the experiment: one action, one transaction.
 
-    A version arm's version becomes the active one (``ModelVersion.activate``). The popular
+    A version arm's version becomes the active one (``ModelVersion.activate``), and so does
+    an item-kNN arm's when that version serves item-kNN itself (the same lists, the same
+    score); the kNN lists inside a hybrid are no version of their own and cannot. The popular
     items' arm wins by switching every version off: with no active version every shopper
     gets the popular items, until a version is activated again (from its page, or by the
     next training run, which is promoted when none is active). An experiment promotes once.
@@ -143,7 +183,10 @@ def promote(experiment, arm, decision=""):
             raise ValidationError(
                 f"{current.name!r} has already promoted arm {current.promoted_arm}."
             )
-        if arm.ranker == Arm.Ranker.VERSION:
+        problem = arm_promotion_problem(arm)
+        if problem:
+            raise ValidationError(f"Arm {arm.name} cannot be promoted: {problem}")
+        if arm.ranker in (Arm.Ranker.VERSION, Arm.Ranker.ITEMKNN):
             try:
                 arm.version.activate()
             except ValueError as exc:

@@ -48,6 +48,17 @@ class RunningArm:
     def serves_popular_items(self):
         return self.ranker == Arm.Ranker.POPULARITY
 
+    @property
+    def serves_item_knn(self):
+        return self.ranker == Arm.Ranker.ITEMKNN
+
+    @property
+    def model_key(self):
+        """What a process holds for this arm: (version id, ranker); None for popular items.
+
+        A version arm and an item-kNN arm on the same version are two models."""
+        return None if self.serves_popular_items else (self.version_id, self.ranker)
+
 
 @dataclass(frozen=True)
 class RunningExperiment:
@@ -77,13 +88,13 @@ class Running:
         return None
 
     @property
-    def version_ids(self):
-        """The versions the running arms serve (what each process must hold)."""
+    def model_keys(self):
+        """The (version id, ranker) of every running arm's model (what each process must hold)."""
         return frozenset(
-            arm.version_id
+            arm.model_key
             for experiment in self.experiments
             for arm in experiment.arms
-            if arm.version_id is not None
+            if arm.model_key is not None
         )
 
 

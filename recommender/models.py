@@ -456,10 +456,12 @@ class Experiment(models.Model):
 
 
 class Arm(models.Model):
-    """One side of an experiment: a trained model version, or the popular items."""
+    """One side of an experiment: a trained model version, its item-kNN, or the popular items."""
 
     class Ranker(models.TextChoices):
         VERSION = "version", "a trained model version"
+        # The version's own item-kNN lists alone: "the model against its item-kNN".
+        ITEMKNN = "itemknn", "item-kNN of a model version"
         POPULARITY = "popularity", "popular items"
 
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="arms")
@@ -478,7 +480,7 @@ class Arm(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["experiment", "name"], name="rec_arm_name"),
             models.CheckConstraint(
-                condition=Q(ranker="version", version__isnull=False)
+                condition=Q(ranker__in=["version", "itemknn"], version__isnull=False)
                 | Q(ranker="popularity", version__isnull=True),
                 name="rec_arm_version_iff_ranker",
             ),
@@ -487,12 +489,19 @@ class Arm(models.Model):
 
     def __str__(self):
         what = f"v{self.version_id}" if self.version_id else "popular items"
+        if self.ranker == self.Ranker.ITEMKNN:
+            what = f"item-kNN of {what}"
         return f"{self.name}: {what}"
 
     def clean(self):
-        """A version arm names its version, a popularity arm none; arms of a started one are fixed."""
+        """A version or item-kNN arm names its version, a popularity arm none; arms of a
+        started one are fixed."""
         if self.ranker == self.Ranker.VERSION and self.version_id is None:
             raise ValidationError({"version": "Choose the model version this arm serves."})
+        if self.ranker == self.Ranker.ITEMKNN and self.version_id is None:
+            raise ValidationError(
+                {"version": "Choose the model version whose item-kNN lists this arm serves."}
+            )
         if self.ranker == self.Ranker.POPULARITY and self.version_id is not None:
             raise ValidationError(
                 {"version": "The popular items' arm serves no model version: leave it empty."}

@@ -12,8 +12,9 @@ the shopper records a new event. Popular and trending items are the answer for s
 with no history and while no model is active.
 
 Where an experiment runs (``recommender.experiments``), each shopper's lists in its
-placements come from their arm: the arm's model version (every process holds the running
-arms' versions beside the active one, in ``arm_models``) or the popular items. The arm
+placements come from their arm: the arm's model version, that version's item-kNN lists
+alone (every process holds the running arms' models beside the active one, in
+``arm_models``) or the popular items. The arm
 travels with the list: its cache keys, its Recommendation row and ``RecommendationList.arm_id``.
 """
 
@@ -36,7 +37,7 @@ from django.utils import timezone
 from . import artifacts, cachekeys, experiments, itemkeys
 from .artifacts import ArtifactRefused
 from .conf import event_kind_weights, get_item_model, recommender_settings
-from .models import Event, ModelVersion, Recommendation, shopper_q
+from .models import Arm, Event, ModelVersion, Recommendation, shopper_q
 from .pseudonyms import list_owner
 
 logger = logging.getLogger(__name__)
@@ -294,71 +295,109 @@ active_model = _ActiveModel()
 
 
 class _ArmModels:
-    """Per process: the versions running experiments' arms serve, besides the active one.
+    """Per process: the models running experiments' arms serve, besides the active one.
 
-    An arm's version is loaded on its first request in this process (or by ``warm_up``)
-    and dropped once no running experiment has an arm on it; an arm on the active version
-    shares the active model. A version that fails to load is refused once per process,
-    logged and recorded on the version; that arm's shoppers are then served by the active
-    version (their lists still carry the arm, beside the version that made them).
+    Held by (version id, ranker): a version arm's model is its version as it would serve
+    when active; an item-kNN arm's is that version's kNN lists alone (``item_knn_model``),
+    so "the model against its item-kNN" holds one artifact's tensors once. A model is
+    loaded on its arm's first request in this process (or by ``warm_up``) and dropped once
+    no running experiment has an arm on it; a version arm on the active version shares the
+    active model. One that fails to load is refused once per process, logged (and a
+    broken artifact recorded on the version); that arm's shoppers are then served by the
+    active version (their lists still carry the arm, beside the version that made them).
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.loaded = {}  # version id -> LoadedModel
+        self.loaded = {}  # (version id, ranker) -> LoadedModel
         self.refused = set()
-        self.following = None  # the experiments snapshot the held versions were chosen by
+        self.following = None  # the experiments snapshot the held models were chosen by
 
     def follow(self, running):
-        """Hold only the versions the running experiments (``running``) serve."""
+        """Hold only the models the running experiments (``running``) serve."""
         with self._lock:
             if running is self.following:
                 return
-            wanted = running.version_ids
-            dropped = sorted(pk for pk in self.loaded if pk not in wanted)
-            for pk in dropped:
-                del self.loaded[pk]
+            wanted = running.model_keys
+            dropped = sorted(key for key in self.loaded if key not in wanted)
+            for key in dropped:
+                del self.loaded[key]
             self.refused &= wanted
             self.following = running
         if dropped:
             logger.info(
-                "No experiment serves v%s any more: dropped.", ", v".join(map(str, dropped))
+                "No experiment serves %s any more: dropped.",
+                ", ".join(f"v{pk} ({ranker})" for pk, ranker in dropped),
             )
 
     def model_for(self, arm, active):
-        """The LoadedModel serving ``arm`` (a version arm); the active one if it cannot load."""
-        if active is not None and active.version_id == arm.version_id:
-            self.loaded.pop(arm.version_id, None)  # promoted meanwhile: one copy is enough
+        """The LoadedModel serving ``arm`` (a version or item-kNN arm); the active one if
+        it cannot load."""
+        key = arm.model_key
+        if not arm.serves_item_knn and active is not None and active.version_id == arm.version_id:
+            self.loaded.pop(key, None)  # promoted meanwhile: one copy is enough
             return active
-        model = self.loaded.get(arm.version_id)
-        if model is not None or arm.version_id in self.refused:
+        model = self.loaded.get(key)
+        if model is not None or key in self.refused:
             return model or active
         with self._lock:
-            model = self.loaded.get(arm.version_id)
-            if model is None and arm.version_id not in self.refused:
+            model = self.loaded.get(key)
+            if model is None and key not in self.refused:
                 model = self._load(arm, active)
         return model or active
 
+    def _version(self, arm, active):
+        """The arm's version as it serves (loaded, or shared with what holds it already)."""
+        if active is not None and active.version_id == arm.version_id:
+            return active
+        version_key = (arm.version_id, Arm.Ranker.VERSION)
+        held = self.loaded.get(version_key)
+        if held is None:
+            held = load_version(arm.version_id, arm.artifact, sha256=arm.artifact_sha256)
+            if arm.serves_item_knn and self.following and version_key in self.following.model_keys:
+                self.loaded[version_key] = held  # its version arm shares this load
+        return held
+
+    def _wanted(self, key):
+        return self.following is None or key in self.following.model_keys
+
     def _load(self, arm, active):
+        key = arm.model_key
+        serving = f"v{active.version_id}, the active version," if active else "popular items"
+        consequence = f"arm {arm.name!r} is served by {serving} in this process."
         try:
-            model = load_version(arm.version_id, arm.artifact, sha256=arm.artifact_sha256)
+            model = self._version(arm, active)
         except Exception as exc:
-            serving = f"v{active.version_id}, the active version," if active else "popular items"
-            _record_refusal(
-                arm.version_id, exc, f"arm {arm.name!r} is served by {serving} in this process."
-            )
-            self.refused.add(arm.version_id)
+            _record_refusal(arm.version_id, exc, consequence)
+            self.refused.add(key)
             return None
-        if self.following is None or arm.version_id in self.following.version_ids:
-            self.loaded[arm.version_id] = model
+        if arm.serves_item_knn:
+            try:
+                model = item_knn_model(model)
+            except ValueError as exc:  # the version is fine; this arm cannot be served from it
+                logger.error("Arm %r: v%s %s; %s", arm.name, arm.version_id, exc, consequence)
+                self.refused.add(key)
+                return None
+        if self._wanted(key):
+            self.loaded[key] = model
         gc.collect()
         gc.freeze()
-        logger.info("Serving model version v%s for experiment arm %r", arm.version_id, arm.name)
+        logger.info("Serving v%s (%s) for experiment arm %r", arm.version_id, key[1], arm.name)
         return model
 
     def reset(self):
         with self._lock:
             self.loaded, self.refused, self.following = {}, set(), None
+
+
+def item_knn_model(loaded):
+    """A LoadedModel serving only the item-kNN inside ``loaded`` (``hybrid.item_knn_of``):
+    the kNN score training measured for item-kNN, and its lists as similar items. Shares
+    the version's tensors and vocabulary; raises ValueError if it has no kNN lists."""
+    from .ml.hybrid import item_knn_of
+
+    knn = item_knn_of(loaded.predictor.model)
+    return LoadedModel(loaded.version_id, loaded.predictor.over(knn), loaded.categories)
 
 
 arm_models = _ArmModels()
@@ -377,7 +416,8 @@ def _experiment_in(placement):
 
 
 def _model_of(arm, active):
-    """The model that serves ``arm`` (None: a popularity arm); outside experiments, ``active``."""
+    """The model that serves ``arm`` (None: a popularity arm; a version or item-kNN arm's
+    from ``arm_models``); outside experiments, ``active``."""
     if arm is None:
         return active
     if arm.serves_popular_items:
@@ -1078,6 +1118,6 @@ def warm_up():
     arm_models.follow(running)
     for experiment in running.experiments:
         for arm in experiment.arms:
-            if not arm.serves_popular_items:
+            if arm.model_key is not None:
                 arm_models.model_for(arm, model)
     return model.version_id if model is not None else None

@@ -271,3 +271,57 @@ def test_names_are_escaped_everywhere_they_are_shown(runner, catalog):
         html = runner.get(page).content.decode()
         assert "<script>alert" not in html and "<b>A</b>" not in html and "<i>B</i>" not in html
         assert "&lt;b&gt;A&lt;/b&gt;" in html
+
+
+def test_the_arm_inline_offers_item_knn_of_a_version(runner):
+    version = ready_version()
+    form = runner.get("/admin/recommender/experiment/add/")
+    ranker = form.context["inline_admin_formsets"][0].formset.forms[0].fields["ranker"]
+    assert ("itemknn", "item-kNN of a model version") in list(ranker.choices)
+    fields = {
+        "name": "The model against its item-kNN",
+        "placements": ["home"],
+        "primary_metric": "purchases_per_shopper",
+        "attribution_hours": "24",
+        "confidence": "0.95",
+        "arms-TOTAL_FORMS": "2",
+        "arms-INITIAL_FORMS": "0",
+        "arms-MIN_NUM_FORMS": "2",
+        "arms-MAX_NUM_FORMS": "1000",
+        "arms-0-name": "Model",
+        "arms-0-ranker": "version",
+        "arms-0-version": str(version.pk),
+        "arms-0-share": "50",
+        "arms-1-name": "kNN",
+        "arms-1-ranker": "itemknn",
+        "arms-1-version": "",
+        "arms-1-share": "50",
+    }
+    refused = runner.post("/admin/recommender/experiment/add/", fields)
+    assert refused.status_code == 200
+    assert "Choose the model version whose item-kNN lists this arm serves." in (
+        refused.content.decode()
+    )
+    response = runner.post(
+        "/admin/recommender/experiment/add/", {**fields, "arms-1-version": str(version.pk)}
+    )
+    assert response.status_code == 302
+    experiment = Experiment.objects.get(name="The model against its item-kNN")
+    assert [(a.ranker, a.version_id) for a in experiment.arms.all()] == [
+        ("version", version.pk),
+        ("itemknn", version.pk),
+    ]
+
+
+def test_an_item_knn_arm_inside_a_hybrid_cannot_be_promoted(runner):
+    version = ready_version()
+    experiment = make_experiment(arms=[("A", version, 50), ("Popular", None, 50)])
+    knn = Arm.objects.create(
+        experiment=experiment, name="kNN", ranker=Arm.Ranker.ITEMKNN, version=version
+    )
+    html = runner.get(url(experiment, f"promote/{knn.pk}")).content.decode()
+    assert 'id="experiment-promote-problem"' in html and "no version serves alone" in html
+    assert 'id="experiment-promote-form"' not in html
+    runner.post(url(experiment, f"promote/{knn.pk}"))
+    assert not ModelVersion.objects.filter(is_active=True).exists()
+    assert Experiment.objects.get(pk=experiment.pk).promoted_arm_id is None

@@ -238,7 +238,7 @@ def test_each_arm_is_served_by_its_own_version(shelf, versions):
     assert rows[a.recommendation_id].arm_id == a.arm_id
     assert rows[a.recommendation_id].version_id == first.pk
     assert rows[b.recommendation_id].arm_id == b.arm_id
-    assert set(serving.arm_models.loaded) == {first.pk, second.pk}
+    assert set(serving.arm_models.loaded) == {(first.pk, "version"), (second.pk, "version")}
 
     # Arm a's list is what its version serves when it is the active one.
     stop(experiment)

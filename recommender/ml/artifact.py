@@ -164,6 +164,37 @@ def load_artifact(fileobj) -> Artifact:
     return art
 
 
+def read_header(fileobj) -> dict:
+    """An artifact's model name, configuration and tensor shapes, without its tensors' data.
+
+    The tensors load onto the "meta" device (shapes, no bytes), so telling what a large
+    artifact holds costs its metadata only. Same safe loader and format checks as
+    ``load_artifact``; the checksum, which needs the data, is left to it.
+    Returns {"model_name", "model_config", "shapes": {name: shape tuple}}.
+    """
+    try:
+        raw = torch.load(fileobj, map_location="meta", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure mode means "not loadable"
+        raise ArtifactError(
+            f"not a readable model artifact: {type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0][:200]}"
+        ) from exc
+    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
+        raise ArtifactError("not a recommender.ml artifact (missing format marker)")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"unsupported artifact format version {raw.get('format_version')!r}")
+    try:
+        meta = json.loads(raw["metadata"])
+        shapes = {name: tuple(t.shape) for name, t in raw["state_dict"].items()}
+        return {
+            "model_name": meta["model_name"],
+            "model_config": dict(meta["model_config"]),
+            "shapes": shapes,
+        }
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"artifact metadata is malformed: {exc}") from exc
+
+
 def artifact_bytes(**kwargs) -> bytes:
     """``save_artifact`` into memory: convenient for Django storage backends."""
     buf = io.BytesIO()

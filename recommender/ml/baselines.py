@@ -128,7 +128,8 @@ class ItemKNN(nn.Module):
     def full_sort_predict(self, item_seq, kind_seq=None) -> torch.Tensor:
         item_seq = item_seq[:, -self.max_len :]  # [B, L]
         b = item_seq.shape[0]
-        idx = self.neighbours[item_seq].reshape(b, -1)  # [B, L*k]
+        # long(): a hybrid's lists served as item-kNN (``hybrid.item_knn_of``) are int32.
+        idx = self.neighbours[item_seq].reshape(b, -1).long()  # [B, L*k]
         val = self.similarity[item_seq].reshape(b, -1)  # [B, L*k]
         scores = torch.zeros(b, self.n_items + 1)
         scores.scatter_add_(1, idx, val)

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .baselines import ItemKNN
+
 # Blend weights tried on validation, net alone first: a tie keeps the simpler ranker.
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 # "Similar products": (embedding cosine weight, co-occurrence cosine weight), standardised.
@@ -242,6 +244,34 @@ class HybridRanker(nn.Module):
         top = torch.topk(scores, min(k, self.n_items))
         keep = torch.isfinite(top.values)
         return top.indices[keep], top.values[keep]
+
+
+# --------------------------------------------------------------------------- item-kNN alone
+
+
+def item_knn_of(model) -> ItemKNN:
+    """The item-kNN inside a served ``model``, scoring a history as the ItemKNN baseline
+    training measured: an ItemKNN itself, or a hybrid's kNN lists as one (the tensors are
+    shared, not copied; the window is the hybrid's). Raises ValueError for a model that
+    carries no kNN lists (a net served alone, popularity)."""
+    if isinstance(model, ItemKNN):
+        return model
+    if not isinstance(model, HybridRanker) or not model.k:
+        name = getattr(model, "name", type(model).__name__)
+        raise ValueError(
+            f"model {name!r} has no item-kNN lists: validation gave item-kNN no part in it"
+        )
+    knn = ItemKNN(model.n_items, model.n_kinds, k=0, max_len=model.max_len)
+    knn.k, knn.neighbours, knn.similarity = model.k, model.neighbours, model.similarity
+    return knn.eval()
+
+
+def knn_list_length(shapes: dict) -> int:
+    """How many neighbours per item a model's kNN lists hold, from its tensors' shapes
+    (``artifact.read_header``): 0 when it has none. Hybrids and ItemKNN alike keep them in
+    a ``neighbours`` buffer [N+1, k]."""
+    shape = shapes.get("neighbours") or ()
+    return int(shape[1]) if len(shape) == 2 else 0
 
 
 # --------------------------------------------------------------------------- choosing

@@ -9,6 +9,7 @@ concurrent reads (no state is mutated).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -54,6 +55,18 @@ class Predictor:
         art = source if isinstance(source, Artifact) else load_artifact(source)
         item_ids = art.item_ids if item_key is None else [item_key(i) for i in art.item_ids]
         return cls(art.build_model(), item_ids, art.kind_names, **kwargs)
+
+    def over(self, model: torch.nn.Module) -> Predictor:
+        """This predictor's vocabularies (shared, not copied) over another ``model`` of the
+        same items: an experiment's item-kNN arm serves a version's kNN lists alone."""
+        other = copy.copy(self)
+        other.model = model.eval()
+        other.max_len = int(getattr(model, "max_len", self.max_len))
+        other.item_vectors = None
+        if hasattr(model, "item_embeddings"):
+            with torch.no_grad():
+                other.item_vectors = model.item_embeddings().detach()
+        return other
 
     @property
     def n_items(self) -> int:
