@@ -585,9 +585,16 @@ def verdict(result):
 
 
 def short_verdict(experiment):
-    """One line for the experiment list: the verdict, or why there is none."""
+    """One line for the experiment list: a running one's verdict, else what was decided.
+
+    Only running experiments are measured here (at most one per placement): the list
+    would otherwise run every past experiment's queries on each load. A stopped one shows
+    the words stored when it stopped or promoted; its page still measures it in full.
+    """
     if experiment.status == Experiment.Status.DRAFT:
         return "Not started"
+    if experiment.status == Experiment.Status.STOPPED:
+        return experiment.decision or "Stopped"
     return " ".join(results(experiment).verdict)
 
 

@@ -192,10 +192,7 @@ class _ActiveModel:
             self.loaded = load_version(pk, artifact_name, sha256=sha256)
             # A refusal recorded earlier (say, while the file was damaged) no longer holds.
             ModelVersion.objects.filter(pk=pk, error__startswith=REFUSED).update(error="")
-            # The model's many long-lived objects would otherwise be re-scanned by every
-            # full garbage collection, pausing the requests it interrupts.
-            gc.collect()
-            gc.freeze()
+            _freeze_long_lived()
         except Exception as exc:
             serving = self.loaded.version_id if self.loaded else None
             _record_refusal(
@@ -234,6 +231,13 @@ class _ActiveModel:
                     candidate[0],
                 )
                 return
+
+
+def _freeze_long_lived():
+    """After a model loads: its many long-lived objects would otherwise be re-scanned by
+    every full garbage collection, pausing the requests it interrupts."""
+    gc.collect()
+    gc.freeze()
 
 
 def _record_refusal(pk, exc, consequence):
@@ -380,8 +384,7 @@ class _ArmModels:
                 return None
         if self._wanted(key):
             self.loaded[key] = model
-        gc.collect()
-        gc.freeze()
+        _freeze_long_lived()
         logger.info("Serving v%s (%s) for experiment arm %r", arm.version_id, key[1], arm.name)
         return model
 

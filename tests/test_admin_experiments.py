@@ -76,12 +76,18 @@ def test_the_page_shows_arms_side_by_side_charts_and_the_verdict(runner, decided
     assert 'name="_save"' not in html and 'name="arms-0-version"' not in html
 
 
-def test_the_list_shows_status_arms_and_verdict(runner, decided):
+def test_the_list_shows_status_arms_and_verdict(runner, decided, django_assert_max_num_queries):
     make_experiment(name="A draft", running=False)
-    page = runner.get("/admin/recommender/experiment/")
+    for n in range(5):  # past experiments show what was decided, without measuring them
+        past = make_experiment(name=f"Past {n}", running=False)
+        past.status, past.decision = "stopped", f"Promoted arm B of past {n}."
+        past.save()
+    with django_assert_max_num_queries(40):
+        page = runner.get("/admin/recommender/experiment/")
     html = page.content.decode()
     assert page.status_code == 200
     assert "B beats A on purchases per shopper" in html and "Not started" in html
+    assert "Promoted arm B of past 4." in html
     assert f"A: v{arm(decided, 'A').version_id} hybrid" in html
 
 
