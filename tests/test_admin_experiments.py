@@ -59,6 +59,26 @@ def decided(catalog):
     return experiment
 
 
+def new_experiment_form(name, arms, **fields):
+    """The admin's add form for an experiment: ``arms`` ``[(name, ranker, version, share)]``."""
+    data = {
+        "name": name,
+        "primary_metric": "purchases_per_shopper",
+        "attribution_hours": "24",
+        "confidence": "0.95",
+        "arms-TOTAL_FORMS": str(len(arms)),
+        "arms-INITIAL_FORMS": "0",
+        "arms-MIN_NUM_FORMS": "2",
+        "arms-MAX_NUM_FORMS": "1000",
+    }
+    for i, (arm_name, ranker, version, share) in enumerate(arms):
+        data[f"arms-{i}-name"] = arm_name
+        data[f"arms-{i}-ranker"] = ranker
+        data[f"arms-{i}-version"] = str(version.pk) if version else ""
+        data[f"arms-{i}-share"] = str(share)
+    return {**data, **fields}
+
+
 def test_the_page_shows_arms_side_by_side_charts_and_the_verdict(runner, decided):
     page = runner.get(url(decided))
     assert page.status_code == 200
@@ -106,25 +126,13 @@ def test_a_new_experiment_is_created_as_a_draft_with_its_arms(runner):
     assert str(version) in choices and str(unready) not in choices
     response = runner.post(
         "/admin/recommender/experiment/add/",
-        {
-            "name": "Popular against v1",
-            "placements": ["home", "cart"],
-            "primary_metric": "revenue_per_shopper",
-            "attribution_hours": "48",
-            "confidence": "0.95",
-            "arms-TOTAL_FORMS": "2",
-            "arms-INITIAL_FORMS": "0",
-            "arms-MIN_NUM_FORMS": "2",
-            "arms-MAX_NUM_FORMS": "1000",
-            "arms-0-name": "A",
-            "arms-0-ranker": "version",
-            "arms-0-version": str(version.pk),
-            "arms-0-share": "50",
-            "arms-1-name": "Popular",
-            "arms-1-ranker": "popularity",
-            "arms-1-version": "",
-            "arms-1-share": "50",
-        },
+        new_experiment_form(
+            "Popular against v1",
+            [("A", "version", version, 50), ("Popular", "popularity", None, 50)],
+            placements=["home", "cart"],
+            primary_metric="revenue_per_shopper",
+            attribution_hours="48",
+        ),
     )
     assert response.status_code == 302, response.context["errors"] if response.context else ""
     experiment = Experiment.objects.get(name="Popular against v1")
@@ -141,24 +149,9 @@ def test_a_popularity_arm_with_a_version_is_refused_in_the_form(runner):
     experiment = make_experiment(name="draft", running=False, arms=[])
     response = runner.post(
         url(experiment),
-        {
-            "name": "draft",
-            "primary_metric": "purchases_per_shopper",
-            "attribution_hours": "24",
-            "confidence": "0.95",
-            "arms-TOTAL_FORMS": "2",
-            "arms-INITIAL_FORMS": "0",
-            "arms-MIN_NUM_FORMS": "2",
-            "arms-MAX_NUM_FORMS": "1000",
-            "arms-0-name": "A",
-            "arms-0-ranker": "popularity",
-            "arms-0-version": str(version.pk),
-            "arms-0-share": "50",
-            "arms-1-name": "B",
-            "arms-1-ranker": "version",
-            "arms-1-version": "",
-            "arms-1-share": "50",
-        },
+        new_experiment_form(
+            "draft", [("A", "popularity", version, 50), ("B", "version", None, 50)]
+        ),
     )
     assert response.status_code == 200
     html = response.content.decode()
@@ -284,25 +277,11 @@ def test_the_arm_inline_offers_item_knn_of_a_version(runner):
     form = runner.get("/admin/recommender/experiment/add/")
     ranker = form.context["inline_admin_formsets"][0].formset.forms[0].fields["ranker"]
     assert ("itemknn", "item-kNN of a model version") in list(ranker.choices)
-    fields = {
-        "name": "The model against its item-kNN",
-        "placements": ["home"],
-        "primary_metric": "purchases_per_shopper",
-        "attribution_hours": "24",
-        "confidence": "0.95",
-        "arms-TOTAL_FORMS": "2",
-        "arms-INITIAL_FORMS": "0",
-        "arms-MIN_NUM_FORMS": "2",
-        "arms-MAX_NUM_FORMS": "1000",
-        "arms-0-name": "Model",
-        "arms-0-ranker": "version",
-        "arms-0-version": str(version.pk),
-        "arms-0-share": "50",
-        "arms-1-name": "kNN",
-        "arms-1-ranker": "itemknn",
-        "arms-1-version": "",
-        "arms-1-share": "50",
-    }
+    fields = new_experiment_form(
+        "The model against its item-kNN",
+        [("Model", "version", version, 50), ("kNN", "itemknn", None, 50)],
+        placements=["home"],
+    )
     refused = runner.post("/admin/recommender/experiment/add/", fields)
     assert refused.status_code == 200
     assert "Choose the model version whose item-kNN lists this arm serves." in (
