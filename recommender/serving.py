@@ -865,8 +865,8 @@ def _reasons(model, history, pks):
     weigh the shopper's items, they never supply one. The kind is the shopper's event on
     the item that training weighs most (a purchase before a view).
     """
-    if not recommender_settings.REASONS or not pks:
-        return [None] * len(pks)
+    if not pks:
+        return []
     visible = visible_items({pk for pk, _ in history})
     if not visible:
         return [None] * len(pks)
