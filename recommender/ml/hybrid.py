@@ -32,6 +32,9 @@ from .baselines import ItemKNN
 
 # Blend weights tried on validation, net alone first: a tie keeps the simpler ranker.
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Then this many rounds of halving the step around the best weight (log scale), since the
+# best weight depends on the data: on Beauty it was at the grid's first non-zero step.
+BLEND_REFINE_ROUNDS = 2
 # "Similar products": (embedding cosine weight, co-occurrence cosine weight), standardised.
 SIMILAR_CHOICES = {"embedding": (1.0, 0.0), "cooccurrence": (0.0, 1.0), "blend": (1.0, 1.0)}
 
@@ -296,6 +299,18 @@ def similar_hit_rate(ranker: HybridRanker, part, choice: str, *, max_users=None,
     return hits / max(len(users), 1)
 
 
+def _between(best: float, tried: list[float]) -> list[float]:
+    """Weights halfway (geometrically) from ``best`` to its nearest tried neighbours."""
+    i = tried.index(best)
+    halfway = []
+    if i > 0:
+        lower = tried[i - 1]
+        halfway.append(math.sqrt(lower * best) if lower > 0 else best / 2)
+    if i + 1 < len(tried):
+        halfway.append(math.sqrt(best * tried[i + 1]))
+    return [round(w, 4) for w in halfway if w > 0]
+
+
 def choose(
     net, knn, part, measure: Callable[[nn.Module], dict], *, max_users=None, seed=0
 ) -> tuple[HybridRanker, dict]:
@@ -305,12 +320,19 @@ def choose(
     Returns the ranker and what was tried: {"weight", "tried": {weight: NDCG@10},
     "similar", "similar_tried": {choice: HR@10}}.
     """
-    tried, best, best_ndcg = {}, 0.0, -1.0
+    scores = {}
+
+    def best_weight() -> float:  # the best NDCG; a tie keeps the smaller weight
+        return max(sorted(scores), key=lambda w: scores[w])
+
     for weight in BLEND_WEIGHTS if knn is not None else (0.0,):
-        ndcg = measure(HybridRanker.of(net, knn, weight))["ndcg@10"]
-        tried[str(weight)] = ndcg
-        if ndcg > best_ndcg:
-            best, best_ndcg = weight, ndcg
+        scores[weight] = measure(HybridRanker.of(net, knn, weight))["ndcg@10"]
+    for _ in range(BLEND_REFINE_ROUNDS if knn is not None else 0):
+        for weight in _between(best_weight(), sorted(scores)):
+            if weight not in scores:
+                scores[weight] = measure(HybridRanker.of(net, knn, weight))["ndcg@10"]
+    best = best_weight()
+    tried = {str(w): scores[w] for w in sorted(scores)}
     ranker = HybridRanker.of(net, knn, best, "blend" if knn is not None else "embedding")
     options = dict(max_users=max_users, seed=seed)
     similar_tried = {

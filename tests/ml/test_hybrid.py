@@ -1,12 +1,23 @@
 """The hybrid ranker: the blend the pipeline measures is the score a store is served."""
 
 import io
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from recommender.ml import artifact, baselines, hybrid, inference, metrics, nets, pipeline, train
+from recommender.ml import (
+    artifact,
+    baselines,
+    data,
+    hybrid,
+    inference,
+    metrics,
+    nets,
+    pipeline,
+    train,
+)
 from recommender.ml.ann import IVFIndex
 
 from .conftest import small_net
@@ -66,7 +77,7 @@ def test_the_pipeline_serves_the_weight_validation_chose_and_the_artifact_holds_
     out = pipeline.run(chain_split, "cnn_dnn", dict(dim=16, max_len=8, tower_hidden=32), cfg)
     ranker, blend = out.model, out.metrics()["blend"]
     assert isinstance(ranker, hybrid.HybridRanker) and ranker.weight == blend["weight"]
-    assert set(blend["tried"]) == {str(w) for w in hybrid.BLEND_WEIGHTS}
+    assert {str(w) for w in hybrid.BLEND_WEIGHTS} < set(blend["tried"])  # grid, then refined
     assert blend["tried"][str(blend["weight"])] == max(blend["tried"].values())
     # The version's metrics are the served ranker's; the net alone is kept for comparison.
     assert out.scores["cnn_dnn"].valid["ndcg@10"] == pytest.approx(max(blend["tried"].values()))
@@ -188,3 +199,27 @@ def test_a_net_trained_before_the_blend_serves_alone(chain_split):
     predictor = inference.Predictor(net, chain_split.item_map.to_list(), chain_split.kind_names)
     assert isinstance(predictor.model, hybrid.HybridRanker) and predictor.model.weight == 0.0
     assert predictor.model.k == 0 and predictor.item_vectors.shape == (chain_split.n_items + 1, 16)
+
+
+def test_the_blend_weight_search_refines_the_grid_around_its_best_weight():
+    """The best weight is searched between grid points (halving the log-step each round), so
+    a data set whose best weight lies between two grid points still gets it."""
+    best_at = 0.14
+    tried = []
+
+    def measure(ranker):
+        tried.append(ranker.weight)
+        return {"ndcg@10": 1.0 - abs(math.log((ranker.weight + 1e-3) / best_at))}
+
+    net = nets.build_model("cnn", 6, 2, dim=8, max_len=4)
+    knn = baselines.ItemKNN(6, k=3).fit_sequences([np.array([1, 2, 3])], None, None)
+    part = data.SplitPart(
+        np.array([0]), [np.array([1, 2])], [np.array([1, 1])], np.array([3]), np.array([1])
+    )
+    ranker, info = hybrid.choose(net, knn, part, measure)
+    assert (
+        len(tried) == len(set(tried)) == len(hybrid.BLEND_WEIGHTS) + 2 * hybrid.BLEND_REFINE_ROUNDS
+    )
+    # Grid best 0.25 -> 0.125 (halfway to 0) and 0.3536 -> 0.1768 and 0.0625 around 0.125.
+    assert info["weight"] == ranker.weight == 0.125
+    assert set(info["tried"]) == {str(w) for w in sorted(tried)}
