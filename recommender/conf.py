@@ -78,8 +78,8 @@ DEFAULTS = {
     # refit the rest; a net that cannot finish its epochs in time is served as validated.
     # The version's metrics stay the validation measurement. False serves the validated model.
     "REFIT": True,
-    # The model trained by recommender.train: "cnn_dnn" (default: a CNN beside causal
-    # self-attention blocks, under a DNN tower), "cnn", "sasrec" (attention alone), or a
+    # The model trained by recommender.train: "cnn_dnn" (default: a CNN over the latest
+    # events under causal self-attention blocks), "cnn", "sasrec" (attention alone), or a
     # baseline ("popularity", "itemknn"); MODEL_CONFIG holds its hyper-parameters
     # (ml.nets), all but max_len, which HISTORY_LENGTH decides. A net is served blended
     # with item-kNN at the weight validation chose (0: the net alone).

@@ -46,8 +46,9 @@ def install_version(products, *, seed=0, activate=True, max_len=50):
 
     torch.manual_seed(seed)
     kinds = data.kind_vocabulary(data.KNOWN_KINDS)
-    # Untrained: the attention summary's random weights still make lists follow the
-    # history (an untrained transformer stack answers nearly alike for every history).
+    # Untrained: the attention summary's random weights over unscaled item vectors still
+    # make lists follow the history (an untrained transformer stack answers nearly alike
+    # for every history, and scaled item vectors swamp the untrained CNN's features).
     model = nets.build_model(
         "cnn_dnn",
         len(products),
@@ -56,6 +57,7 @@ def install_version(products, *, seed=0, activate=True, max_len=50):
         tower_hidden=32,
         max_len=max_len,
         summary="attention",
+        scale_items=False,
     )
     payload = artifact.artifact_bytes(
         model_name="cnn_dnn",

@@ -8,12 +8,13 @@ the artifact's ranker's ``full_sort_predict`` over the shopper's history, seen i
 
 import io
 
+import numpy as np
 import pytest
 import torch
 from django.core.files.storage import default_storage
 
 from recommender import artifacts, itemkeys, serving, training
-from recommender.ml import artifact, hybrid, metrics
+from recommender.ml import artifact, baselines, hybrid, metrics
 from recommender.models import Event, ModelVersion
 
 from .store_data import FAST_CONFIG, make_catalogue, make_history
@@ -71,11 +72,14 @@ def test_the_served_top10_is_the_measured_top10_for_every_shopper(django_user_mo
     art = artifact.load_artifact(io.BytesIO(artifacts.read_verified(version.artifact)))
     trained = art.build_model()
     assert art.model_name == "hybrid" and trained.weight == version.metrics["blend"]["weight"]
-    # The trained ranker as validation chose it, and the same with the kNN term forced on.
-    forced = hybrid.HybridRanker(
-        art.n_items, art.n_kinds, **{**art.model_config, "weight": 2.0, "k": trained.k}
-    )
-    forced.load_state_dict(art.state_dict)
+    # The trained ranker as validation chose it, and its net with a kNN term forced on (the
+    # lists fitted here when validation chose the net alone and the version kept none).
+    index = {pk: i + 1 for i, pk in enumerate(art.item_ids)}
+    sequences = [
+        np.array([index[pk] for pk, _ in evs if pk in index]) for evs in shoppers().values()
+    ]
+    knn = baselines.ItemKNN(art.n_items, k=20).fit_sequences(sequences)
+    forced = hybrid.HybridRanker.of(trained.net, knn, weight=2.0, similar="blend")
     assert forced.k > 0
     for ranker in (trained, forced.eval()):
         if ranker is forced:

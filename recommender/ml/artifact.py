@@ -35,7 +35,22 @@ def _checksum(state_dict: dict) -> str:
 
 # Model options added after artifacts were written: an artifact without one was trained
 # with the value here (the behaviour before the option existed), whatever the default now.
-FORMER_DEFAULTS = {"cnn_dnn": {"summary": "mean"}}
+# A hybrid's net gets its own net's entry.
+_UNSCALED = {"scale_items": False}
+FORMER_DEFAULTS = {
+    "cnn_dnn": {"summary": "mean", "layout": "side_by_side", **_UNSCALED},
+    "cnn": _UNSCALED,
+    "sasrec": _UNSCALED,
+}
+
+
+def with_former_defaults(model_name: str, config: dict) -> dict:
+    """``config`` as stored, completed with the values of options it predates."""
+    config = {**FORMER_DEFAULTS.get(model_name, {}), **config}
+    if model_name == "hybrid" and "net" in config:
+        net_config = config.get("net_config", {})
+        config["net_config"] = {**FORMER_DEFAULTS.get(config["net"], {}), **net_config}
+    return config
 
 
 @dataclass
@@ -62,7 +77,7 @@ class Artifact:
         from .hybrid import HybridRanker
         from .nets import build_model
 
-        config = {**FORMER_DEFAULTS.get(self.model_name, {}), **self.model_config}
+        config = with_former_defaults(self.model_name, self.model_config)
         try:
             if self.model_name == HybridRanker.name:  # the served ranker, built on a net
                 model = HybridRanker(self.n_items, self.n_kinds, **config)

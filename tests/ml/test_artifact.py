@@ -65,6 +65,33 @@ def test_an_artifact_of_the_former_default_attention_head_still_loads():
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.eval().full_sort_predict(x, k))
 
 
+@pytest.mark.parametrize("name", ["cnn", "sasrec", "cnn_dnn", "hybrid"])
+def test_an_artifact_from_before_input_scaling_and_layouts_loads_as_it_was_trained(name):
+    """Written before item vectors were scaled by sqrt(dim) at the input and before the
+    stacked CNN + attention (no scale_items or layout keys): unscaled, side by side."""
+    from recommender.ml import hybrid
+
+    torch.manual_seed(0)
+    small = dict(dim=8, max_len=6, scale_items=False, layout="side_by_side")
+    new_keys = ("scale_items", "layout")
+    if name == "hybrid":
+        net_config = {**small, "tower_hidden": 16}
+        old = hybrid.HybridRanker(5, 3, net="cnn_dnn", net_config=net_config).eval()
+        config = {**old.config, "net_config": dict(old.config["net_config"])}
+        for key in new_keys:
+            del config["net_config"][key]
+    else:
+        old = nets.build_model(name, 5, 3, **small).eval()
+        config = {k: v for k, v in old.config.items() if k not in new_keys}
+    _, raw = saved(model_name=name, model_config=config, state_dict=old.state_dict())
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    net = rebuilt.net if name == "hybrid" else rebuilt
+    assert net.item_scale == 1.0 and not net.stacked()
+    assert nets.build_model("cnn_dnn", 5, 3, dim=16).item_scale == 4.0
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
+
+
 def test_truncated_and_corrupt_files_are_refused():
     _, raw = saved()
     with pytest.raises(artifact.ArtifactError):

@@ -10,7 +10,8 @@ CONFIGS = [
     ("cnn_dnn", {"encoder": "dilated"}),
     ("cnn_dnn", {"encoder": "caser", "window": 4}),
     ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "attention"}),
-    ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "transformer", "heads": 2}),
+    ("cnn_dnn", {"window": 4, "summary": "transformer", "heads": 2}),
+    ("cnn_dnn", {"encoder": "caser", "window": 4, "layout": "side_by_side", "heads": 2}),
     ("sasrec", {"blocks": 2, "heads": 2}),
 ]
 # Each net and summary with its default encoder settings.
@@ -19,6 +20,7 @@ DEFAULT_CONFIGS = [
     ("cnn_dnn", {}),
     ("cnn_dnn", {"summary": "attention"}),
     ("cnn_dnn", {"summary": "transformer"}),
+    ("cnn_dnn", {"layout": "side_by_side"}),
     ("sasrec", {}),
 ]
 
@@ -26,8 +28,11 @@ DEFAULT_CONFIGS = [
 def make(name, **cfg):
     torch.manual_seed(0)
     model = nets.build_model(name, N_ITEMS, N_KINDS, dim=16, max_len=12, tower_hidden=32, **cfg)
-    if name == "cnn_dnn":  # its tower starts at zero; a trained one is not, so test that
+    # The tower and the convolution's projection start at zero; trained ones are not.
+    if hasattr(model, "tower"):
         torch.nn.init.normal_(model.tower[-1].weight, std=0.5)
+    if hasattr(model, "local"):
+        torch.nn.init.normal_(model.local.proj.weight, std=0.5)
     return model
 
 
@@ -159,10 +164,12 @@ def test_history_summary_is_the_dnn_branch_input_for_either_summary(summary):
         assert not torch.allclose(m[1], m[2])
 
 
-def test_attention_is_causal_at_every_position():
+@pytest.mark.parametrize("name", ["sasrec", "cnn_dnn"])
+def test_attention_is_causal_at_every_position(name):
     """Training predicts every position at once: changing event t must leave the outputs of
-    every earlier position unchanged, and change its own (the mask is not all-blocking)."""
-    model = make("sasrec", blocks=2, heads=2).eval()
+    every earlier position unchanged, and change its own (the mask is not all-blocking);
+    the default net's convolution below the attention blocks must be causal too."""
+    model = make(name, blocks=2, heads=2, window=3).eval()
     items, kinds = batch(b=2, length=9)
     every = items > 0
     before = model._vectors(items, kinds, every)  # [M, d], row-major over (b, t)
@@ -205,3 +212,25 @@ def test_item_embeddings_are_the_shared_output_table():
     for name in nets.NET_NAMES:
         model = make(name)
         assert model.item_embeddings() is model.item_emb.weight
+
+
+def test_the_stacked_net_starts_as_the_attention_stack_and_its_convolution_then_counts():
+    """CNN below, attention on top: the convolution's projection starts at zero, so a new
+    default net computes exactly what the attention stack alone would with its weights."""
+    torch.manual_seed(0)
+    stacked = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, dim=16, max_len=12, window=3)
+    assert stacked.stacked() and not hasattr(stacked, "tower") and not hasattr(stacked, "encoder")
+    alone = nets.build_model("sasrec", N_ITEMS, N_KINDS, dim=16, max_len=12)
+    alone.load_state_dict(
+        {k: v for k, v in stacked.state_dict().items() if not k.startswith("local.")}
+    )
+    items, kinds = batch()
+    stacked.eval(), alone.eval()
+    with torch.no_grad():
+        assert torch.allclose(
+            stacked.shopper_vector(items, kinds), alone.shopper_vector(items, kinds)
+        )
+        torch.nn.init.normal_(stacked.local.proj.weight, std=0.5)
+        assert not torch.allclose(
+            stacked.shopper_vector(items, kinds), alone.shopper_vector(items, kinds)
+        )
