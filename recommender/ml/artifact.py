@@ -146,14 +146,7 @@ def load_artifact(fileobj) -> Artifact:
             f"not a readable model artifact (corrupt, truncated, not produced by "
             f"recommender.ml, or containing code): {type(exc).__name__}: {detail}"
         ) from exc
-    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
-        raise ArtifactError("not a recommender.ml artifact (missing format marker)")
-    version = raw.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"unsupported artifact format version {version!r}; this code reads version "
-            f"{FORMAT_VERSION} (retrain, or upgrade the app)"
-        )
+    version = _checked_format(raw)
     try:
         meta = json.loads(raw["metadata"])
         state_dict = raw["state_dict"]
@@ -179,6 +172,19 @@ def load_artifact(fileobj) -> Artifact:
     return art
 
 
+def _checked_format(raw) -> int:
+    """The format version of a loaded artifact dict; ArtifactError if it is not one we read."""
+    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
+        raise ArtifactError("not a recommender.ml artifact (missing format marker)")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"unsupported artifact format version {version!r}; this code reads version "
+            f"{FORMAT_VERSION} (retrain, or upgrade the app)"
+        )
+    return version
+
+
 def read_header(fileobj) -> dict:
     """An artifact's model name, configuration and tensor shapes, without its tensors' data.
 
@@ -194,10 +200,7 @@ def read_header(fileobj) -> dict:
             f"not a readable model artifact: {type(exc).__name__}: "
             f"{(str(exc).strip().splitlines() or [''])[0][:200]}"
         ) from exc
-    if not isinstance(raw, dict) or raw.get("magic") != MAGIC:
-        raise ArtifactError("not a recommender.ml artifact (missing format marker)")
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"unsupported artifact format version {raw.get('format_version')!r}")
+    _checked_format(raw)
     try:
         meta = json.loads(raw["metadata"])
         shapes = {name: tuple(t.shape) for name, t in raw["state_dict"].items()}
