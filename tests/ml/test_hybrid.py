@@ -201,6 +201,16 @@ def test_a_net_trained_before_the_blend_serves_alone(chain_split):
     assert predictor.model.k == 0 and predictor.item_vectors.shape == (chain_split.n_items + 1, 16)
 
 
+def choose_blend(measure):
+    """``hybrid.choose`` on a tiny net and kNN, with validation replaced by ``measure``."""
+    net = nets.build_model("cnn", 6, 2, dim=8, max_len=4)
+    knn = baselines.ItemKNN(6, k=3).fit_sequences([np.array([1, 2, 3])], None, None)
+    part = data.SplitPart(
+        np.array([0]), [np.array([1, 2])], [np.array([1, 1])], np.array([3]), np.array([1])
+    )
+    return hybrid.choose(net, knn, part, measure)
+
+
 def test_the_blend_weight_search_refines_the_grid_around_its_best_weight():
     """The best weight is searched between grid points (halving the log-step each round), so
     a data set whose best weight lies between two grid points still gets it."""
@@ -211,15 +221,26 @@ def test_the_blend_weight_search_refines_the_grid_around_its_best_weight():
         tried.append(ranker.weight)
         return {"ndcg@10": 1.0 - abs(math.log((ranker.weight + 1e-3) / best_at))}
 
-    net = nets.build_model("cnn", 6, 2, dim=8, max_len=4)
-    knn = baselines.ItemKNN(6, k=3).fit_sequences([np.array([1, 2, 3])], None, None)
-    part = data.SplitPart(
-        np.array([0]), [np.array([1, 2])], [np.array([1, 1])], np.array([3]), np.array([1])
-    )
-    ranker, info = hybrid.choose(net, knn, part, measure)
+    ranker, info = choose_blend(measure)
     assert (
         len(tried) == len(set(tried)) == len(hybrid.BLEND_WEIGHTS) + 2 * hybrid.BLEND_REFINE_ROUNDS
     )
-    # Grid best 0.25 -> 0.125 (halfway to 0) and 0.3536 -> 0.1768 and 0.0625 around 0.125.
-    assert info["weight"] == ranker.weight == 0.125
+    # Grid best 0.25 -> 0.125 (halfway to 0) and 0.3536 -> 0.0625 and 0.1768 around 0.125
+    # -> 0.0884 and 0.1487 around 0.125.
+    assert info["weight"] == ranker.weight == 0.1487
     assert set(info["tried"]) == {str(w) for w in sorted(tried)}
+
+
+def test_the_blend_weight_search_refines_below_the_grid_when_the_net_alone_wins_on_it():
+    """A best grid weight of 0 is refined towards the first non-zero step: a small blend can
+    beat both the net alone and the grid's smallest blend."""
+    tried = []
+
+    def measure(ranker):
+        tried.append(ranker.weight)
+        return {"ndcg@10": -abs(ranker.weight - 0.05)}
+
+    ranker, info = choose_blend(measure)
+    # Grid best 0 -> 0.125; still 0 -> 0.0625; then 0.0312 and 0.0884 around 0.0625.
+    assert tried[len(hybrid.BLEND_WEIGHTS) :] == [0.125, 0.0625, 0.0312, 0.0884]
+    assert info["weight"] == ranker.weight == 0.0625
