@@ -76,6 +76,7 @@ NET_CONFIG = {
         dim=64,
         max_len=50,
         layout="stacked",
+        local_conv="depthwise",
         window=8,
         dropout=0.3,
         emb_dropout=0.3,

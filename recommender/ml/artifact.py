@@ -38,7 +38,8 @@ def _checksum(state_dict: dict) -> str:
 # A hybrid's net gets its own net's entry.
 _UNSCALED = {"scale_items": False}
 FORMER_DEFAULTS = {
-    "cnn_dnn": {"summary": "mean", "layout": "side_by_side", **_UNSCALED},
+    # The first stacked nets (layout and scale_items stored) had the full convolution.
+    "cnn_dnn": {"summary": "mean", "layout": "side_by_side", "local_conv": "full", **_UNSCALED},
     "cnn": _UNSCALED,
     "sasrec": _UNSCALED,
 }

@@ -56,6 +56,7 @@ MODEL_NAMES = (
 NET_NAMES = ("cnn", "cnn_dnn", "sasrec")
 SUMMARIES = ("mean", "attention", "transformer")
 LAYOUTS = ("stacked", "side_by_side")
+LOCAL_CONVS = ("depthwise", "full")
 
 
 # --------------------------------------------------------------------------- losses
@@ -263,24 +264,42 @@ class CaserEncoder(nn.Module):
 class LocalConvFeatures(nn.Module):
     """What the latest ``window`` events say together, at every position, added to its input.
 
-    One causal convolution over the embedded events (kernel ``window``: position t sees
-    t-window+1..t), GELU, and a zero-initialised projection, so a net built on it starts as
-    if it were absent and the convolution adds only what training finds useful.
+    A causal convolution over the layer-normalised embedded events (kernel ``window``:
+    position t sees t-window+1..t). ``conv="depthwise"`` (default): one filter per embedding
+    dimension, zero-initialised, a learned recency-weighted average of each dimension over
+    the window; ``conv="full"`` (the first stacked net): a full convolution mixing the
+    dimensions, GELU and a zero-initialised projection. Either way a net built on it starts
+    as if it were absent and the convolution adds only what training finds useful.
+    Measured on Beauty (benchmarks/results/quality-notes.md): the full convolution slowed
+    the attention blocks' learning; the depthwise one, with d x window weights instead of
+    d x d x window, kept pace and added to it.
     """
 
-    def __init__(self, d: int, window: int, dropout: float):
+    def __init__(self, d: int, window: int, dropout: float, conv: str = "depthwise"):
         super().__init__()
-        self.conv = _CausalConv(d, window, 1)
-        self.proj = nn.Linear(d, d)
+        if conv not in LOCAL_CONVS:
+            raise ValueError(f"unknown local_conv {conv!r}; use one of {', '.join(LOCAL_CONVS)}")
+        self.depthwise = conv == "depthwise"
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(dropout)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        if self.depthwise:
+            self.pad = window - 1
+            self.conv = nn.Conv1d(d, d, window, groups=d)
+            last = self.conv
+        else:
+            self.conv = _CausalConv(d, window, 1)
+            self.proj = last = nn.Linear(d, d)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x, mask):  # x [B, L, d], mask [B, L] bool -> [B, L, d]
         m = mask.unsqueeze(-1).to(x.dtype)
-        y = self.conv((self.norm(x) * m).transpose(1, 2)).transpose(1, 2)
-        return x + self.drop(self.proj(F.gelu(y))) * m
+        y = (self.norm(x) * m).transpose(1, 2)  # [B, d, L]
+        if self.depthwise:
+            y = self.conv(F.pad(y, (self.pad, 0))).transpose(1, 2)
+        else:
+            y = self.proj(F.gelu(self.conv(y).transpose(1, 2)))
+        return x + self.drop(y) * m
 
 
 class _AttentionBlock(nn.Module):
@@ -381,6 +400,7 @@ class SequenceNet(nn.Module):
         init_std: float = 0.02,
         scale_items: bool = True,
         layout: str = "stacked",
+        local_conv: str = "depthwise",
     ):
         super().__init__()
         self.n_items, self.n_kinds, self.max_len = int(n_items), int(n_kinds), int(max_len)
@@ -402,6 +422,7 @@ class SequenceNet(nn.Module):
             init_std=init_std,
             scale_items=scale_items,
             layout=layout,
+            local_conv=local_conv,
         )
         if summary not in SUMMARIES:
             raise ValueError(f"unknown summary {summary!r}; use one of {', '.join(SUMMARIES)}")
@@ -420,7 +441,7 @@ class SequenceNet(nn.Module):
         if self.uses_transformer():
             self.transformer = CausalTransformer(dim, self.max_len, blocks, heads, dropout)
         if self.uses_cnn and self.stacked():
-            self.local = LocalConvFeatures(dim, window, dropout)
+            self.local = LocalConvFeatures(dim, window, dropout, local_conv)
         elif self.uses_cnn:
             if encoder == "dilated":
                 self.encoder = DilatedEncoder(dim, kernel_size, dilations, dropout)

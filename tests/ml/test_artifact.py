@@ -92,6 +92,20 @@ def test_an_artifact_from_before_input_scaling_and_layouts_loads_as_it_was_train
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
 
 
+def test_a_stacked_artifact_from_before_the_depthwise_convolution_loads_as_it_was_trained():
+    """The first stacked nets stored layout and scale_items but not local_conv: full."""
+    torch.manual_seed(0)
+    old = nets.build_model("cnn_dnn", 5, 3, dim=8, max_len=6, local_conv="full").eval()
+    torch.nn.init.normal_(old.local.proj.weight, std=0.5)  # trained: no longer zero
+    config = {k: v for k, v in old.config.items() if k != "local_conv"}
+    _, raw = saved(model_config=config, state_dict=old.state_dict())
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    assert rebuilt.stacked() and not rebuilt.local.depthwise
+    assert nets.build_model("cnn_dnn", 5, 3).local.depthwise
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
+
+
 def test_truncated_and_corrupt_files_are_refused():
     _, raw = saved()
     with pytest.raises(artifact.ArtifactError):

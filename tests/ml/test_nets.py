@@ -11,6 +11,7 @@ CONFIGS = [
     ("cnn_dnn", {"encoder": "caser", "window": 4}),
     ("cnn_dnn", {"encoder": "caser", "window": 4, "summary": "attention"}),
     ("cnn_dnn", {"window": 4, "summary": "transformer", "heads": 2}),
+    ("cnn_dnn", {"window": 4, "local_conv": "full"}),
     ("cnn_dnn", {"encoder": "caser", "window": 4, "layout": "side_by_side", "heads": 2}),
     ("sasrec", {"blocks": 2, "heads": 2}),
 ]
@@ -28,12 +29,17 @@ DEFAULT_CONFIGS = [
 def make(name, **cfg):
     torch.manual_seed(0)
     model = nets.build_model(name, N_ITEMS, N_KINDS, dim=16, max_len=12, tower_hidden=32, **cfg)
-    # The tower and the convolution's projection start at zero; trained ones are not.
+    # The tower and the stacked convolution start at zero; trained ones are not.
     if hasattr(model, "tower"):
         torch.nn.init.normal_(model.tower[-1].weight, std=0.5)
     if hasattr(model, "local"):
-        torch.nn.init.normal_(model.local.proj.weight, std=0.5)
+        perturb(model.local)
     return model
+
+
+def perturb(module):
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.5)
 
 
 def batch(b=3, length=7):
@@ -164,12 +170,14 @@ def test_history_summary_is_the_dnn_branch_input_for_either_summary(summary):
         assert not torch.allclose(m[1], m[2])
 
 
-@pytest.mark.parametrize("name", ["sasrec", "cnn_dnn"])
-def test_attention_is_causal_at_every_position(name):
+@pytest.mark.parametrize(
+    "name, cfg", [("sasrec", {}), ("cnn_dnn", {}), ("cnn_dnn", {"local_conv": "full"})]
+)
+def test_attention_is_causal_at_every_position(name, cfg):
     """Training predicts every position at once: changing event t must leave the outputs of
     every earlier position unchanged, and change its own (the mask is not all-blocking);
     the default net's convolution below the attention blocks must be causal too."""
-    model = make(name, blocks=2, heads=2, window=3).eval()
+    model = make(name, blocks=2, heads=2, window=3, **cfg).eval()
     items, kinds = batch(b=2, length=9)
     every = items > 0
     before = model._vectors(items, kinds, every)  # [M, d], row-major over (b, t)
@@ -214,11 +222,16 @@ def test_item_embeddings_are_the_shared_output_table():
         assert model.item_embeddings() is model.item_emb.weight
 
 
-def test_the_stacked_net_starts_as_the_attention_stack_and_its_convolution_then_counts():
-    """CNN below, attention on top: the convolution's projection starts at zero, so a new
+@pytest.mark.parametrize("local_conv", nets.LOCAL_CONVS)
+def test_the_stacked_net_starts_as_the_attention_stack_and_its_convolution_then_counts(
+    local_conv,
+):
+    """CNN below, attention on top: the convolution's output starts at zero, so a new
     default net computes exactly what the attention stack alone would with its weights."""
     torch.manual_seed(0)
-    stacked = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, dim=16, max_len=12, window=3)
+    stacked = nets.build_model(
+        "cnn_dnn", N_ITEMS, N_KINDS, dim=16, max_len=12, window=3, local_conv=local_conv
+    )
     assert stacked.stacked() and not hasattr(stacked, "tower") and not hasattr(stacked, "encoder")
     alone = nets.build_model("sasrec", N_ITEMS, N_KINDS, dim=16, max_len=12)
     alone.load_state_dict(
@@ -230,7 +243,7 @@ def test_the_stacked_net_starts_as_the_attention_stack_and_its_convolution_then_
         assert torch.allclose(
             stacked.shopper_vector(items, kinds), alone.shopper_vector(items, kinds)
         )
-        torch.nn.init.normal_(stacked.local.proj.weight, std=0.5)
+        perturb(stacked.local)
         assert not torch.allclose(
             stacked.shopper_vector(items, kinds), alone.shopper_vector(items, kinds)
         )
