@@ -15,6 +15,21 @@ from recommender.models import ModelVersion
 from shop_demo.catalog.models import Category, Product
 
 
+def save_version(model, item_ids, kind_names, name, **fields) -> ModelVersion:
+    """A ready (not active) version whose artifact is ``model`` over ``item_ids``."""
+    payload = artifact.artifact_bytes(
+        model_name=model.name,
+        model_config=model.config,
+        state_dict=model.state_dict(),
+        item_ids=list(item_ids),
+        kind_names=list(kind_names),
+        metrics={},
+    )
+    stored = default_storage.save(f"recommender/models/{name}.pt", ContentFile(payload))
+    fields = {"model_name": model.name, **fields}
+    return ModelVersion.objects.create(status="ready", artifact=stored, **fields)
+
+
 def make_shelf():
     """30 sellable products in 3 categories, then one inactive (``shelf[30]``, slug
     ``secret``) and one sold out (``shelf[31]``, slug ``sold-out``)."""
@@ -59,17 +74,12 @@ def install_version(products, *, seed=0, activate=True, max_len=50):
         summary="attention",
         scale_items=False,
     )
-    payload = artifact.artifact_bytes(
-        model_name="cnn_dnn",
-        model_config=model.config,
-        state_dict=model.state_dict(),
-        item_ids=[p.pk for p in products],
-        kind_names=kinds,
-        metrics={},
-    )
-    name = default_storage.save(f"recommender/models/test-{seed}.pt", ContentFile(payload))
-    version = ModelVersion.objects.create(
-        status="ready", artifact=name, model_name="cnn_dnn", metrics={"valid": {"ndcg@10": 0.1}}
+    version = save_version(
+        model,
+        [p.pk for p in products],
+        kinds,
+        f"test-{seed}",
+        metrics={"valid": {"ndcg@10": 0.1}},
     )
     if activate:
         version.activate()

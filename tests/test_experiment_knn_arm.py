@@ -9,18 +9,16 @@ over the same fitted lists: the score training measured for item-kNN.
 import numpy as np
 import pytest
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 
 from recommender import experiment_lifecycle as lifecycle
 from recommender import serving
-from recommender.ml import artifact, data, nets
+from recommender.ml import data, nets
 from recommender.ml.hybrid import HybridRanker
 from recommender.ml.inference import Predictor
 from recommender.models import Arm, Assignment, Experiment, ModelVersion
 
-from .serving_fixtures import install_version, make_shelf, views
+from .serving_fixtures import install_version, make_shelf, save_version, views
 from .test_experiment_serving import arm_id, shopper_in
 
 pytestmark = pytest.mark.django_db
@@ -59,16 +57,9 @@ def install_hybrid(shelf, *, seed=7):
     knn = fitted_knn(len(shelf), len(kinds))
     ranker = HybridRanker.of(net.eval(), knn, 1.0, "blend")
     assert ranker.k == 6
-    payload = artifact.artifact_bytes(
-        model_name=ranker.name,
-        model_config=ranker.config,
-        state_dict=ranker.state_dict(),
-        item_ids=[p.pk for p in shelf],
-        kind_names=kinds,
-        metrics={},
+    version = save_version(
+        ranker, [p.pk for p in shelf], kinds, f"hybrid-{seed}", model_name="cnn_dnn"
     )
-    name = default_storage.save(f"recommender/models/hybrid-{seed}.pt", ContentFile(payload))
-    version = ModelVersion.objects.create(status="ready", artifact=name, model_name="cnn_dnn")
     return version, knn, ranker, kinds
 
 

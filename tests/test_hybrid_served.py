@@ -11,12 +11,12 @@ import io
 import numpy as np
 import pytest
 import torch
-from django.core.files.storage import default_storage
 
 from recommender import artifacts, itemkeys, serving, training
 from recommender.ml import artifact, baselines, hybrid, metrics
-from recommender.models import Event, ModelVersion
+from recommender.models import Event
 
+from .serving_fixtures import save_version
 from .store_data import FAST_CONFIG, make_catalogue, make_history
 
 pytestmark = pytest.mark.django_db
@@ -50,16 +50,9 @@ def shoppers():
 
 def install(ranker, art):
     """A version serving ``ranker`` over the trained artifact's vocabulary."""
-    payload = artifact.artifact_bytes(
-        model_name=ranker.name,
-        model_config=ranker.config,
-        state_dict=ranker.state_dict(),
-        item_ids=art.item_ids,
-        kind_names=art.kind_names,
-        metrics={},
+    version = save_version(
+        ranker, art.item_ids, art.kind_names, "hybrid-forced", model_name="cnn_dnn"
     )
-    name = default_storage.save("recommender/models/hybrid-forced.pt", io.BytesIO(payload))
-    version = ModelVersion.objects.create(status="ready", artifact=name, model_name="cnn_dnn")
     version.activate()
     serving.active_model.reset()
 

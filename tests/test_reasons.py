@@ -1,21 +1,19 @@
 """Reasons on personal recommendations: computed with the list, cached with it, only ever
 an item of the shopper's own latest events that shoppers may still look at."""
 
-import io
 import json
 from collections import Counter
 
 import pytest
-from django.core.files.storage import default_storage
 from django.test import override_settings
 
 from recommender import events, itemkeys, serving
 from recommender.conf import recommender_settings
-from recommender.ml import artifact, baselines, data, hybrid, nets
+from recommender.ml import baselines, data, hybrid, nets
 from recommender.ml.inference import Predictor
-from recommender.models import Event, ModelVersion
+from recommender.models import Event
 
-from .serving_fixtures import install_version, make_shelf, views
+from .serving_fixtures import install_version, make_shelf, save_version, views
 
 pytestmark = pytest.mark.django_db
 API = "/api/recommender"
@@ -192,17 +190,7 @@ def install_fitted_version(name, model_name):
         torch.manual_seed(0)
         net = nets.build_model("cnn_dnn", seqs.n_items, seqs.n_kinds, dim=16, tower_hidden=32)
         model = hybrid.HybridRanker.of(net.eval(), knn, 4.0)
-    payload = artifact.artifact_bytes(
-        model_name=model.name,
-        model_config=model.config,
-        state_dict=model.state_dict(),
-        item_ids=seqs.item_map.to_list(),
-        kind_names=seqs.kind_names,
-        metrics={},
-    )
-    stored = default_storage.save(f"recommender/models/{name}.pt", io.BytesIO(payload))
-    version = ModelVersion.objects.create(status="ready", artifact=stored, model_name=model.name)
-    version.activate()
+    save_version(model, seqs.item_map.to_list(), seqs.kind_names, name).activate()
     serving.active_model.reset()
     return knn, seqs
 
