@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from recommender import tasks, training
+from recommender.ml.nets import MODEL_NAMES
 from recommender.models import ModelVersion
 
 
@@ -14,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--queue", action="store_true", help="Send the run to the Celery worker instead."
         )
-        parser.add_argument("--model", help="Model to train (cnn_dnn, cnn, popularity, itemknn).")
+        parser.add_argument("--model", help=f"Model to train ({', '.join(MODEL_NAMES)}).")
         parser.add_argument("--max-seconds", type=float, help="Training time budget.")
         parser.add_argument("--epochs", type=int, help="Most epochs to train.")
         parser.add_argument(
