@@ -32,9 +32,9 @@ SASRec?", RecSys 2023): learned positional embeddings, pre-norm blocks, dropout,
 embeddings shared with the output, cross-entropy over the whole catalogue; here the event
 kind is one more input embedding, and item vectors are scaled by sqrt(dim) at the input
 as in SASRec. ``sasrec`` is that stack alone (the ablation's "attention alone");
-``cnn_dnn`` (``layout="stacked"``, the default) puts a causal convolution over each
-position's latest ``window`` events below the stack, so the attention blocks read what
-the recent events say together; ``layout="side_by_side"`` (the former default) runs a
+``cnn_dnn`` (``layout="stacked"``, the default) puts a depthwise causal convolution over
+each position's latest ``window`` events below the stack, so the attention blocks read
+what the recent events say together; ``layout="side_by_side"`` (the former default) runs a
 Caser CNN and the stack side by side and mixes them in an MLP tower.
 """
 
@@ -540,7 +540,8 @@ class CNNDNN(SequenceNet):
     Measured on Beauty (benchmarks/results/quality-notes.md): the side-by-side layout let
     the attention blocks in only through the zero-initialised tower and learned slower
     than the attention stack alone; stacked, the net starts as that stack and the
-    convolution adds what it is worth.
+    convolution adds what it is worth (with the depthwise convolution, validation NDCG@10
+    0.0336 against the stack alone's 0.0322, seed 0).
 
     ``layout="side_by_side"``: CNN features + a long-range history summary, mixed by an
     MLP tower. The summary covers the whole (capped) history, so a purchase long ago still counts
