@@ -67,9 +67,14 @@ def test_the_worker_trains_and_promotes_and_never_serves_a_worse_model(worker):
     assert first.status == "ready" and first.is_active, first.error
     assert first.task_id and first.heartbeat_at and first.curve
 
-    # A net that learns nothing (one epoch at lr 0) is measured and never serves: the run
-    # keeps its best candidate (a baseline), promoted only if it is as good as the active one.
+    # A net that learns nothing (one epoch at lr 0) is measured beside the baselines; the
+    # run keeps its best candidate, promoted only if it is as good as the active one. Which
+    # candidate is best is not fixed: blended with item-kNN, an untrained net is item-kNN
+    # with random tie-breaks, which this store's ~25 validation shoppers can rank either
+    # side of item-kNN (test_training checks the untrained net alone never serves).
     second = wait_for_end(tasks.queue_training(config=UNTRAINED).pk, worker)
-    assert second.status == "ready" and second.model_name != "cnn_dnn", second.error
+    assert second.status == "ready", second.error
+    scores = second.metrics["choice"]["scores"]
+    assert second.metric("ndcg@10") == pytest.approx(max(scores.values())), scores
     assert second.is_active != ("Kept as a candidate" in second.decision)
     assert ModelVersion.objects.active().metric("ndcg@10") >= first.metric("ndcg@10")
