@@ -30,7 +30,7 @@ from datetime import timedelta
 
 from django.core.cache import caches
 from django.core.exceptions import ValidationError
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import Case, Count, FloatField, Sum, Value, When
 from django.utils import timezone
 
@@ -748,7 +748,7 @@ def recommend(
         and cached.get("version") == (model.version_id if model else None)
         and cached.get("arm") == arm_id
     ):
-        listed = _personal_list(cached, limit, rules=rules, category=category)
+        listed = _personal_list(cached, key, limit, rules=rules, category=category)
         listed.reasons_of = _reasons_of(cached, key, model, user, session_key)
         return listed
     if generation is None:
@@ -804,15 +804,17 @@ def recommend(
         "arm": arm_id,
     }
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
-    listed = _personal_list(entry, limit, rules=rules, category=category)
+    listed = _personal_list(entry, key, limit, rules=rules, category=category)
     listed.reasons_of = _reasons_of(entry, key, model, user, session_key, history)
     return listed
 
 
-def _personal_list(entry, limit, *, rules, category):
+def _personal_list(entry, key, limit, *, rules, category):
     """The model's candidates under the rules, cut to ``limit``, filled up with popular items.
 
     The candidates already leave out what the shopper saw, bought or excluded ("banned").
+    Popular items that fill a short list are shown under the list's id, so they join its
+    row (``_record_fill``): a click on one is credited to the list it was shown in.
     """
     listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
     if len(listed) < limit:
@@ -825,9 +827,32 @@ def _personal_list(entry, limit, *, rules, category):
         )
         if not listed:
             return fallback
-        listed.items += fallback.items[: limit - len(listed)]
+        fill = fallback.items[: limit - len(listed)]
+        _record_fill(entry, key, [item.pk for item in fill])
+        listed.items += fill
         listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
     return listed
+
+
+def _record_fill(entry, key, pks):
+    """Add popular fill-in items to the Recommendation row of a personal list, once each.
+
+    The cached entry remembers what its row already holds, so a cache hit showing the
+    same fill-ins writes nothing; the row is locked while it grows, so two requests
+    adding different fill-ins both land.
+    """
+    recorded = set(entry["pks"]) | set(entry.get("filled", ()))
+    new = [pk for pk in pks if pk not in recorded]
+    if not new:
+        return
+    with transaction.atomic(using=router.db_for_write(Recommendation)):
+        row = Recommendation.objects.select_for_update().filter(pk=entry["rid"]).first()
+        if row is not None:
+            shown = set(row.items)
+            row.items += [json for json in map(itemkeys.to_json, new) if json not in shown]
+            row.save(update_fields=["items"])
+    entry["filled"] = [*entry.get("filled", ()), *new]
+    _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
 
 
 def _reasons_of(entry, key, model, user, session_key, history=None):

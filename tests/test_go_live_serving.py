@@ -89,6 +89,23 @@ def test_short_lists_are_still_filled_with_popular_items_from_the_cache(shelf):
     assert again.recommendation_id == first.recommendation_id
 
 
+def test_a_click_on_a_popular_item_filling_a_personal_list_is_credited_to_that_list(shelf):
+    install_version(shelf[:6])
+    for shopper in range(3):
+        views(f"crowd{shopper}", shelf[10:14])
+    views("s1", shelf[:3])
+    listed = serving.recommend(session_key="s1", limit=8)
+    filler = listed.items[-1]
+    assert filler.pk in {p.pk for p in shelf[10:14]} and listed.source == "model"
+    with CaptureQueriesContext(connection) as queries:  # the row already holds the fill-ins
+        assert serving.recommend(session_key="s1", limit=8).items == listed.items
+    assert not [q for q in queries if q["sql"].startswith("UPDATE")]
+    row = Recommendation.objects.get(pk=listed.recommendation_id)
+    assert [int(pk) for pk in row.items[-4:]] == [p.pk for p in listed.items[-4:]]
+    events.record("click", filler, session_key="s1", recommendation_id=str(row.pk))
+    assert Event.objects.filter(kind="click").get().recommendation_id == row.pk
+
+
 # --------------------------------------------------------------------------- 7: bought together
 
 
