@@ -849,7 +849,7 @@ def _record_fill(entry, key, pks):
         row = Recommendation.objects.select_for_update().filter(pk=entry["rid"]).first()
         if row is not None:
             shown = set(row.items)
-            row.items += [json for json in map(itemkeys.to_json, new) if json not in shown]
+            row.items += [item for item in map(itemkeys.to_json, new) if item not in shown]
             row.save(update_fields=["items"])
     entry["filled"] = [*entry.get("filled", ()), *new]
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
