@@ -36,7 +36,9 @@ def _checksum(state_dict: dict) -> str:
 # Model options added after artifacts were written: an artifact without one was trained
 # with the value here (the behaviour before the option existed), whatever the default now.
 # A hybrid's net gets its own net's entry.
-_UNSCALED = {"scale_items": False}
+# Attention blocks before the SASRec+ shape: a 4d-wide GELU FFN, PyTorch's Linear init.
+_WIDE_FFN = {"ffn_mult": 4, "ffn_activation": "gelu", "linear_init": "pytorch"}
+_UNSCALED = {"scale_items": False, **_WIDE_FFN}
 FORMER_DEFAULTS = {
     # The first stacked nets (layout and scale_items stored) had the full convolution.
     "cnn_dnn": {"summary": "mean", "layout": "side_by_side", "local_conv": "full", **_UNSCALED},

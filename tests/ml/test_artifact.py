@@ -106,6 +106,22 @@ def test_a_stacked_artifact_from_before_the_depthwise_convolution_loads_as_it_wa
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
 
 
+@pytest.mark.parametrize("name", ["sasrec", "cnn_dnn"])
+def test_an_artifact_from_before_the_sasrec_feed_forward_loads_with_its_wide_gelu_one(name):
+    """Written before ffn_mult / ffn_activation / linear_init: a 4d-wide GELU FFN."""
+    torch.manual_seed(0)
+    wide = dict(ffn_mult=4, ffn_activation="gelu", linear_init="pytorch")
+    old = nets.build_model(name, 5, 3, dim=8, max_len=6, **wide).eval()
+    config = {k: v for k, v in old.config.items() if k not in wide}
+    _, raw = saved(model_name=name, model_config=config, state_dict=old.state_dict())
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    ffn = rebuilt.transformer.blocks[0].ffn
+    assert ffn[0].out_features == 32 and isinstance(ffn[1], torch.nn.GELU)
+    assert nets.build_model(name, 5, 3, dim=8).transformer.blocks[0].ffn[0].out_features == 8
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
+
+
 def test_truncated_and_corrupt_files_are_refused():
     _, raw = saved()
     with pytest.raises(artifact.ArtifactError):

@@ -160,14 +160,14 @@ def test_ivf_candidates_with_history_neighbours_recall_the_exhaustive_hybrid_top
 
 
 def test_similar_products_serve_the_choice_measured_best(chain_split):
-    net, knn = fitted(chain_split, epochs=1)
+    net, knn = fitted(chain_split, epochs=0)
     rates = {
         choice: hybrid.similar_hit_rate(
             hybrid.HybridRanker.of(net, knn, 0.0, "blend"), chain_split.validation, choice
         )
         for choice in hybrid.SIMILAR_CHOICES
     }
-    # A barely trained net's embeddings know little; co-occurrence knows the chain.
+    # An untrained net's embeddings know nothing; co-occurrence knows the chain.
     assert rates["cooccurrence"] > rates["embedding"]
     ranker, info = hybrid.choose(
         net, knn, chain_split.validation, lambda r: {"ndcg@10": 0.0}, seed=0

@@ -14,6 +14,7 @@ CONFIGS = [
     ("cnn_dnn", {"window": 4, "local_conv": "full"}),
     ("cnn_dnn", {"encoder": "caser", "window": 4, "layout": "side_by_side", "heads": 2}),
     ("sasrec", {"blocks": 2, "heads": 2}),
+    ("sasrec", {"ffn_mult": 4, "ffn_activation": "gelu", "linear_init": "pytorch"}),
 ]
 # Each net and summary with its default encoder settings.
 DEFAULT_CONFIGS = [
@@ -147,6 +148,10 @@ def test_build_model_rejects_unknown_names_and_roundtrips_config():
         nets.build_model("transformer", 5, 2)
     with pytest.raises(ValueError, match="summary"):
         nets.build_model("cnn_dnn", 5, 2, summary="median")
+    with pytest.raises(ValueError, match="ffn_activation"):
+        nets.build_model("sasrec", 5, 2, ffn_activation="swish")
+    with pytest.raises(ValueError, match="linear_init"):
+        nets.build_model("sasrec", 5, 2, linear_init="xavier")
     for summary in ("mean", "attention", "transformer"):
         model = make("cnn_dnn", encoder="caser", window=3, summary=summary)
         again = nets.build_model("cnn_dnn", N_ITEMS, N_KINDS, **model.config)
@@ -247,3 +252,12 @@ def test_the_stacked_net_starts_as_the_attention_stack_and_its_convolution_then_
         assert not torch.allclose(
             stacked.shopper_vector(items, kinds), alone.shopper_vector(items, kinds)
         )
+
+
+def test_attention_linear_layers_start_as_sasrec_plus_does_unless_asked_otherwise():
+    """normal(init_std) weights and zero biases by default; PyTorch's own init on request."""
+    torch.manual_seed(0)
+    qkv = nets.build_model("sasrec", 5, 2, dim=64).transformer.blocks[0].qkv
+    assert abs(float(qkv.weight.std()) - 0.02) < 0.002 and not qkv.bias.any()
+    former = nets.build_model("sasrec", 5, 2, dim=64, linear_init="pytorch")
+    assert former.transformer.blocks[0].qkv.bias.any()

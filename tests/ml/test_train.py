@@ -123,16 +123,23 @@ def test_loss_chooser_measures_large_catalogues_and_keeps_explicit_choices():
 
         return time_one
 
-    cfg = train.TrainConfig(loss_probe_above=1000, sampled_speedup=2.0)
+    cfg = train.TrainConfig(
+        loss_probe_above=1000, sampled_speedup=2.0, max_seconds=100.0, exact_loss_epochs=10
+    )
     # small catalogue: full softmax, nothing timed
     assert train.choose_loss(cfg, 500, timer({}))[0] == "full" and not timed
-    # the faster exact loss wins unless sampled is more than 2x faster
-    assert train.choose_loss(cfg, 5000, timer({"full": 3, "chunked": 2, "sampled": 1.5}))[0] == (
-        "chunked"
-    )
-    name, costs = train.choose_loss(cfg, 5000, timer({"full": 3, "chunked": 4, "sampled": 1}))
-    assert name == "sampled" and costs == {"full": 3, "chunked": 4, "sampled": 1}
+    # over budget (3 s x 10 positions x 10 epochs > 100 s), the faster exact loss wins
+    # unless sampled is more than 2x faster
+    costs = {"full": 3, "chunked": 2, "sampled": 1.5}
+    assert train.choose_loss(cfg, 5000, timer(costs), positions=10)[0] == "chunked"
+    costs = {"full": 3, "chunked": 4, "sampled": 1}
+    name, measured = train.choose_loss(cfg, 5000, timer(costs), positions=10)
+    assert name == "sampled" and measured == costs
     assert set(timed) == {"full", "chunked", "sampled"}
+    # ... but when the budget pays for the exact loss's epochs it is kept, however slow
+    assert train.choose_loss(cfg, 5000, timer(costs), positions=3)[0] == "full"
+    unlimited = train.TrainConfig(loss_probe_above=1000, max_seconds=None)
+    assert train.choose_loss(unlimited, 5000, timer(costs), positions=10**6)[0] == "full"
     # explicit choices and the former fixed threshold are obeyed without timing
     timed.clear()
     assert train.choose_loss(train.TrainConfig(loss="chunked"), 10**6, timer({}))[0] == "chunked"
