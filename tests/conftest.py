@@ -100,6 +100,15 @@ def catalog(db):
 
 
 @pytest.fixture
+def shelf(db):
+    """The serving tests' catalogue (``serving_fixtures.make_shelf``): 30 sellable
+    products, one inactive and one sold out. Some test files keep a shelf of their own."""
+    from .serving_fixtures import make_shelf
+
+    return make_shelf()
+
+
+@pytest.fixture
 def history(db):
     """The store_data catalogue with its shoppers' history (enough to train on)."""
     from .store_data import make_catalogue, make_history

@@ -18,7 +18,7 @@ from recommender.ml.hybrid import HybridRanker
 from recommender.ml.inference import Predictor
 from recommender.models import Arm, Assignment, Experiment, ModelVersion
 
-from .serving_fixtures import install_version, make_shelf, save_version, views
+from .serving_fixtures import install_version, save_version, views
 from .test_experiment_serving import arm_id, shopper_in
 
 pytestmark = pytest.mark.django_db
@@ -29,11 +29,6 @@ PLACEMENT = "product"
 @pytest.fixture(autouse=True)
 def check_at_every_request(settings):
     settings.RECOMMENDER = {**settings.RECOMMENDER, "VERSION_CHECK_SECONDS": 0}
-
-
-@pytest.fixture
-def shelf():
-    return make_shelf()
 
 
 def fitted_knn(n_items, n_kinds):

@@ -23,7 +23,7 @@ from django.utils import timezone
 from recommender import cachekeys, events, experiments, privacy, serving, shoppers
 from recommender.models import Arm, Assignment, Experiment, ModelVersion, Recommendation
 
-from .serving_fixtures import install_version, make_shelf, views
+from .serving_fixtures import install_version, views
 
 pytestmark = pytest.mark.django_db
 SALT = "a-fixed-salt-for-the-tests"
@@ -33,11 +33,6 @@ SALT = "a-fixed-salt-for-the-tests"
 def check_at_every_request(settings):
     """Every request re-reads the running experiments (the snapshot has its own test)."""
     settings.RECOMMENDER = {**settings.RECOMMENDER, "VERSION_CHECK_SECONDS": 0}
-
-
-@pytest.fixture
-def shelf():
-    return make_shelf()
 
 
 @pytest.fixture

@@ -16,15 +16,10 @@ from recommender.models import Event, ModelVersion, Recommendation
 from recommender.schedule import periodic_tasks
 from shop_demo.catalog.models import Product
 
-from .serving_fixtures import install_version, make_shelf, views
+from .serving_fixtures import install_version, views
 
 pytestmark = pytest.mark.django_db
 API = "/api/recommender"
-
-
-@pytest.fixture
-def shelf():
-    return make_shelf()
 
 
 def anonymous_shopper(client, key="s-web"):

@@ -13,15 +13,10 @@ from recommender.ml import baselines, data, hybrid, nets
 from recommender.ml.inference import Predictor
 from recommender.models import Event
 
-from .serving_fixtures import install_version, make_shelf, save_version, views
+from .serving_fixtures import install_version, save_version, views
 
 pytestmark = pytest.mark.django_db
 API = "/api/recommender"
-
-
-@pytest.fixture
-def shelf():
-    return make_shelf()
 
 
 def latest_pks(session):

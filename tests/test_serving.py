@@ -12,14 +12,9 @@ from recommender import events, serving
 from recommender.models import Event, ModelVersion, Recommendation
 from shop_demo.catalog.models import Product
 
-from .serving_fixtures import install_version, make_shelf, views
+from .serving_fixtures import install_version, views
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def shelf():
-    return make_shelf()
 
 
 def test_without_a_model_everyone_gets_popular_items(shelf):
