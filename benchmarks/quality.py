@@ -323,6 +323,8 @@ def ablation_table(infos) -> str:
         "|---|---|---|---|---:|---|---|---|---|",
     ]
     for name, label in ABLATION.items():
+        if name not in infos:  # a partial report: not trained yet
+            continue
         (_, seconds, epochs, alone, alone_test, _), (_, _, _, served, served_test, _) = infos[name]
         lines.append(
             f"| {label} (`{name}`) | {alone['loss']} | {seconds / 60:.1f} min "
@@ -331,6 +333,57 @@ def ablation_table(infos) -> str:
             f"| {served['valid']['ndcg@10']:.4f} | {served_test['ndcg@10']:.4f} |"
         )
     return "\n".join(lines)
+
+
+def results_table(rows, infos, args):
+    """The markdown table of ``rows`` (and of the ablation, when asked for)."""
+    refit_header = " refit: full HR@10 | refit: full NDCG@10 |" if args.refit else ""
+    header = (
+        "| model | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 "
+        f"| coverage@10 | train time | epochs |{refit_header}"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|" + "---|---|" * args.refit]
+    for label, fh, fn, sh, sn, cov, sec, ep, refit in rows:
+        refit_cells = f" {refit['hr@10']:.4f} | {refit['ndcg@10']:.4f} |" if refit else ""
+        lines.append(
+            f"| {label} | {fh:.4f} | {fn:.4f} | {sh:.4f} | {sn:.4f} | {cov:.4f} "
+            f"| {sec / 60:.1f} min | {ep} |{refit_cells}"
+        )
+    table = "\n".join(lines)
+    if args.ablation:
+        table += "\n\n" + ablation_table(infos)
+    return table
+
+
+def write_report(args, argv, seqs, table, details, *, pending=()):
+    """The full report in ``args.out``; rewritten after every model, so a run cut short
+    keeps what it measured (``pending`` names the models still to run)."""
+    cmd = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        "# Offline quality benchmark\n\n"
+        f"Command: `{cmd.strip()}`  \n"
+        f"Data: `{Path(args.data).name}` ({len(seqs)} shoppers, {seqs.n_items} items, "
+        f"{seqs.n_events} events), leave-one-out; full ranking excludes the shopper's "
+        "already-seen items; sampled = target among 100 seeded random unseen items.  \n"
+        f"Machine: {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, {args.threads} threads, seed {args.seed}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
+        + (f"**Partial: still to run: {', '.join(pending)}.**\n\n" if pending else "")
+        + f"{table}\n\n"
+        "Train time includes hyper-parameter grids (baselines) and per-epoch validation "
+        "(nets)"
+        + (
+            "; the refit columns are every model trained again on training + validation "
+            "events with the choices validation made (its time is not included)"
+            if args.refit
+            else ""
+        )
+        + ".\n\n<details><summary>log</summary>\n\n```\n"
+        + "\n".join(details)
+        + "\n```\n</details>\n"
+    )
 
 
 def main(argv=None):
@@ -417,49 +470,15 @@ def main(argv=None):
             log(f"{label}: test full NDCG@10 {scores['ndcg@10']:.4f} {json.dumps(info)}")
             if refit:
                 log(f"{label} refit: test full NDCG@10 {refit['ndcg@10']:.4f}")
+        pending = names[names.index(name) + 1 :]
+        if pending:
+            write_report(
+                args, argv, seqs, results_table(rows, infos, args), details, pending=pending
+            )
 
-    refit_header = " refit: full HR@10 | refit: full NDCG@10 |" if args.refit else ""
-    header = (
-        "| model | full HR@10 | full NDCG@10 | sampled HR@10 | sampled NDCG@10 "
-        f"| coverage@10 | train time | epochs |{refit_header}"
-    )
-    lines = [header, "|---|---|---|---|---|---|---|---|" + "---|---|" * args.refit]
-    for label, fh, fn, sh, sn, cov, sec, ep, refit in rows:
-        refit_cells = f" {refit['hr@10']:.4f} | {refit['ndcg@10']:.4f} |" if refit else ""
-        lines.append(
-            f"| {label} | {fh:.4f} | {fn:.4f} | {sh:.4f} | {sn:.4f} | {cov:.4f} "
-            f"| {sec / 60:.1f} min | {ep} |{refit_cells}"
-        )
-    table = "\n".join(lines)
-    if args.ablation:
-        table += "\n\n" + ablation_table(infos)
+    table = results_table(rows, infos, args)
     print(table)
-
-    cmd = "python -m benchmarks.quality " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        "# Offline quality benchmark\n\n"
-        f"Command: `{cmd.strip()}`  \n"
-        f"Data: `{Path(args.data).name}` ({len(seqs)} shoppers, {seqs.n_items} items, "
-        f"{seqs.n_events} events), leave-one-out; full ranking excludes the shopper's "
-        "already-seen items; sampled = target among 100 seeded random unseen items.  \n"
-        f"Machine: {platform.processor() or platform.machine()}, torch "
-        f"{torch.__version__}, {args.threads} threads, seed {args.seed}, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n"
-        f"{table}\n\n"
-        "Train time includes hyper-parameter grids (baselines) and per-epoch validation "
-        "(nets)"
-        + (
-            "; the refit columns are every model trained again on training + validation "
-            "events with the choices validation made (its time is not included)"
-            if args.refit
-            else ""
-        )
-        + ".\n\n<details><summary>log</summary>\n\n```\n"
-        + "\n".join(details)
-        + "\n```\n</details>\n"
-    )
+    write_report(args, argv, seqs, table, details)
     return rows
 
 
