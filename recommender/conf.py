@@ -86,7 +86,7 @@ DEFAULTS = {
     "MODEL": "cnn_dnn",
     "MODEL_CONFIG": {},
     # Overrides of ml.train.TrainConfig (epochs, lr, max_seconds, loss, device, ...) for
-    # store training, all but max_len (HISTORY_LENGTH). {"lr": 1e-3} keeps the
+    # store training, all but max_len (HISTORY_LENGTH). {"lr": 5e-4} keeps the
     # epochs/patience/budget here. "device": "auto" trains on a GPU when the worker has one;
     # "loss": "auto" times full, chunked and sampled softmax at start on large catalogues.
     "TRAINING": {"max_seconds": 900, "epochs": 60, "patience": 4},
