@@ -258,6 +258,6 @@ def test_attention_linear_layers_start_as_sasrec_plus_does_unless_asked_otherwis
     """normal(init_std) weights and zero biases by default; PyTorch's own init on request."""
     torch.manual_seed(0)
     qkv = nets.build_model("sasrec", 5, 2, dim=64).transformer.blocks[0].qkv
-    assert abs(float(qkv.weight.std()) - 0.02) < 0.002 and not qkv.bias.any()
+    assert abs(float(qkv.weight.detach().std()) - 0.02) < 0.002 and not qkv.bias.any()
     former = nets.build_model("sasrec", 5, 2, dim=64, linear_init="pytorch")
     assert former.transformer.blocks[0].qkv.bias.any()
