@@ -160,3 +160,22 @@ def test_the_benchmark_runs_in_smoke_mode(smoke_runs, name):
 
 def _tail(log, lines=60):
     return "\n".join(Path(log).read_text(errors="replace").splitlines()[-lines:])
+
+
+def test_a_quality_run_cut_short_keeps_a_partial_report(tmp_path):
+    """The report written after each model says what is still to run; the last one does not."""
+    from types import SimpleNamespace
+
+    from benchmarks import quality
+
+    args = SimpleNamespace(
+        out=str(tmp_path / "q.md"), data="x.txt", threads=1, seed=0, refit=False, ablation=True
+    )
+    seqs = type("Seqs", (), {"n_items": 3, "n_events": 9, "__len__": lambda self: 2})()
+    row = ("item-kNN", 0.5, 0.25, 0.5, 0.25, 0.9, 60.0, "-", None)
+    table = quality.results_table([row], {}, args)  # no net trained yet: no ablation rows
+    quality.write_report(args, [], seqs, table, ["log line"], pending=["cnn_dnn"])
+    partial = Path(args.out).read_text()
+    assert "Partial: still to run: cnn_dnn" in partial and "| item-kNN | 0.5000 |" in partial
+    quality.write_report(args, [], seqs, table, ["log line"])
+    assert "Partial" not in Path(args.out).read_text()
