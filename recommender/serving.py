@@ -788,50 +788,65 @@ def recommend(
         "reasons": None,
         # What popular items filling a short list must leave out, as the model did.
         "banned": list(banned),
-        "rid": _save_list(
-            Recommendation.Source.MODEL,
-            placement,
-            model.version_id,
-            pks,
-            owner=list_owner(user=user, session_key=session_key),
-            arm_id=arm_id,
-        ),
         "version": model.version_id,
         "source": Recommendation.Source.MODEL,
         "placement": placement,
         "generation": generation,
         "fingerprint": fingerprint,
         "arm": arm_id,
+        "rid": None,  # the row is made once the fill-ins are known
     }
+    listed, fill = _filled_list(entry, limit, rules=rules, category=category)
+    # One row for the list, fill-ins included: nothing to update on this request.
+    entry["rid"] = _save_list(
+        Recommendation.Source.MODEL,
+        placement,
+        model.version_id,
+        pks + [pk for pk in fill if pk not in set(pks)],
+        owner=list_owner(user=user, session_key=session_key),
+        arm_id=arm_id,
+    )
+    entry["filled"] = fill
+    if listed.source == Recommendation.Source.MODEL:  # not the popular list that stood in
+        listed.recommendation_id = entry["rid"]
     _cache().set(key, entry, recommender_settings.RECOMMENDATIONS_CACHE_SECONDS)
-    listed = _personal_list(entry, key, limit, rules=rules, category=category)
     listed.reasons_of = _reasons_of(entry, key, model, user, session_key, history)
     return listed
 
 
 def _personal_list(entry, key, limit, *, rules, category):
-    """The model's candidates under the rules, cut to ``limit``, filled up with popular items.
+    """A cached personal list under the rules, its popular fill-ins recorded in its row."""
+    listed, fill = _filled_list(entry, limit, rules=rules, category=category)
+    if fill:
+        _record_fill(entry, key, fill)
+    return listed
+
+
+def _filled_list(entry, limit, *, rules, category):
+    """The model's candidates under the rules, cut to ``limit``, filled up with popular
+    items; returns the list and the fill-ins' keys.
 
     The candidates already leave out what the shopper saw, bought or excluded ("banned").
-    Popular items that fill a short list are shown under the list's id, so they join its
-    row (``_record_fill``): a click on one is credited to the list it was shown in.
+    Popular items that fill a short list are shown under the list's id, so they belong in
+    its row: a click on one is credited to the list it was shown in. A list the rules
+    leave empty is the popular list itself, with its own row (no fill-ins).
     """
     listed = _from_cached(entry, limit, diversity=rules["diversity"], category=category)
-    if len(listed) < limit:
-        fallback = _popular(
-            limit=limit,
-            category=category,
-            placement=entry["placement"],
-            exclude=set(entry["banned"]) | {item.pk for item in listed.items},
-            arm_id=entry.get("arm"),
-        )
-        if not listed:
-            return fallback
-        fill = fallback.items[: limit - len(listed)]
-        _record_fill(entry, key, [item.pk for item in fill])
-        listed.items += fill
-        listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
-    return listed
+    if len(listed) >= limit:
+        return listed, []
+    fallback = _popular(
+        limit=limit,
+        category=category,
+        placement=entry["placement"],
+        exclude=set(entry["banned"]) | {item.pk for item in listed.items},
+        arm_id=entry.get("arm"),
+    )
+    if not listed:
+        return fallback, []
+    fill = fallback.items[: limit - len(listed)]
+    listed.items += fill
+    listed.scores += [0.0] * (len(listed.items) - len(listed.scores))
+    return listed, [item.pk for item in fill]
 
 
 def _record_fill(entry, key, pks):
