@@ -122,6 +122,22 @@ def test_an_artifact_from_before_the_sasrec_feed_forward_loads_with_its_wide_gel
     assert torch.equal(rebuilt.full_sort_predict(x, k), old.full_sort_predict(x, k))
 
 
+def test_a_cnn_artifact_holding_the_attention_stack_it_never_ran_still_loads():
+    """CNNs used to build (and save) an unused attention stack; its weights are skipped."""
+    torch.manual_seed(0)
+    cnn = nets.build_model("cnn", 5, 3, dim=8, max_len=6).eval()
+    assert not any(key.startswith("transformer.") for key in cnn.state_dict())
+    stack = nets.CausalTransformer(8, 6, 2, 1, 0.1)
+    older = {**cnn.state_dict(), **{f"transformer.{k}": v for k, v in stack.state_dict().items()}}
+    _, raw = saved(model_name="cnn", model_config=cnn.config, state_dict=older)
+    rebuilt = artifact.load_artifact(io.BytesIO(raw)).build_model()
+    x, k = torch.tensor([[0, 1, 2, 5]]), torch.tensor([[0, 1, 2, 1]])
+    assert torch.equal(rebuilt.full_sort_predict(x, k), cnn.full_sort_predict(x, k))
+    with pytest.raises(artifact.ArtifactError):  # anything else unknown is still refused
+        _, raw = saved(model_name="cnn", model_config=cnn.config, state_dict={**older, "x": k})
+        artifact.load_artifact(io.BytesIO(raw)).build_model()
+
+
 def test_truncated_and_corrupt_files_are_refused():
     _, raw = saved()
     with pytest.raises(artifact.ArtifactError):
