@@ -77,12 +77,16 @@ def _step(model, optim, batch, grad_clip) -> torch.Tensor:
 
 
 def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator):
-    """Length-bucketed batches (less padding), in random order each epoch."""
-    noise = rng.random(len(lengths))
-    order = np.lexsort((noise, lengths))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    """Batches of windows drawn at random each epoch, whatever their lengths.
+
+    Not bucketed by length: a bucketed batch of long windows holds many more positions
+    than one of short windows, yet each makes one optimiser step with the batch's mean
+    loss, so a short history's positions weighed up to ``max_len`` times more than a long
+    one's. Measured on Beauty (benchmarks/results/quality-notes.md, session 11): random
+    batches, as SASRec+ trains, peaked higher and sooner for the price of the padding.
+    """
+    order = rng.permutation(len(lengths))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def choose_device(requested: str = "auto", cuda_available: Callable[[], bool] | None = None):
