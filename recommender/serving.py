@@ -798,11 +798,12 @@ def recommend(
     }
     listed, fill = _filled_list(entry, limit, rules=rules, category=category)
     # One row for the list, fill-ins included: nothing to update on this request.
+    candidates_set = set(pks)
     entry["rid"] = _save_list(
         Recommendation.Source.MODEL,
         placement,
         model.version_id,
-        pks + [pk for pk in fill if pk not in set(pks)],
+        pks + [pk for pk in fill if pk not in candidates_set],
         owner=list_owner(user=user, session_key=session_key),
         arm_id=arm_id,
     )

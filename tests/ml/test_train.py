@@ -88,6 +88,21 @@ def test_training_windows_cover_every_position_once():
         assert np.array_equal(y[row][real][:-1], x[row][real][1:])
 
 
+def test_batches_mix_window_lengths_and_cover_every_window_once_per_epoch():
+    """Not bucketed by length: every batch holds short and long windows alike, so no
+    batch of a few short windows moves the weights as far as one of many long ones."""
+    import numpy as np
+
+    lengths = np.tile(np.arange(1, 51), 64)  # 3,200 windows, every length 1..50
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        batches = train._batches(lengths, 128, rng)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
+        full = [lengths[b] for b in batches if len(b) == 128]
+        assert all(b.max() - b.min() >= 40 for b in full)
+        assert max(b.mean() for b in full) - min(b.mean() for b in full) < 10
+
+
 def test_config_from_dict():
     c = train.TrainConfig.from_dict({"epochs": 3, "lr": 0.01})
     assert c.epochs == 3 and c.to_dict()["lr"] == 0.01
