@@ -576,19 +576,15 @@ class CNN(SequenceNet):
     name = "cnn"
     default_dropout = 0.3
 
-    def __init__(self, n_items: int, n_kinds: int, **config):
-        super().__init__(n_items, n_kinds, **config)
-        self._register_load_state_dict_pre_hook(self._drop_unused_attention)
-
     def uses_transformer(self) -> bool:
         """Never: the CNN reads only its window, whatever ``summary`` says."""
         return False
 
-    @staticmethod
-    def _drop_unused_attention(state_dict, prefix, *args):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Older CNN artifacts hold an attention stack the CNN never ran: skip its weights."""
         for key in [k for k in state_dict if k.startswith(prefix + "transformer.")]:
             del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _build_head(self, dim, hidden, dropout):
         """None: the encoder's features are the shopper vector."""
