@@ -88,6 +88,7 @@ class TrainConfig:
     n_negatives: int = 4096
     negative_sampling: str = "uniform"  # or "popularity" (with the log-Q correction)
     loss_probe_above: int = 5_000
+    loss_probe_rounds: int = 3  # interleaved timing rounds per candidate (median kept)
     sampled_speedup: float = 2.0
     exact_loss_epochs: int = 10  # the full softmax peaks by epoch 6-8 on Beauty at lr 1e-3
     # Former fixed rule (sampled above this many items), kept for stores that set it: when

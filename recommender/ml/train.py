@@ -169,7 +169,7 @@ def choose_loss(
     An explicit ``config.loss`` is used as given. "auto": the full softmax below
     ``loss_probe_above`` items (cheap there, and no timing makes it vary), the former fixed
     threshold when ``sampled_softmax_above`` is set, else ``timer(loss)`` measures each
-    candidate. The faster exact loss (full or chunked) is kept when the budget
+    candidate (``loss_probe_rounds`` interleaved rounds, median). The faster exact loss (full or chunked) is kept when the budget
     (``max_seconds``) pays for ``exact_loss_epochs`` epochs of ``positions`` training
     positions with it, or when the sampled loss is at most ``sampled_speedup`` times
     faster; otherwise the sampled loss. The exact loss learns more per epoch (measured on
@@ -184,7 +184,14 @@ def choose_loss(
         return ("sampled" if n_items > config.sampled_softmax_above else "full"), {}
     if n_items <= config.loss_probe_above or timer is None:
         return "full", {}
-    cost = {name: timer(name) for name in ("full", "chunked", "sampled")}
+    # Interleaved rounds, median per candidate: a moment when the machine is busy slows
+    # every candidate alike instead of one (a single round flipped the choice between two
+    # seeds of the same Beauty run: full 412 then 680 µs per position).
+    names = ("full", "chunked", "sampled")
+    rounds = [
+        {name: timer(name) for name in names} for _ in range(max(1, config.loss_probe_rounds))
+    ]
+    cost = {name: float(np.median([r[name] for r in rounds])) for name in names}
     exact = min(("full", "chunked"), key=cost.get)
     affordable = (
         config.max_seconds is None

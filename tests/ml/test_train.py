@@ -164,6 +164,27 @@ def test_loss_chooser_measures_large_catalogues_and_keeps_explicit_choices():
         train.choose_loss(train.TrainConfig(loss="hinge"), 10, timer({}))
 
 
+def test_loss_chooser_is_not_flipped_by_one_slow_moment():
+    """The candidates are timed in interleaved rounds and the median kept: one round on a
+    busy machine (full softmax timed 3x slower) does not make the budget look too small."""
+    calls = []
+
+    def timer(name):
+        calls.append(name)
+        slow = 3.0 if len(calls) <= 3 else 1.0  # the whole first round ran on a busy machine
+        return {"full": 1.0, "chunked": 1.2, "sampled": 0.2}[name] * slow
+
+    cfg = train.TrainConfig(loss_probe_above=1000, max_seconds=100.0, exact_loss_epochs=10)
+    name, cost = train.choose_loss(cfg, 5000, timer, positions=5)  # 1 x 5 x 10 = 50 s fits
+    assert name == "full" and cost["full"] == 1.0
+    assert calls == ["full", "chunked", "sampled"] * cfg.loss_probe_rounds
+    one_round = train.TrainConfig(
+        loss_probe_above=1000, max_seconds=100.0, exact_loss_epochs=10, loss_probe_rounds=1
+    )
+    calls.clear()
+    assert train.choose_loss(one_round, 5000, timer, positions=5)[0] == "sampled"
+
+
 def test_fit_times_the_candidates_on_a_large_enough_catalogue(chain_split):
     """With the probe threshold below the catalogue size, fit measures each candidate on
     real batches and records what it chose; the model itself is not trained by the probe."""
