@@ -185,6 +185,7 @@ def test_time_sequences(seqs, split):
         [a[k] for a, k in zip(seqs.times, keep, strict=True)],
         seqs.item_map,
         seqs.kind_names,
+        clocked=seqs.clocked,
     )
 
 

@@ -546,6 +546,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             "duration": _duration(version.duration),
             "best_epoch": (version.metrics or {}).get("best_epoch"),
             "stopped": (version.metrics or {}).get("stopped"),
+            "visit_start_weight": (version.metrics or {}).get("visit_start_weight"),
             "choice": _choice_facts(version),
         }
 

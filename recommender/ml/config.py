@@ -94,6 +94,15 @@ class TrainConfig:
     # Former fixed rule (sampled above this many items), kept for stores that set it: when
     # set, "auto" follows it instead of measuring.
     sampled_softmax_above: int | None = None
+    # The share of the training loss carried by the first event of each visit (an event
+    # more than visit_gap_seconds after the shopper's previous one), when the events have
+    # a clock. A store validates, and a returning shopper is shown, what comes first in a
+    # new visit, while most training targets are the next click within one; weighting the
+    # visit starts up to this share trains for what is measured and served (the demo's
+    # simulated store, 10,000 shoppers: net alone validation NDCG@10 0.0757 at their
+    # natural share, 0.0880 at 0.75; ml.train.visit_weights). None: every target alike.
+    visit_start_share: float | None = 0.75
+    visit_gap_seconds: float = 1800.0
     grad_clip: float | None = 5.0
     val_max_users: int | None = 10_000  # seeded validation subset (None: all) to save time
     eval_batch_size: int = 512

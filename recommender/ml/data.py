@@ -386,6 +386,9 @@ class Sequences(_Vocabulary):
     item_map: IdMap
     kind_names: list[str]  # index 0 is padding
     report: CleaningReport | None = None
+    # True when ``times`` are seconds (a store's events), so gaps between them mark visits;
+    # False for a file whose line numbers only stand in for the order.
+    clocked: bool = False
 
     def __len__(self) -> int:
         return len(self.items)
@@ -426,7 +429,7 @@ def _sequences_from_columns(
         k_l.append(kinds[a:b].copy())
         w_l.append(weights[a:b].copy())
         t_l.append(cols.ts[a:b].copy())
-    return Sequences(shopper_ids, it_l, k_l, w_l, t_l, item_map, kind_names, report)
+    return Sequences(shopper_ids, it_l, k_l, w_l, t_l, item_map, kind_names, report, clocked=True)
 
 
 def build_sequences(rows: Iterable[Interaction], config: CleaningConfig | None = None) -> Sequences:
@@ -493,6 +496,9 @@ class Split(_Vocabulary):
     item_map: IdMap
     kind_names: list[str]
     cut_ts: float | None = None
+    # Event times of the training sequences, when the events have a clock (None: they
+    # have only an order); training finds visits in them (``ml.train.visit_weights``).
+    train_times: list[np.ndarray] | None = None
 
 
 def _empty_part() -> SplitPart:
@@ -518,20 +524,23 @@ def leave_one_out(seqs: Sequences) -> Split:
     Validation input is the training part; test input is training + validation events.
     Shoppers with fewer than 3 events only contribute to training.
     """
-    tr_i, tr_k, tr_w, val, test = [], [], [], [], []
-    for s, (it, kd, w) in enumerate(zip(seqs.items, seqs.kinds, seqs.weights, strict=True)):
+    tr_i, tr_k, tr_w, tr_t, val, test = [], [], [], [], [], []
+    for s, (it, kd, w, t) in enumerate(
+        zip(seqs.items, seqs.kinds, seqs.weights, seqs.times, strict=True)
+    ):
         n = len(it)
-        if n < 3:
-            tr_i.append(it)
-            tr_k.append(kd)
-            tr_w.append(w)
-            continue
-        tr_i.append(it[:-2])
-        tr_k.append(kd[:-2])
-        tr_w.append(w[:-2])
-        val.append((s, it[:-2], kd[:-2], it[-2], kd[-2]))
-        test.append((s, it[:-1], kd[:-1], it[-1], kd[-1]))
-    return Split(tr_i, tr_k, tr_w, _part(val), _part(test), seqs.item_map, seqs.kind_names)
+        keep = slice(None) if n < 3 else slice(None, -2)
+        tr_i.append(it[keep])
+        tr_k.append(kd[keep])
+        tr_w.append(w[keep])
+        tr_t.append(t[keep])
+        if n >= 3:
+            val.append((s, it[:-2], kd[:-2], it[-2], kd[-2]))
+            test.append((s, it[:-1], kd[:-1], it[-1], kd[-1]))
+    return Split(
+        tr_i, tr_k, tr_w, _part(val), _part(test), seqs.item_map, seqs.kind_names,
+        train_times=tr_t if seqs.clocked else None,
+    )  # fmt: skip
 
 
 def time_split(
@@ -546,7 +555,7 @@ def time_split(
     """
     max_ts = max((float(t[-1]) for t in seqs.times if len(t)), default=0.0)
     cut = max_ts - float(holdout_seconds)
-    tr_i, tr_k, tr_w, held = [], [], [], []
+    tr_i, tr_k, tr_w, tr_t, held = [], [], [], [], []
     for s, (it, kd, w, t) in enumerate(
         zip(seqs.items, seqs.kinds, seqs.weights, seqs.times, strict=True)
     ):
@@ -554,6 +563,7 @@ def time_split(
         tr_i.append(it[:n_before])
         tr_k.append(kd[:n_before])
         tr_w.append(w[:n_before])
+        tr_t.append(t[:n_before])
         if 0 < n_before < len(it):
             held.append((s, it[:n_before], kd[:n_before], it[n_before], kd[n_before]))
     rng = np.random.default_rng(seed)
@@ -562,5 +572,6 @@ def time_split(
     val = [held[i] for i in sorted(perm[:n_val].tolist())]
     test = [held[i] for i in sorted(perm[n_val:].tolist())]
     return Split(
-        tr_i, tr_k, tr_w, _part(val), _part(test), seqs.item_map, seqs.kind_names, cut_ts=cut
-    )
+        tr_i, tr_k, tr_w, _part(val), _part(test), seqs.item_map, seqs.kind_names, cut_ts=cut,
+        train_times=tr_t if seqs.clocked else None,
+    )  # fmt: skip

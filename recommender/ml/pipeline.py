@@ -74,6 +74,7 @@ class PipelineResult:
             "best_epoch": self.fitted.best_epoch,
             "stopped": self.fitted.stopped,
             "train_seconds": round(self.fitted.train_seconds, 1),
+            "visit_start_weight": round(self.fitted.visit_start_weight, 3),
         }
 
 
@@ -331,6 +332,10 @@ def served_metrics(result: PipelineResult, choice: Choice) -> dict:
         **({"blend": result.blend} if result.blend and choice.name == result.name else {}),
         "best_epoch": result.fitted.best_epoch if choice.name == result.name else 1,
         "stopped": result.fitted.stopped if choice.name == result.name else "fitted",
+        # How much more each visit's first event weighed in training (ml.train.visit_weights).
+        "visit_start_weight": round(result.fitted.visit_start_weight, 3)
+        if choice.name == result.name
+        else 1.0,
         "train_seconds": round(
             result.fitted.train_seconds if choice.name == result.name else mine.fit_seconds, 1
         ),
@@ -367,6 +372,7 @@ def everything(sequences) -> Split:
         empty,
         sequences.item_map,
         sequences.kind_names,
+        train_times=list(sequences.times) if sequences.clocked else None,
     )
 
 

@@ -31,6 +31,7 @@ class FitResult:
     loss: str = ""  # the softmax trained with ('full', 'chunked', 'sampled')
     loss_costs: dict = field(default_factory=dict)  # seconds per position, when measured
     device: str = "cpu"
+    visit_start_weight: float = 1.0  # the multiplier visit_weights gave each visit's start
 
     @property
     def epochs_run(self) -> int:
@@ -63,6 +64,36 @@ def training_windows(items, kinds, weights, max_len: int):
         tw[r, max_len - m :] = weights[s][start + 1 : end + 1]
         lengths[r] = m
     return x, k, y, tw, lengths
+
+
+def visit_weights(split: Split, config: TrainConfig) -> tuple[list[np.ndarray], float]:
+    """Training target weights with each visit's first event scaled so that visit starts
+    carry ``config.visit_start_share`` of the total target weight; and the scale.
+
+    A visit starts at an event more than ``visit_gap_seconds`` after the shopper's previous
+    one. Unchanged (scale 1) without a clock (``split.train_times`` None), without a share,
+    or when the data has no visit starts or nothing else.
+    """
+    weights, share = split.train_weights, config.visit_start_share
+    if split.train_times is None or not share:
+        return weights, 1.0
+    if not 0 < share < 1:
+        raise ValueError(f"visit_start_share must be between 0 and 1, not {share!r}")
+    starts = []
+    for times in split.train_times:
+        start = np.zeros(len(times), bool)
+        start[1:] = np.diff(times) > config.visit_gap_seconds
+        starts.append(start)
+    # The first event of a sequence is never a target, so it counts in neither sum.
+    at_start = sum(float(w[s].sum()) for w, s in zip(weights, starts, strict=True))
+    within = sum(float(w[1:][~s[1:]].sum()) for w, s in zip(weights, starts, strict=True))
+    if at_start <= 0 or within <= 0:
+        return weights, 1.0
+    scale = share / (1 - share) * within / at_start
+    scaled = [
+        np.where(s, w * scale, w).astype(w.dtype) for w, s in zip(weights, starts, strict=True)
+    ]
+    return scaled, scale
 
 
 def _step(model, optim, batch, grad_clip) -> torch.Tensor:
@@ -257,8 +288,9 @@ def fit(
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     t0 = time.perf_counter()
+    weights, visit_scale = visit_weights(split, config)
     x, k, y, tw, lengths = training_windows(
-        split.train_items, split.train_kinds, split.train_weights, config.max_len
+        split.train_items, split.train_kinds, weights, config.max_len
     )
     if len(x) == 0:
         raise ValueError("no training sequence has two or more events")
@@ -298,7 +330,10 @@ def fit(
     n_batches = -(-len(x) // config.batch_size)
     warmup_steps = int(config.warmup_epochs * n_batches)
 
-    result = FitResult(model, loss=loss_name, loss_costs=loss_costs, device=str(device))
+    result = FitResult(
+        model, loss=loss_name, loss_costs=loss_costs, device=str(device),
+        visit_start_weight=visit_scale,
+    )  # fmt: skip
     best_ndcg, best_state, bad_epochs = -1.0, None, 0
     eval_seconds, step = 0.0, 0
     for epoch in range(1, config.epochs + 1):

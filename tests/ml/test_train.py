@@ -3,7 +3,7 @@ import time
 import pytest
 import torch
 
-from recommender.ml import baselines, metrics, nets, train
+from recommender.ml import baselines, data, metrics, nets, pipeline, train
 
 from .conftest import small_net
 
@@ -210,3 +210,44 @@ def test_every_loss_lowers_the_training_loss(chain_split, loss, name):
     assert result.loss == loss
     assert result.curve[-1]["loss"] < result.curve[0]["loss"]
     assert all(r["positions"] > 0 and r["train_seconds"] > 0 for r in result.curve)
+
+
+def _clocked_sequences():
+    """Two shoppers with two visits each: the third event of each comes an hour later."""
+    rows = []
+    for shopper in ("a", "b"):
+        for n, (item, ts) in enumerate([(1, 0), (2, 60), (3, 3660), (4, 3720), (5, 3780)]):
+            rows.append((shopper, item + n % 2, "purchase" if n == 2 else "view", None, ts))
+    return data.build_sequences(rows, data.CleaningConfig(min_item_count=None))
+
+
+def test_visit_starts_carry_the_configured_share_of_the_training_loss():
+    split = data.leave_one_out(_clocked_sequences())  # trains on each shopper's first 3 events
+    assert split.train_times is not None
+    config = train.TrainConfig(visit_start_share=0.75)
+    weights, scale = train.visit_weights(split, config)
+    # targets per shopper: event 2 (within, view, weight 1), event 3 (a visit start,
+    # purchase, weight 3): 3 * scale / (3 * scale + 1) = 0.75
+    assert scale == pytest.approx(1.0)
+    assert [w.tolist() for w in weights] == [w.tolist() for w in split.train_weights]
+    sequences = _clocked_sequences()
+    full = pipeline.everything(sequences)  # every event: 3 within targets, 1 start each
+    weights, scale = train.visit_weights(full, config)
+    start_weight = sum(float(w[2]) for w in weights)
+    within_weight = sum(float(w[[1, 3, 4]].sum()) for w in weights)
+    assert start_weight / (start_weight + within_weight) == pytest.approx(0.75)
+    assert scale == pytest.approx(0.75 / 0.25 * 3 / 3)
+    off, one = train.visit_weights(full, train.TrainConfig(visit_start_share=None))
+    assert one == 1.0 and off is full.train_weights
+    with pytest.raises(ValueError, match="visit_start_share"):
+        train.visit_weights(full, train.TrainConfig(visit_start_share=1.5))
+
+
+def test_events_without_a_clock_have_no_visits(tmp_path):
+    """A user-item file's line numbers only order events: no target is reweighted."""
+    path = tmp_path / "events.txt"
+    path.write_text("".join(f"{u} {i}\n" for u in (1, 2) for i in (1, 2, 3, 4)))
+    split = data.leave_one_out(data.read_user_item_file(path))
+    assert split.train_times is None
+    weights, scale = train.visit_weights(split, train.TrainConfig())
+    assert scale == 1.0 and weights is split.train_weights
