@@ -70,6 +70,10 @@ def messages(errors, check_id):
         ),
         ({"TRAINING": {"epochs": "ten"}}, 'RECOMMENDER["TRAINING"]["epochs"]: must be int'),
         ({"TRAINING": {"max_len": 20}}, 'RECOMMENDER["TRAINING"]["max_len"]: not a setting here'),
+        (
+            {"TRAINING": {"visit_start_share": 1.0}},
+            'RECOMMENDER["TRAINING"]["visit_start_share"]: must be between 0 and 1',
+        ),
         ({"CLEANING": {"min_item_cnt": 3}}, 'RECOMMENDER["CLEANING"]["min_item_cnt"]: unknown key'),
         ({"CLEANING": {"burst_kinds": "view"}}, 'RECOMMENDER["CLEANING"]["burst_kinds"]: must be'),
         ({"TRAIN_SCHEDULE": {"hours": "4"}}, 'RECOMMENDER["TRAIN_SCHEDULE"]["hours"]: unknown key'),

@@ -26,6 +26,8 @@ def config_problems(cls, d: dict | None) -> list[tuple[str, str]]:
             problems.append(
                 (key, f"must be {_describe(hints[key])}, not {type(value).__name__} {value!r}")
             )
+        elif (problem := getattr(cls, "value_problem", lambda k, v: None)(key, value)) is not None:
+            problems.append((key, problem))
     return problems
 
 
@@ -116,6 +118,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> TrainConfig:
         return cls(**checked_config(cls, d))
+
+    @staticmethod
+    def value_problem(key: str, value) -> str | None:
+        """What is wrong with a well-typed ``value`` for ``key``, if anything."""
+        if key == "visit_start_share" and value is not None and not 0 < value < 1:
+            return f"must be between 0 and 1 (exclusive) or None, not {value!r}"
+        if key == "visit_gap_seconds" and not value > 0:
+            return f"must be positive, not {value!r}"
+        return None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
