@@ -185,6 +185,7 @@ def trained(pk_hint, ndcg, *, active=False, curve_len=4, **fields):
         },
         "best_epoch": 3,
         "stopped": "patience",
+        "visit_start_weight": 12.784,
     }
     curve = [
         {
@@ -266,6 +267,7 @@ def test_a_versions_page_has_curves_comparison_and_online_metrics(staff_client, 
     assert 'data-placement="home"' in page and "10.00%" in page  # 1 click / 10 impressions
     assert 'data-placement="all"' in page and "2.50%" in page
     assert 'id="recommender-is-active"' in page
+    assert "<dt>Visit starts</dt>" in page and "weighed ×12.8" in page
 
 
 @pytest.mark.slow

@@ -102,7 +102,7 @@ class TrainConfig:
     # new visit, while most training targets are the next click within one; weighting the
     # visit starts up to this share trains for what is measured and served (the demo's
     # simulated store, 10,000 shoppers: net alone validation NDCG@10 0.0757 at their
-    # natural share, 0.0880 at 0.75; ml.train.visit_weights). None: every target alike.
+    # natural share, 0.0889 at 0.75; ml.train.visit_weights). None: every target alike.
     visit_start_share: float | None = 0.75
     visit_gap_seconds: float = 1800.0
     grad_clip: float | None = 5.0

@@ -200,10 +200,10 @@ def choose_loss(
     An explicit ``config.loss`` is used as given. "auto": the full softmax below
     ``loss_probe_above`` items (cheap there, and no timing makes it vary), the former fixed
     threshold when ``sampled_softmax_above`` is set, else ``timer(loss)`` measures each
-    candidate (``loss_probe_rounds`` interleaved rounds, median). The faster exact loss (full or chunked) is kept when the budget
-    (``max_seconds``) pays for ``exact_loss_epochs`` epochs of ``positions`` training
-    positions with it, or when the sampled loss is at most ``sampled_speedup`` times
-    faster; otherwise the sampled loss. The exact loss learns more per epoch (measured on
+    candidate (``loss_probe_rounds`` interleaved rounds, median). The faster exact loss
+    (full or chunked) is kept when the budget (``max_seconds``) pays for
+    ``exact_loss_epochs`` epochs of ``positions`` training positions with it, or when the
+    sampled loss is at most ``sampled_speedup`` times faster; otherwise the sampled loss. The exact loss learns more per epoch (measured on
     Beauty: validation NDCG@10 0.0352 against 0.0341 at the peak, reached by epoch 6-8
     either way), so it is worth its cost whenever the budget can pay for the epochs.
     """
