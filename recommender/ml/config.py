@@ -119,6 +119,13 @@ class TrainConfig:
     def from_dict(cls, d: dict | None) -> TrainConfig:
         return cls(**checked_config(cls, d))
 
+    def __post_init__(self):
+        """A value out of range fails here, wherever the config came from."""
+        for f in dataclasses.fields(self):
+            problem = self.value_problem(f.name, getattr(self, f.name))
+            if problem is not None:
+                raise ValueError(f"bad TrainConfig setting {f.name!r}: {problem}")
+
     @staticmethod
     def value_problem(key: str, value) -> str | None:
         """What is wrong with a well-typed ``value`` for ``key``, if anything."""

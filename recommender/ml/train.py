@@ -75,10 +75,8 @@ def visit_weights(split: Split, config: TrainConfig) -> tuple[list[np.ndarray], 
     or when the data has no visit starts or nothing else.
     """
     weights, share = split.train_weights, config.visit_start_share
-    if split.train_times is None or not share:
+    if split.train_times is None or not share:  # TrainConfig keeps a share inside (0, 1)
         return weights, 1.0
-    if not 0 < share < 1:
-        raise ValueError(f"visit_start_share must be between 0 and 1, not {share!r}")
     starts = []
     for times in split.train_times:
         start = np.zeros(len(times), bool)

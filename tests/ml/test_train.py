@@ -222,16 +222,11 @@ def _clocked_sequences():
 
 
 def test_visit_starts_carry_the_configured_share_of_the_training_loss():
-    split = data.leave_one_out(_clocked_sequences())  # trains on each shopper's first 3 events
-    assert split.train_times is not None
+    assert data.leave_one_out(_clocked_sequences()).train_times is not None
     config = train.TrainConfig(visit_start_share=0.75)
-    weights, scale = train.visit_weights(split, config)
-    # targets per shopper: event 2 (within, view, weight 1), event 3 (a visit start,
-    # purchase, weight 3): 3 * scale / (3 * scale + 1) = 0.75
-    assert scale == pytest.approx(1.0)
-    assert [w.tolist() for w in weights] == [w.tolist() for w in split.train_weights]
-    sequences = _clocked_sequences()
-    full = pipeline.everything(sequences)  # every event: 3 within targets, 1 start each
+    # every event: per shopper 3 targets within a visit (views, weight 1) and 1 visit
+    # start (a purchase, weight 3), so the start must weigh 3x more to carry 3/4
+    full = pipeline.everything(_clocked_sequences())
     weights, scale = train.visit_weights(full, config)
     start_weight = sum(float(w[2]) for w in weights)
     within_weight = sum(float(w[[1, 3, 4]].sum()) for w in weights)
@@ -240,7 +235,7 @@ def test_visit_starts_carry_the_configured_share_of_the_training_loss():
     off, one = train.visit_weights(full, train.TrainConfig(visit_start_share=None))
     assert one == 1.0 and off is full.train_weights
     with pytest.raises(ValueError, match="visit_start_share"):
-        train.visit_weights(full, train.TrainConfig(visit_start_share=1.5))
+        train.TrainConfig(visit_start_share=1.5)
 
 
 def test_events_without_a_clock_have_no_visits(tmp_path):
